@@ -1,0 +1,135 @@
+"""Token entropy, the "forking tokens" mask, and ProRL's entropy-driven ε_high controller."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["token_entropy", "top_entropy_mask", "EntropyController"]
+
+
+def token_entropy(logits: Tensor) -> Tensor:
+    """Entropy H = −Σ_v p_v log p_v of the softmax over the last dim, from logits.
+
+    Uses ``log_softmax`` (stable for large logits); −inf logits (masked vocabulary) give
+    p = 0 and contribute 0. Half-precision inputs are computed in float32.
+
+    Args:
+        logits: ``[..., V]``.
+
+    Returns:
+        ``[...]`` entropy in nats (float32, or float64 for float64 input); differentiable.
+    """
+    x = logits if logits.dtype == torch.float64 else logits.float()
+    logp = torch.log_softmax(x, dim=-1)
+    # Clamp −inf log-probs to the most negative finite value: p = 0 there, so the term is
+    # (−)0 instead of 0·(−inf) = NaN.
+    logp_finite = logp.clamp_min(torch.finfo(logp.dtype).min)
+    return -(logp.exp() * logp_finite).sum(dim=-1)
+
+
+def top_entropy_mask(entropy: Tensor, mask: Tensor, top_q: float) -> Tensor:
+    """Keep the top-q fraction of highest-entropy valid tokens of EACH response.
+
+    Response i with n_i valid tokens keeps k_i = ceil(q · n_i) tokens (so every non-empty
+    response keeps at least one). Ties are broken toward the earlier position, so the
+    result is deterministic. ``top_q = 1.0`` returns ``mask`` itself (as bool).
+
+    Args:
+        entropy: ``[N, T]`` per-token entropy.
+        mask: ``[N, T]`` bool or 0/1 — valid (response) tokens; padding is never selected.
+        top_q: fraction in (0, 1] (ProRL "forking tokens": 0.2).
+
+    Returns:
+        ``[N, T]`` bool, a subset of ``mask``.
+    """
+    if entropy.dim() != 2 or entropy.shape != mask.shape:
+        raise ValueError(
+            f"entropy and mask must both be [N, T], got {tuple(entropy.shape)}, {tuple(mask.shape)}"
+        )
+    if not 0.0 < top_q <= 1.0:
+        raise ValueError(f"top_q must be in (0, 1], got {top_q}")
+    valid = mask.bool()
+    if top_q == 1.0:
+        return valid.clone()
+    n_valid = valid.sum(dim=1).to(torch.float64)
+    # Subtract a hair so q·n that is an integer up to rounding (0.7·10 = 7.000000000000001)
+    # is not rounded up to the next one.
+    k = torch.ceil(n_valid * top_q - 1e-9).to(torch.int64)  # [N]
+    # Two stable sorts = lexicographic order (valid first, then entropy descending, then
+    # position ascending); works even if a valid entropy equals −inf or the padding value.
+    key = torch.where(valid, entropy.detach(), torch.full_like(entropy, -math.inf))
+    order = torch.sort(key, dim=1, descending=True, stable=True).indices
+    order = torch.gather(
+        order,
+        1,
+        torch.sort(torch.gather(valid, 1, order).to(torch.int8), dim=1, descending=True, stable=True).indices,
+    )
+    rank = torch.empty_like(order)
+    positions = torch.arange(order.shape[1], device=order.device).expand_as(order)
+    rank.scatter_(1, order, positions)  # rank[i, t] = place of token t in row i's order
+    return valid & (rank < k.unsqueeze(1))
+
+
+@dataclass
+class EntropyController:
+    """Keeps policy entropy in a band by moving ε_high (ProRL's decoupled upper clip).
+
+    A larger ε_high lets low-probability tokens grow more per step, raising entropy. Each
+    ``update(entropy)``: entropy < target_low → ε_high += step_size; entropy > target_high
+    → ε_high −= step_size; inside the band (or non-finite entropy) → unchanged. ε_high
+    always stays in [eps_high_min, eps_high_max].
+
+    Attributes:
+        target_low, target_high: the entropy band (nats), target_low ≤ target_high.
+        eps_high_min, eps_high_max: bounds for ε_high.
+        step_size: additive change per update (≥ 0).
+        eps_high: current value (initial value; clamped into the bounds). Default 0.4 (ProRL).
+        num_updates: updates applied so far (state, saved with ``state_dict``).
+    """
+
+    target_low: float
+    target_high: float
+    eps_high_min: float
+    eps_high_max: float
+    step_size: float
+    eps_high: float = 0.4
+    num_updates: int = 0
+
+    def __post_init__(self) -> None:
+        if self.target_low > self.target_high:
+            raise ValueError(f"target_low {self.target_low} > target_high {self.target_high}")
+        if not 0.0 <= self.eps_high_min <= self.eps_high_max:
+            raise ValueError(
+                f"need 0 <= eps_high_min <= eps_high_max, got {self.eps_high_min}, {self.eps_high_max}"
+            )
+        if self.step_size < 0:
+            raise ValueError(f"step_size must be >= 0, got {self.step_size}")
+        self.eps_high = self._clamp(self.eps_high)
+
+    def _clamp(self, v: float) -> float:
+        return min(max(float(v), self.eps_high_min), self.eps_high_max)
+
+    def update(self, entropy: float) -> float:
+        """Apply one step for the measured mean policy entropy; returns the new ε_high."""
+        entropy = float(entropy)
+        if math.isfinite(entropy):
+            if entropy < self.target_low:
+                self.eps_high = self._clamp(self.eps_high + self.step_size)
+            elif entropy > self.target_high:
+                self.eps_high = self._clamp(self.eps_high - self.step_size)
+        self.num_updates += 1
+        return self.eps_high
+
+    def state_dict(self) -> dict[str, Any]:
+        """Checkpointable state (the config lives in the stage config, not here)."""
+        return {"eps_high": self.eps_high, "num_updates": self.num_updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from ``state_dict()``; ε_high is clamped into the current bounds."""
+        self.eps_high = self._clamp(state["eps_high"])
+        self.num_updates = int(state.get("num_updates", 0))
