@@ -1,0 +1,189 @@
+"""Megatron-Core GPT in the Llama/Qwen2 layout, plus process-group setup.
+
+RMSNorm, SwiGLU (gated linear unit with SiLU), RoPE (non-interleaved, like HF's
+rotate_half), no linear biases (optional qkv bias for Qwen2), GQA, tied or untied
+embeddings. Transformer Engine's layer spec where TE imports, Megatron's local spec
+otherwise (CPU: fp32, unfused DotProductAttention with an internally built causal mask).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core.models.gpt import GPTModel
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+from megatron.core.transformer.enums import AttnBackend
+from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from slingshot.models import cpu_shim
+from slingshot.models.config import GPTModelConfig, ParallelConfig
+
+
+def have_transformer_engine() -> bool:
+    try:
+        import transformer_engine  # noqa: F401
+    except Exception:  # ImportError, or a broken CUDA install raising at import
+        return False
+    return torch.cuda.is_available()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def init_model_parallel(
+    tp: int = 1,
+    pp: int = 1,
+    backend: str | None = None,
+    *,
+    seed: int = 1234,
+    rank: int | None = None,
+    world_size: int | None = None,
+) -> None:
+    """Initialise torch.distributed (env:// or a single local process) and Megatron's groups.
+
+    Rank and world size come from the arguments, else RANK/WORLD_SIZE, else a single
+    process on 127.0.0.1. Idempotent: an existing process group is reused; Megatron's
+    model-parallel groups are rebuilt only when missing. Also seeds Megatron's RNG
+    tracker (which the CPU shim redirects to the CPU generator).
+    """
+    cpu_shim.apply()
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if not dist.is_initialized():
+        rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+        world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        if "MASTER_PORT" not in os.environ:
+            if world_size > 1:
+                raise RuntimeError("MASTER_PORT must be set when world_size > 1")
+            os.environ["MASTER_PORT"] = str(free_port())
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank % torch.cuda.device_count())))
+        dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timedelta(minutes=10))
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel(
+            tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp
+        )
+    elif (
+        parallel_state.get_tensor_model_parallel_world_size() != tp
+        or parallel_state.get_pipeline_model_parallel_world_size() != pp
+    ):
+        raise RuntimeError("model parallel already initialised with different sizes")
+    model_parallel_cuda_manual_seed(seed, force_reset_rng=True)
+
+
+def destroy_model_parallel() -> None:
+    """Tear down Megatron's groups and the default process group (tests, benchmarks)."""
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def transformer_config(
+    cfg: GPTModelConfig,
+    parallel: ParallelConfig | None = None,
+    *,
+    bf16: bool = False,
+    use_te: bool = False,
+) -> TransformerConfig:
+    """Megatron TransformerConfig for `cfg`; fp32 unless `bf16` (GPU)."""
+    parallel = parallel or ParallelConfig()
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    return TransformerConfig(
+        num_layers=cfg.num_layers,
+        hidden_size=cfg.hidden_size,
+        ffn_hidden_size=cfg.ffn_hidden_size,
+        num_attention_heads=cfg.num_attention_heads,
+        num_query_groups=cfg.query_groups,
+        kv_channels=cfg.head_dim,
+        normalization="RMSNorm",
+        layernorm_epsilon=cfg.norm_epsilon,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=cfg.add_qkv_bias,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        init_method_std=cfg.init_method_std,
+        tensor_model_parallel_size=parallel.tensor_parallel_size,
+        pipeline_model_parallel_size=parallel.pipeline_parallel_size,
+        sequence_parallel=parallel.sequence_parallel and parallel.tensor_parallel_size > 1,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        bf16=bf16,
+        # Fused kernels are CUDA/TE-only; the unfused paths are exact in fp32 on CPU.
+        bias_activation_fusion=use_te,
+        masked_softmax_fusion=use_te,
+        apply_rope_fusion=False,
+        gradient_accumulation_fusion=False,
+        persist_layer_norm=False,
+        # Init the full matrix on CPU and split it: the same weights for any TP size.
+        use_cpu_initialization=not torch.cuda.is_available(),
+        attention_backend=AttnBackend.auto if use_te else AttnBackend.local,
+    )
+
+
+def layer_spec(use_te: bool) -> ModuleSpec:
+    if use_te:
+        from megatron.core.models.gpt.gpt_layer_specs import (
+            get_gpt_layer_with_transformer_engine_spec,
+        )
+
+        return get_gpt_layer_with_transformer_engine_spec()
+    return get_gpt_layer_local_spec(normalization="RMSNorm")
+
+
+def build_gpt(
+    cfg: GPTModelConfig,
+    parallel: ParallelConfig | None = None,
+    *,
+    bf16: bool = False,
+    use_te: bool | None = None,
+    pre_process: bool | None = None,
+    post_process: bool | None = None,
+) -> GPTModel:
+    """Build this rank's Megatron-Core GPTModel (call `init_model_parallel` first).
+
+    `use_te=None` picks Transformer Engine when it imports on a GPU machine.
+    `pre_process`/`post_process` default to this rank's pipeline position.
+    """
+    if not parallel_state.model_parallel_is_initialized():
+        raise RuntimeError("call init_model_parallel() before build_gpt()")
+    parallel = parallel or ParallelConfig(
+        tensor_parallel_size=parallel_state.get_tensor_model_parallel_world_size(),
+        pipeline_parallel_size=parallel_state.get_pipeline_model_parallel_world_size(),
+    )
+    if bf16 and not torch.cuda.is_available():
+        raise ValueError("bf16 is a GPU option; CPU training runs in fp32")
+    use_te = have_transformer_engine() if use_te is None else use_te
+    if pre_process is None:
+        pre_process = parallel_state.is_pipeline_first_stage()
+    if post_process is None:
+        post_process = parallel_state.is_pipeline_last_stage()
+    model = GPTModel(
+        config=transformer_config(cfg, parallel, bf16=bf16, use_te=use_te),
+        transformer_layer_spec=layer_spec(use_te),
+        vocab_size=cfg.padded_vocab_size(parallel.tensor_parallel_size),
+        max_sequence_length=cfg.max_positions,
+        pre_process=pre_process,
+        post_process=post_process,
+        share_embeddings_and_output_weights=cfg.tie_embeddings,
+        position_embedding_type="rope",
+        rotary_base=cfg.rotary_base,
+        rotary_percent=1.0,
+    )
+    if torch.cuda.is_available():
+        model = model.cuda()
+    return model
