@@ -1,0 +1,78 @@
+"""Token entropy, the top-q entropy ("forking tokens") mask, and the ε_high controller."""
+
+import math
+
+import pytest
+import torch
+
+from slingshot.algorithms.entropy import EntropyController, token_entropy, top_entropy_mask
+
+
+def test_token_entropy_hand_values():
+    logits = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, math.log(3.0), -math.inf, -math.inf]])
+    h = token_entropy(logits)
+    # uniform over 4: ln 4 = 1.386294
+    # p = [0.25, 0.75, 0, 0]: 0.25 ln 4 + 0.75 ln(4/3) = 0.346574 + 0.215762 = 0.562335 (no NaN from -inf)
+    torch.testing.assert_close(h, torch.tensor([math.log(4), 0.25 * math.log(4) + 0.75 * math.log(4 / 3)]))
+
+
+def test_token_entropy_stable_and_dtype():
+    h = token_entropy(torch.tensor([[1000.0, 1000.0], [1e4, 0.0]], dtype=torch.bfloat16))
+    assert h.dtype == torch.float32
+    torch.testing.assert_close(h, torch.tensor([math.log(2), 0.0]))
+    assert token_entropy(torch.zeros(2, 3, 5)).shape == (2, 3)
+
+
+def test_top_entropy_mask_per_response_with_padding():
+    ent = torch.tensor([[0.1, 0.9, 0.5, 0.7, 0.3], [0.2, 0.8, 0.4, 9.9, 9.9]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    out = top_entropy_mask(ent, mask, 0.4)
+    # row 0: n=5, k=ceil(2.0)=2 -> positions 1 (0.9) and 3 (0.7)
+    # row 1: n=3, k=ceil(1.2)=2 -> positions 1 (0.8) and 2 (0.4); padded 9.9s never picked
+    assert out.tolist() == [[False, True, False, True, False], [False, True, True, False, False]]
+
+
+def test_top_entropy_mask_q1_ties_empty_and_rounding():
+    ent = torch.tensor([[0.5, 0.5, 0.5, 0.5], [1.0, 2.0, 3.0, 4.0]])
+    mask = torch.tensor([[1, 1, 1, 1], [0, 0, 0, 0]], dtype=torch.bool)
+    assert torch.equal(top_entropy_mask(ent, mask, 1.0), mask)
+    # ties -> earlier positions first; empty row selects nothing
+    assert top_entropy_mask(ent, mask, 0.5).tolist() == [[True, True, False, False], [False] * 4]
+    # 0.7 * 10 = 7.000000000000001 in floating point: still 7 tokens, not 8
+    out = top_entropy_mask(torch.arange(10.0).unsqueeze(0), torch.ones(1, 10), 0.7)
+    assert out.sum().item() == 7 and out[0, 3:].all()
+    # tiny q keeps at least one token of a non-empty response
+    assert top_entropy_mask(torch.arange(10.0).unsqueeze(0), torch.ones(1, 10), 0.01).sum().item() == 1
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="top_q"):
+            top_entropy_mask(ent, mask, bad)
+
+
+def test_entropy_controller_moves_within_bounds():
+    c = EntropyController(
+        target_low=1.0, target_high=2.0, eps_high_min=0.2, eps_high_max=0.4, step_size=0.1, eps_high=0.3
+    )
+    assert c.update(0.5) == pytest.approx(0.4)  # below band -> raise
+    assert c.update(0.5) == pytest.approx(0.4)  # capped at max
+    assert c.update(1.5) == pytest.approx(0.4)  # inside band -> unchanged
+    assert c.update(3.0) == pytest.approx(0.3)  # above band -> lower
+    assert c.update(3.0) == pytest.approx(0.2)
+    assert c.update(3.0) == pytest.approx(0.2)  # floored at min
+    assert c.update(float("nan")) == pytest.approx(0.2)  # non-finite -> unchanged
+    assert c.num_updates == 7
+
+
+def test_entropy_controller_state_round_trip_and_validation():
+    cfg = dict(target_low=1.0, target_high=2.0, eps_high_min=0.2, eps_high_max=0.6, step_size=0.05)
+    a = EntropyController(**cfg)
+    assert a.eps_high == 0.4  # ProRL default start
+    for h in (0.1, 0.2, 0.3):
+        a.update(h)
+    b = EntropyController(**cfg)
+    b.load_state_dict(a.state_dict())
+    assert b.state_dict() == a.state_dict()
+    assert [b.update(h) for h in (0.1, 5.0, 1.2)] == [a.update(h) for h in (0.1, 5.0, 1.2)]
+    with pytest.raises(ValueError):
+        EntropyController(target_low=2.0, target_high=1.0, eps_high_min=0.2, eps_high_max=0.4, step_size=0.1)
+    with pytest.raises(ValueError):
+        EntropyController(target_low=1.0, target_high=2.0, eps_high_min=0.5, eps_high_max=0.4, step_size=0.1)
