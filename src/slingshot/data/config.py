@@ -1,0 +1,60 @@
+"""``DataConfig``: everything the data stage builds for a recipe (defaults: tiny CPU recipe)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from slingshot.data.corpora import CorpusSpec
+from slingshot.data.tasks import SplitSizes, family_names, get_family
+
+# The default suite: every built-in family (all have teacher renderers).
+DEFAULT_FAMILIES: tuple[str, ...] = tuple(family_names())
+
+
+class TokenizerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None = Field(
+        default=None, description="load this local HF tokenizer instead of training one (e.g. a base model's)"
+    )
+    vocab_size: int = Field(
+        default=2048, ge=300, description="BPE vocabulary incl. 256 bytes + special tokens"
+    )
+    min_frequency: int = Field(default=2, ge=1)
+    max_train_docs: int = Field(default=20000, ge=1, description="documents read to train the BPE")
+
+
+class DataConfig(BaseModel):
+    """Data stage config. Output layout under ``out_dir`` (see ``build_tiny_corpora``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = 0
+    families: list[str] = Field(default_factory=lambda: list(DEFAULT_FAMILIES))
+    splits: SplitSizes = Field(
+        default_factory=SplitSizes,
+        description="instances PER FAMILY; held-out (validation, test) drawn first",
+    )
+    general_docs: int = Field(default=4000, ge=0, description="procedurally generated general-text documents")
+    general_min_sentences: int = Field(default=3, ge=1)
+    general_max_sentences: int = Field(default=8, ge=1)
+    reasoning_samples_per_entry: int = Field(
+        default=1, ge=1, description="teacher traces per training task instance in the reasoning corpus"
+    )
+    teacher_error_rate: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="wrong-trace rate in the reasoning corpus (0: all correct)"
+    )
+    extra_corpora: list[CorpusSpec] = Field(
+        default_factory=list, description="user corpora (JSONL/Parquet/HF disk) also tokenized to .bin/.idx"
+    )
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    write_indexed: bool = Field(default=True, description="write Megatron .bin/.idx per corpus")
+
+    @field_validator("families")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        for name in value:
+            get_family(name)  # unknown names fail listing the valid ones
+        if len(set(value)) != len(value):
+            raise ValueError(f"duplicate task families: {value}")
+        return value
