@@ -187,3 +187,19 @@ def build_gpt(
     if torch.cuda.is_available():
         model = model.cuda()
     return model
+
+
+@torch.no_grad()
+def full_logits(model: torch.nn.Module, tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """[batch, seq, vocab_size] fp32 logits of a PP=1 model, gathered over TP and vocab-trimmed."""
+    from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
+
+    was_training = model.training
+    model.eval()
+    try:
+        logits = model(tokens, None, None)  # [b, s, V_pad / TP]
+    finally:
+        model.train(was_training)
+    if parallel_state.get_tensor_model_parallel_world_size() > 1:
+        logits = gather_from_tensor_model_parallel_region(logits)
+    return logits[..., :vocab_size].float()
