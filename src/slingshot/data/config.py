@@ -5,10 +5,10 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from slingshot.data.corpora import CorpusSpec
-from slingshot.data.tasks import SplitSizes, family_names, get_family
+from slingshot.data.tasks import BUILTIN_FAMILIES, SplitSizes, get_family
 
 # The default suite: every built-in family (all have teacher renderers).
-DEFAULT_FAMILIES: tuple[str, ...] = tuple(family_names())
+DEFAULT_FAMILIES: tuple[str, ...] = BUILTIN_FAMILIES
 
 
 class TokenizerConfig(BaseModel):

@@ -156,6 +156,7 @@ _BUILTIN: tuple[TaskFamily, ...] = (
 )
 
 TASK_FAMILIES: dict[str, TaskFamily] = {f.name: f for f in _BUILTIN}
+BUILTIN_FAMILIES: tuple[str, ...] = tuple(sorted(f.name for f in _BUILTIN))
 
 
 def family_names() -> list[str]:
@@ -332,7 +333,12 @@ def filter_held_out(entries: Iterable[dict], exclude: set[str]) -> Iterator[dict
 
 
 def rg_score(entry: dict, answer: str | None) -> float:
-    """reasoning-gym's verifier for the entry's dataset (partial credit possible, in [0, 1])."""
+    """reasoning-gym's verifier for the entry's dataset (partial credit possible, in [0, 1]).
+
+    No answer scores 0 (some reasoning-gym verifiers give 0.01 even for ``None``).
+    """
+    if answer is None:
+        return 0.0
     dataset = entry.get("dataset") or entry.get("metadata", {}).get("source_dataset")
     if dataset is None:
         raise ValueError(f"entry {entry.get('id')!r} names no reasoning-gym dataset")
