@@ -1,0 +1,26 @@
+# slingshot: the small-reasoning-model recipe as a DAG of stage jobs.
+# Each compute rule is a local rule running `slingshot launch`, which submits the
+# stage through submitit (Slurm, a local process, or in-process) and follows it.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "workflow/config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/rlp.smk"
+include: "workflow/rules/synth.smk"
+include: "workflow/rules/sft.smk"
+include: "workflow/rules/prorl.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        ALL_TARGETS,

@@ -1,0 +1,114 @@
+"""The `slingshot` command.
+
+slingshot launch STAGE --variant V --config FILE   run one stage node (what each rule calls)
+slingshot validate [CONFIG]                         validate a pipeline config, print the plan
+slingshot schema                                    print the config's JSON schema
+slingshot profiles install                          install the Snakemake profiles for --profile
+slingshot status [--config FILE]                    stage table: state, job, restarts, metric, run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+DEFAULT_CONFIG = "workflow/config/config.yaml"
+
+
+def _cmd_launch(args: argparse.Namespace) -> int:
+    from slingshot.launch.launcher import launch_main
+
+    return launch_main(args.config, args.variant, args.stage)
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from slingshot.config import ConfigError, load_pipeline_config
+    from slingshot.plan import build_plan
+
+    try:
+        cfg = load_pipeline_config(args.config)
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        return 2
+    plan = build_plan(cfg)
+    for node in plan.ordered():
+        shared = f"  (shared by {', '.join(node.variants)})" if node.owner and len(node.variants) > 1 else ""
+        print(f"{node.key:40s} <- {', '.join(node.upstream) or '-'}{shared}")
+    return 0
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from slingshot.config import PipelineConfig
+
+    print(json.dumps(PipelineConfig.model_json_schema(), indent=2, sort_keys=True))
+    return 0
+
+
+def profiles_source() -> Path:
+    return Path(os.environ.get("SLINGSHOT_PROFILES", "profiles"))
+
+
+def _cmd_profiles(args: argparse.Namespace) -> int:
+    """Snakemake finds `--profile NAME` in ~/.config/snakemake/NAME, not in profiles/: link them there."""
+    target_root = Path(args.target or Path.home() / ".config" / "snakemake")
+    target_root.mkdir(parents=True, exist_ok=True)
+    source_root = profiles_source().resolve()
+    for source in sorted(p for p in source_root.iterdir() if (p / "config.yaml").is_file()):
+        target = target_root / source.name
+        if target.is_symlink() or target.is_file():
+            target.unlink()
+        elif target.is_dir():
+            shutil.rmtree(target)
+        target.symlink_to(source, target_is_directory=True)
+        print(f"profile '{source.name}': {target} -> {source}")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from slingshot.status import print_status
+
+    return print_status(args.config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="slingshot", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("launch", help="run one stage node through submitit (called by the Snakemake rules)")
+    p.add_argument("stage", help="stage node name, e.g. pretrain-phase1, rlp, evaluate-sft")
+    p.add_argument("--variant", required=True)
+    p.add_argument("--config", required=True, help="the resolved pipeline config the DAG was built from")
+    p.set_defaults(func=_cmd_launch)
+
+    p = sub.add_parser("validate", help="validate a pipeline config and print its plan")
+    p.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("schema", help="print the JSON schema of the pipeline config")
+    p.set_defaults(func=_cmd_schema)
+
+    p = sub.add_parser("profiles", help="install the Snakemake profiles (local, slurm) for --profile NAME")
+    p.add_argument("action", choices=["install"])
+    p.add_argument("--target", help="directory to install into (default ~/.config/snakemake)")
+    p.set_defaults(func=_cmd_profiles)
+
+    p = sub.add_parser(
+        "status", help="table of variant x stage: state, job, restarts, elapsed, metric, run id"
+    )
+    p.add_argument(
+        "--config", default=None, help="default: the config of the last DAG build, else " + DEFAULT_CONFIG
+    )
+    p.set_defaults(func=_cmd_status)
+
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

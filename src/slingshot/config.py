@@ -1,0 +1,516 @@
+"""Typed configuration: the single source of truth for defaults and validation.
+
+A pipeline config (``workflow/config/config.yaml``) has a shared part (pipeline,
+tracking, launcher, data), the recipe's stage configs under ``stages``, and
+``variants``: named ablation arms whose overrides are deep-merged onto ``stages``.
+Everything is validated with pydantic (unknown keys are errors); errors are
+reported with the key's full path and, where the key came from a YAML file,
+the file and line (see :func:`load_pipeline_config`).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from slingshot.data.config import DataConfig
+from slingshot.models.config import GPTModelConfig, ParallelConfig
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+# --------------------------------------------------------------------------- shared
+class PipelineMeta(StrictModel):
+    name: Name = "slingshot-tiny"
+    seed: int = 1234
+    results_dir: str = "results"
+    work_dir: str = "work"
+
+
+class TrackingConfig(StrictModel):
+    # None: sqlite:///<results_dir>/mlflow.db (embedded default). On a cluster: the
+    # URL of the tracking server from cluster/mlflow (SQLite on a shared filesystem locks).
+    uri: str | None = None
+    experiment: str | None = None  # None: the pipeline name
+    log_models: bool = True
+
+
+class Resources(StrictModel):
+    nodes: PositiveInt = 1
+    gpus_per_node: NonNegativeInt = 0
+    tasks_per_node: PositiveInt | None = None  # None: one task per GPU (at least one)
+    cpus_per_task: PositiveInt = 1
+    mem_gb: PositiveFloat | None = None
+    time_min: PositiveInt = 60
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    extra_sbatch: dict[str, str] = Field(default_factory=dict)
+    setup: list[str] = Field(default_factory=list)  # shell lines run before the job (module load ...)
+
+    @property
+    def effective_tasks_per_node(self) -> int:
+        return self.tasks_per_node or max(1, self.gpus_per_node)
+
+
+class LauncherConfig(StrictModel):
+    # local: a process on this machine (embedded default); slurm: sbatch via submitit;
+    # inprocess: submitit's debug executor, in the launcher's own process (tests).
+    backend: Literal["local", "slurm", "inprocess"] = "local"
+    site: str | None = None  # cluster/<site>.yaml with partitions, accounts, GPUs per node
+    max_requeues: NonNegativeInt = 3  # requeues after USR2 (time limit, preemption) per stage
+    max_resubmits: NonNegativeInt = 2  # fresh submissions after a cancel or node failure
+    poll_interval_s: PositiveFloat = 2.0
+    signal_delay_s: PositiveInt = 120  # Slurm sends USR2 this long before the time limit
+    # Resources of the jobs that have no stage section (data, report).
+    default_resources: Resources = Field(default_factory=lambda: Resources(time_min=60))
+
+
+class CheckpointConfig(StrictModel):
+    interval_steps: PositiveInt = 50
+    # Save when this many minutes of the job have passed; None: the stage's time limit
+    # minus a safety margin, so a checkpoint exists before Slurm ends the job.
+    time_budget_min: PositiveFloat | None = None
+    keep: PositiveInt = 2
+
+
+class OptimizerConfig(StrictModel):
+    lr: PositiveFloat = 3e-4
+    min_lr_ratio: Fraction = 0.1  # cosine decays to this fraction of the peak
+    warmup_steps: NonNegativeInt = 10
+    schedule: Literal["cosine", "constant"] = "cosine"
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: Annotated[float, Field(ge=0)] = 0.1
+    grad_clip: Annotated[float, Field(ge=0)] = 1.0
+
+
+# --------------------------------------------------------------------------- stages
+class StageConfig(StrictModel):
+    enabled: bool = True
+    resources: Resources = Field(default_factory=Resources)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    log_every: PositiveInt = 10
+
+
+class ModelStageConfig(StageConfig):
+    # A local HF model directory to start from. None: the previous stage's output.
+    # Setting it makes this stage the start of the chain (no upstream stage).
+    init_model: str | None = None
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+
+    @field_validator("init_model")
+    @classmethod
+    def _expand(cls, value: str | None) -> str | None:
+        return expand_path(value) if value is not None else None
+
+
+class PretrainPhase(StrictModel):
+    name: Name
+    token_fraction: Annotated[float, Field(gt=0.0, le=1.0)]  # of the stage's total tokens
+    blend: dict[str, Annotated[float, Field(gt=0)]]  # corpus name (from data) -> weight
+
+
+def _tiny_gpt() -> GPTModelConfig:
+    return GPTModelConfig(
+        num_layers=4,
+        hidden_size=128,
+        ffn_hidden_size=352,
+        num_attention_heads=4,
+        num_query_groups=2,
+        vocab_size=2048,
+        seq_length=256,
+    )
+
+
+class PretrainConfig(ModelStageConfig):
+    # vocab_size is replaced by the tokenizer's actual size at run time.
+    model: GPTModelConfig = Field(default_factory=_tiny_gpt)
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig)
+    total_tokens: PositiveInt = 2_000_000
+    micro_batch_size: PositiveInt = 8
+    global_batch_size: PositiveInt = 16
+    precision: Literal["fp32", "bf16"] = "fp32"
+    # FLR: reasoning data enters for the last 40% of tokens in the paper.
+    phases: list[PretrainPhase] = Field(
+        default_factory=lambda: [
+            PretrainPhase(name="phase1", token_fraction=0.6, blend={"general": 1.0}),
+            PretrainPhase(name="phase2", token_fraction=0.4, blend={"general": 0.8, "reasoning": 0.2}),
+        ],
+        min_length=1,
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> PretrainConfig:
+        total = sum(p.token_fraction for p in self.phases)
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"phases: token_fraction values must sum to 1 (got {total:g})")
+        names = [p.name for p in self.phases]
+        if len(set(names)) != len(names):
+            raise ValueError(f"phases: names must be unique (got {names})")
+        if self.global_batch_size % self.micro_batch_size:
+            raise ValueError("global_batch_size must be a multiple of micro_batch_size")
+        return self
+
+
+class RolloutConfig(StrictModel):
+    backend: Literal["hf", "vllm"] = "hf"
+    gpu_memory_utilization: Fraction = 0.5  # vLLM colocated with the trainer
+
+
+class RLPConfig(ModelStageConfig):
+    optimizer: OptimizerConfig = Field(
+        default_factory=lambda: OptimizerConfig(
+            lr=1e-6, schedule="constant", warmup_steps=0, weight_decay=0.0
+        )
+    )
+    corpus: str = "general"  # data corpus the positions are drawn from
+    steps: PositiveInt = 100
+    positions_per_step: PositiveInt = 8  # B
+    group_size: Annotated[int, Field(ge=2)] = 16  # G
+    thought_tokens: PositiveInt = 2048
+    context_tokens: PositiveInt = 2048
+    target_tokens: PositiveInt = 1  # k next tokens predicted after the thought
+    temperature: PositiveFloat = 0.7
+    eps_low: Fraction = 0.2
+    eps_high: Fraction = 0.2
+    ema_tau: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.999
+    position_selection: Literal["uniform", "entropy"] = "uniform"
+    entropy_threshold: Annotated[float, Field(ge=0)] = 1.0
+    proxy_model: str | None = None  # for entropy selection; None: the input model
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+
+
+class GeneratorConfig(StrictModel):
+    backend: Literal["teacher", "hf", "vllm"] = "teacher"
+    model: str | None = None  # local HF directory for hf / vllm
+
+    @model_validator(mode="after")
+    def _needs_model(self) -> GeneratorConfig:
+        if self.backend != "teacher" and not self.model:
+            raise ValueError(f"model: a local model directory is required for backend '{self.backend}'")
+        if self.model is not None:
+            self.model = expand_path(self.model)
+        return self
+
+
+class SynthConfig(StageConfig):
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    # Proxy model for gradient features; None: the variant's model entering synthesis.
+    proxy_model: str | None = None
+    target_size: PositiveInt = 2000
+    seed_pool_size: PositiveInt = 200
+    feature_dim: PositiveInt = 1024
+    projection_block_size: PositiveInt = 65536
+    cluster_fraction: Annotated[float, Field(gt=0, le=1)] = 0.1
+    kmeans_iters: PositiveInt = 20
+    few_shot: PositiveInt = 5
+    problems_per_request: PositiveInt = 2
+    requests_per_round: PositiveInt = 64
+    solutions_per_problem: PositiveInt = 3
+    problem_temperature: PositiveFloat = 1.0
+    solution_temperature: PositiveFloat = 0.75
+    top_p: Annotated[float, Field(gt=0, le=1)] = 0.95
+    keep_cluster_fraction: Annotated[float, Field(gt=0, le=1)] = 0.5
+    max_rounds: PositiveInt = 50
+    feature_shards: PositiveInt = 1  # Slurm array tasks for feature extraction
+
+
+class SFTDataset(StrictModel):
+    path: str
+    format: Literal["jsonl", "parquet", "hf"] = "jsonl"
+    prompt_field: str = "prompt"
+    response_field: str = "response"
+    weight: Annotated[float, Field(gt=0)] = 1.0
+
+
+class SFTConfig(ModelStageConfig):
+    optimizer: OptimizerConfig = Field(default_factory=lambda: OptimizerConfig(lr=1e-4, weight_decay=0.0))
+    use_synth: bool = True  # train on the synthesis stage's dataset
+    extra_datasets: list[SFTDataset] = Field(default_factory=list)
+    epochs: PositiveFloat = 2.0
+    seq_length: PositiveInt = 2048
+    micro_batch_size: PositiveInt = 4
+    grad_accum: PositiveInt = 1
+    packing: bool = True
+    eval_every: PositiveInt = 50
+
+
+class EntropyControl(StrictModel):
+    enabled: bool = True
+    target_low: Annotated[float, Field(ge=0)] = 0.3
+    target_high: Annotated[float, Field(ge=0)] = 1.5
+    eps_high_min: Fraction = 0.2
+    eps_high_max: Fraction = 0.5
+    step_size: Annotated[float, Field(gt=0)] = 0.01
+
+
+class ReferenceReset(StrictModel):
+    every_steps: PositiveInt | None = None
+    plateau_evals: PositiveInt | None = None  # reset when validation has not improved for M evals
+    reset_optimizer: bool = False  # ProRL v1: True; v2: False
+
+
+class ProRLPhase(StrictModel):
+    name: Name
+    steps: PositiveInt
+    max_response_tokens: PositiveInt
+
+
+class ProRLConfig(ModelStageConfig):
+    optimizer: OptimizerConfig = Field(
+        default_factory=lambda: OptimizerConfig(
+            lr=2e-6, schedule="constant", warmup_steps=0, weight_decay=0.0
+        )
+    )
+    tasks: list[str] | None = None  # task families to train on; None: all of data.tasks
+    n_samples: Annotated[int, Field(ge=2)] = 16
+    temperature: PositiveFloat = 1.2
+    batch_prompts: PositiveInt = 256
+    mini_batch_prompts: PositiveInt = 64
+    eps_low: Fraction = 0.2
+    eps_high: Fraction = 0.4
+    kl_coef: Annotated[float, Field(ge=0)] = 1e-4
+    kl_kind: Literal["k1", "k2", "k3"] = "k2"
+    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"] = "token-mean"
+    normalize_std: bool = True
+    max_gen_batches: PositiveInt = 10
+    top_entropy_q: Annotated[float, Field(gt=0, le=1)] = 1.0
+    overlong_penalty_tokens: NonNegativeInt = 0
+    entropy_control: EntropyControl = Field(default_factory=EntropyControl)
+    reference_reset: ReferenceReset = Field(default_factory=ReferenceReset)
+    val_every: PositiveInt = 10
+    val_prompts: PositiveInt = 64
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    # The length schedule: each phase is its own job in the DAG, starting from the previous.
+    phases: list[ProRLPhase] = Field(
+        default_factory=lambda: [ProRLPhase(name="len8k", steps=100, max_response_tokens=8192)], min_length=1
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ProRLConfig:
+        if self.batch_prompts % self.mini_batch_prompts:
+            raise ValueError("batch_prompts must be a multiple of mini_batch_prompts")
+        names = [p.name for p in self.phases]
+        if len(set(names)) != len(names):
+            raise ValueError(f"phases: names must be unique (got {names})")
+        return self
+
+
+class EvaluateConfig(StageConfig):
+    # Which stages' final models are evaluated (per variant).
+    models: list[Literal["pretrain", "rlp", "sft", "prorl"]] = Field(
+        default_factory=lambda: ["pretrain", "rlp", "sft", "prorl"]
+    )
+    n_samples: PositiveInt = 8
+    k: list[PositiveInt] = Field(default_factory=lambda: [1, 4, 8])
+    temperature: Annotated[float, Field(ge=0)] = 0.7
+    max_new_tokens: PositiveInt = 1024
+    prompts_per_task: PositiveInt = 64
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> EvaluateConfig:
+        if max(self.k) > self.n_samples:
+            raise ValueError(f"k: pass@{max(self.k)} needs n_samples >= {max(self.k)} (got {self.n_samples})")
+        return self
+
+
+class StagesConfig(StrictModel):
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    rlp: RLPConfig = Field(default_factory=RLPConfig)
+    synth: SynthConfig = Field(default_factory=SynthConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    prorl: ProRLConfig = Field(default_factory=ProRLConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+
+MODEL_CHAIN: tuple[str, ...] = ("pretrain", "rlp", "sft", "prorl")
+
+
+class VariantOverrides(StrictModel):
+    description: str = ""
+    stages: dict[str, Any] = Field(default_factory=dict)  # deep-merged onto the base stages
+
+
+class PipelineConfig(StrictModel):
+    pipeline: PipelineMeta = Field(default_factory=PipelineMeta)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    launcher: LauncherConfig = Field(default_factory=LauncherConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    stages: StagesConfig = Field(default_factory=StagesConfig)
+    # Override the function a stage kind runs ("module:function"); default slingshot.stages.<kind>:run.
+    entrypoints: dict[str, Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]] = Field(
+        default_factory=dict
+    )
+    variants: dict[Name, VariantOverrides] = Field(default_factory=lambda: {"main": VariantOverrides()})
+    _variant_cache: dict[str, StagesConfig] = PrivateAttr(default_factory=dict)
+
+    @field_validator("variants")
+    @classmethod
+    def _non_empty(cls, value: dict[str, VariantOverrides]) -> dict[str, VariantOverrides]:
+        if not value:
+            raise ValueError("at least one variant is required")
+        return value
+
+    def variant_stages(self, variant: str) -> StagesConfig:
+        """The stage configs of one variant: base stages with its overrides merged in."""
+        if variant not in self.variants:
+            raise KeyError(f"unknown variant '{variant}' (known: {', '.join(self.variants)})")
+        if variant not in self._variant_cache:
+            merged = deep_merge(self.stages.model_dump(mode="json"), self.variants[variant].stages)
+            self._variant_cache[variant] = StagesConfig.model_validate(merged)
+        return self._variant_cache[variant]
+
+    @property
+    def results_dir(self) -> Path:
+        return Path(self.pipeline.results_dir)
+
+    @property
+    def work_dir(self) -> Path:
+        return Path(self.pipeline.work_dir)
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.tracking.uri or f"sqlite:///{(self.results_dir / 'mlflow.db').resolve()}"
+
+    @property
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or self.pipeline.name
+
+
+# --------------------------------------------------------------------------- helpers
+_ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def expand_path(value: str) -> str:
+    """Expand ``~`` and ``${VAR}``; an unset variable is an error, not an empty string."""
+
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2)
+        if name not in os.environ:
+            raise ValueError(f"environment variable ${{{name}}} used in '{value}' is not set")
+        return os.environ[name]
+
+    return os.path.expanduser(_ENV_VAR.sub(substitute, value))
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``base`` with ``override`` merged in (dicts merge, everything else replaces)."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+class ConfigError(ValueError):
+    """A config that cannot run, with every problem named by key path (and file:line)."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid slingshot config:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def _yaml_line_index(path: Path) -> dict[tuple[str, ...], int]:
+    """Map every key path in a YAML file to its 1-based line number."""
+    index: dict[tuple[str, ...], int] = {}
+
+    def walk(node: yaml.Node, prefix: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                key = (*prefix, str(key_node.value))
+                index[key] = key_node.start_mark.line + 1
+                walk(value_node, key)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                index[(*prefix, str(i))] = item.start_mark.line + 1
+                walk(item, (*prefix, str(i)))
+
+    root = yaml.compose(path.read_text())
+    if root is not None:
+        walk(root, ())
+    return index
+
+
+def _locate(loc: tuple[str, ...], sources: list[Path]) -> str:
+    """'file:line' of the deepest prefix of ``loc`` found in the config files (last file wins)."""
+    for source in reversed(sources):
+        index = _yaml_line_index(source)
+        for depth in range(len(loc), 0, -1):
+            if loc[:depth] in index:
+                return f"{source}:{index[loc[:depth]]}"
+    return "(not in a config file: a default or a --config override)"
+
+
+def _problems(error: ValidationError, prefix: tuple[str, ...], sources: list[Path]) -> list[str]:
+    problems = []
+    for item in error.errors():
+        loc = (*prefix, *(str(part) for part in item["loc"]))
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        problems.append(f"{'.'.join(loc)}: {message} [{_locate(loc, sources)}]")
+    return problems
+
+
+def validate_config(raw: dict[str, Any], sources: list[Path] | None = None) -> PipelineConfig:
+    """Validate a raw config dict (as Snakemake loads it); raise ConfigError naming every problem."""
+    sources = [Path(s) for s in sources or []]
+    try:
+        cfg = PipelineConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_problems(error, (), sources)) from None
+    problems: list[str] = []
+    for variant in cfg.variants:
+        try:
+            cfg.variant_stages(variant)
+        except ValidationError as error:
+            problems += _problems(error, ("variants", variant, "stages"), sources)
+    if problems:
+        raise ConfigError(problems)
+    from slingshot.plan import check_plan  # the DAG-level checks (chain, model paths, corpora)
+
+    problems = check_plan(cfg)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def load_pipeline_config(
+    path: str | os.PathLike[str], overrides: dict[str, Any] | None = None
+) -> PipelineConfig:
+    """Read, merge overrides into, and validate a config file."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError([f"{path}: not valid YAML: {error}"]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping"])
+    return validate_config(deep_merge(raw, overrides or {}), [path])

@@ -1,0 +1,308 @@
+"""`slingshot launch`: run one stage node as a submitit job and see it through.
+
+- Re-attach: if the work dir records a job that is still pending or running, wait on
+  it instead of submitting another (Snakemake cannot; snakemake/snakemake#4084).
+- Requeue: a stage that stopped after a checkpoint (USR2) is requeued by the job
+  itself on Slurm (same id); on the local backends the launcher resubmits it.
+- Resubmit: a job that ended without a result (cancelled, node failure, killed) is
+  submitted again, up to ``launcher.max_resubmits`` times; the stage resumes from
+  its newest complete checkpoint.
+- The job's log is streamed into this process's stdout (the rule's log); a failed
+  stage ends this process non-zero with the stage's error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from slingshot.config import PipelineConfig, Resources, load_pipeline_config
+from slingshot.io import atomic_write_text
+from slingshot.launch.job import DONE, REQUEUE, StageJob
+from slingshot.launch.site import load_site
+from slingshot.launch.state import LaunchState
+from slingshot.plan import Node, build_plan, stage_config
+
+# Slurm states after which a job will not run again by itself.
+ENDED = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "PREEMPTED",
+}
+_EXECUTOR = {"local": "local", "slurm": "slurm", "inprocess": "debug"}
+
+
+class LaunchError(RuntimeError):
+    pass
+
+
+def say(message: str) -> None:
+    print(f"[slingshot launch] {message}", flush=True)
+
+
+# --------------------------------------------------------------------------- executors
+def make_executor(cfg: PipelineConfig, node: Node, folder: Path) -> submitit.Executor:
+    section = stage_config(cfg, node)
+    res: Resources = section.resources if section else cfg.launcher.default_resources
+    backend = cfg.launcher.backend
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    executor = submitit.AutoExecutor(folder=folder, cluster=_EXECUTOR[backend])
+    params: dict[str, Any] = {
+        "name": f"slingshot.{node.key.replace('/', '.')}",
+        "timeout_min": res.time_min,
+        "nodes": res.nodes,
+        "tasks_per_node": res.effective_tasks_per_node,
+        "gpus_per_node": res.gpus_per_node,
+        "cpus_per_task": res.cpus_per_task,
+    }
+    if res.mem_gb:
+        params["mem_gb"] = res.mem_gb
+    if backend == "slurm":
+        site = load_site(cfg.launcher.site)
+        partition, _ = site.partition_for(res)
+        env = {**site.env, "PYTHONUNBUFFERED": "1"}
+        # Every value that reaches the batch script's shell is quoted.
+        exports = [f"export {key}={shlex.quote(value)}" for key, value in env.items()]
+        params.update(
+            slurm_partition=partition,
+            slurm_signal_delay_s=cfg.launcher.signal_delay_s,
+            slurm_setup=[*exports, *site.setup, *res.setup],
+            slurm_additional_parameters={"requeue": True, **site.sbatch, **res.extra_sbatch},
+        )
+        for key, value in (("account", res.account or site.account), ("qos", res.qos or site.qos)):
+            if value:
+                params[f"slurm_{key}"] = value
+        if res.constraint:
+            params["slurm_constraint"] = res.constraint
+    elif backend == "local":
+        params["local_setup"] = list(res.setup)
+    executor.update_parameters(**params)
+    return executor
+
+
+def slurm_state(job_id: str) -> str:
+    """The job's state from sacct (accounting), falling back to squeue."""
+    try:
+        out = subprocess.run(
+            ["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "State"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        lines = [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
+        if out.returncode == 0 and lines:
+            return lines[-1].rstrip("+")
+        out = subprocess.run(
+            ["squeue", "-j", job_id, "-h", "-o", "%T"], capture_output=True, text=True, timeout=30
+        )
+        state = out.stdout.strip()
+        return state or "UNKNOWN"
+    except (OSError, subprocess.TimeoutExpired):
+        return "UNKNOWN"
+
+
+@dataclass
+class RunningJob:
+    """A submitted or re-attached job, for any backend."""
+
+    backend: str
+    job_id: str
+    folder: Path
+    job: Any | None = None  # the submitit job object when we submitted it in this process
+
+    @property
+    def paths(self) -> submitit.core.utils.JobPaths:
+        return submitit.core.utils.JobPaths(self.folder, job_id=self.job_id, task_id=0)
+
+    def alive(self) -> bool:
+        if self.paths.result_pickle.exists():
+            return False
+        if self.backend == "slurm":
+            return slurm_state(self.job_id) not in ENDED | {"UNKNOWN"}
+        if self.backend == "local":
+            if self.job is not None:
+                return self.job._process.poll() is None
+            try:
+                os.kill(int(self.job_id), 0)
+            except (ProcessLookupError, ValueError):
+                return False
+            return not _is_zombie(int(self.job_id))
+        return False
+
+    def state(self) -> str:
+        return (
+            slurm_state(self.job_id) if self.backend == "slurm" else ("RUNNING" if self.alive() else "ENDED")
+        )
+
+    def cancel(self) -> None:
+        if self.backend == "slurm":
+            subprocess.run(["scancel", self.job_id], check=False, timeout=30)
+        elif self.backend == "local":
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(self.job_id), 15)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return False
+
+
+class LogStreamer:
+    """Copies what the job appends to its stdout/stderr into ours."""
+
+    def __init__(self, paths: list[Path]):
+        self.offsets = dict.fromkeys(paths, 0)
+
+    def pump(self) -> None:
+        for path in self.offsets:
+            if not path.exists():
+                continue
+            size = path.stat().st_size
+            if size < self.offsets[path]:  # truncated (a restarted job): start over
+                self.offsets[path] = 0
+            if size == self.offsets[path]:
+                continue
+            with open(path, "rb") as handle:
+                handle.seek(self.offsets[path])
+                data = handle.read()
+            self.offsets[path] += len(data)
+            sys.stdout.buffer.write(data)
+            sys.stdout.flush()
+
+
+# --------------------------------------------------------------------------- launching
+@dataclass
+class Outcome:
+    status: str  # done | requeue | failed | lost
+    detail: str = ""
+
+
+def _wait(running: RunningJob, poll_s: float) -> Outcome:
+    """Stream logs until the job ends; classify how it ended."""
+    if running.backend == "inprocess":
+        result = running.job.result()  # runs the stage here (submitit's debug executor)
+        return Outcome(result["status"])
+    paths = running.paths
+    streamer = LogStreamer([paths.stdout, paths.stderr])
+    while running.alive():
+        streamer.pump()
+        time.sleep(poll_s)
+    # The result file can land a moment after the job leaves the queue.
+    for _ in range(10):
+        if paths.result_pickle.exists():
+            break
+        time.sleep(min(poll_s, 1.0))
+    streamer.pump()
+    if not paths.result_pickle.exists():
+        return Outcome("lost", f"job {running.job_id} ended ({running.state()}) without a result")
+    kind, value = submitit.core.utils.pickle_load(paths.result_pickle)
+    if kind == "success":
+        return Outcome(value["status"], str(value))
+    return Outcome("failed", str(value))
+
+
+def _check_work_dir(cfg: PipelineConfig, node: Node) -> None:
+    """A work dir made for another version of this stage's config is moved aside, never resumed."""
+    work_dir = node.work_dir(cfg)
+    marker = work_dir / "digest"
+    if marker.is_file() and marker.read_text().strip() != node.digest:
+        stale = work_dir.with_name(f"{work_dir.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
+        say(f"config of {node.key} changed since its checkpoints were written: moving them to {stale}")
+        shutil.move(str(work_dir), stale)
+    work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not marker.is_file():
+        atomic_write_text(marker, node.digest + "\n")
+
+
+def launch(config_path: str | os.PathLike[str], variant: str, stage: str) -> int:
+    cfg = load_pipeline_config(config_path)
+    plan = build_plan(cfg)
+    node = plan.node(variant, stage)
+    manifest = node.manifest_path(cfg)
+    if manifest.is_file():
+        say(f"{node.key} is already done ({manifest})")
+        return 0
+    _check_work_dir(cfg, node)
+    work_dir = node.work_dir(cfg)
+    folder = work_dir / "submitit"
+    state = LaunchState.load(work_dir)
+    backend = cfg.launcher.backend
+    job_fn = StageJob(
+        config_path=str(Path(config_path).resolve()),
+        variant=node.owner or variant,
+        stage=node.stage,
+        cwd=str(Path.cwd()),
+        max_requeues=cfg.launcher.max_requeues,
+    )
+
+    running: RunningJob | None = None
+    current = state.current
+    if current is not None and current.backend == backend and backend != "inprocess":
+        candidate = RunningJob(backend, current.job_id, folder)
+        if candidate.alive():
+            say(f"re-attaching to {backend} job {current.job_id} of {node.key} (state {candidate.state()})")
+            running = candidate
+    executor = make_executor(cfg, node, folder)
+    reason = "first" if not state.submissions else "resubmit"
+    while True:
+        if running is None:
+            job = executor.submit(job_fn)
+            state.add(job.job_id, backend, reason)
+            running = RunningJob(backend, str(job.job_id), folder, job)
+            say(f"submitted {node.key} as {backend} job {job.job_id} ({reason})")
+        outcome = _wait(running, cfg.launcher.poll_interval_s)
+        if outcome.status == DONE:
+            if not manifest.is_file():
+                raise LaunchError(
+                    f"{node.key}: job {running.job_id} finished but wrote no manifest at {manifest}"
+                )
+            say(f"{node.key} done (job {running.job_id})")
+            return 0
+        if outcome.status == "failed":
+            say(f"{node.key} FAILED in job {running.job_id}:\n{outcome.detail}")
+            return 1
+        if outcome.status == REQUEUE:
+            if state.count("requeue") >= cfg.launcher.max_requeues:
+                say(
+                    f"{node.key} stopped {state.count('requeue') + 1} times (launcher.max_requeues="
+                    f"{cfg.launcher.max_requeues}); its checkpoint is kept: rerun to continue"
+                )
+                return 1
+            reason = "requeue"
+        else:  # lost: cancelled, node failure, killed
+            if state.count("resubmit") >= cfg.launcher.max_resubmits:
+                say(
+                    f"{node.key}: {outcome.detail}; giving up after {cfg.launcher.max_resubmits} resubmissions "
+                    f"(launcher.max_resubmits); logs in {folder}"
+                )
+                return 1
+            say(f"{node.key}: {outcome.detail}; resubmitting (it resumes from its last checkpoint)")
+            reason = "resubmit"
+        running = None
+
+
+def launch_main(config_path: str, variant: str, stage: str) -> int:
+    try:
+        return launch(config_path, variant, stage)
+    except Exception as error:  # the rule's log gets one clear line, not a traceback
+        say(f"error: {error}")
+        return 1

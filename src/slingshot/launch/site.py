@@ -1,0 +1,92 @@
+"""Site files (``cluster/<site>.yaml``): the facts of one Slurm cluster.
+
+A stage's resources say what it needs; the site file says what the cluster has and
+how jobs start there (partition defaults, account, module loads, exported env).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError
+
+from slingshot.config import Resources
+
+
+class SiteError(ValueError):
+    pass
+
+
+class Partition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    gpus_per_node: NonNegativeInt = 0
+    cpus_per_node: PositiveInt | None = None
+    mem_gb: float | None = None
+    max_nodes: PositiveInt | None = None
+    max_time_min: PositiveInt | None = None
+
+
+class Site(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    default_partition: str
+    partitions: dict[str, Partition]
+    account: str | None = None
+    qos: str | None = None
+    setup: list[str] = Field(default_factory=list)  # shell lines before every job
+    env: dict[str, str] = Field(default_factory=dict)  # exported into every job
+    sbatch: dict[str, str] = Field(default_factory=dict)  # extra sbatch flags for every job
+
+    def partition_for(self, resources: Resources) -> tuple[str, Partition]:
+        name = resources.partition or self.default_partition
+        if name not in self.partitions:
+            raise SiteError(
+                f"partition '{name}' is not defined in site '{self.name}' (has: {', '.join(self.partitions)})"
+            )
+        return name, self.partitions[name]
+
+    def check(self, resources: Resources) -> list[str]:
+        """Problems with running ``resources`` here, each starting with the offending field."""
+        try:
+            name, part = self.partition_for(resources)
+        except SiteError as error:
+            return [f"partition: {error}"]
+        problems = []
+        if resources.gpus_per_node > part.gpus_per_node:
+            problems.append(
+                f"gpus_per_node: {resources.gpus_per_node} GPUs requested but partition '{name}' of site "
+                f"'{self.name}' has {part.gpus_per_node} per node"
+            )
+        if part.max_nodes and resources.nodes > part.max_nodes:
+            problems.append(f"nodes: {resources.nodes} requested, partition '{name}' allows {part.max_nodes}")
+        if part.max_time_min and resources.time_min > part.max_time_min:
+            problems.append(
+                f"time_min: {resources.time_min} exceeds partition '{name}' limit {part.max_time_min}"
+            )
+        cpus = resources.cpus_per_task * resources.effective_tasks_per_node
+        if part.cpus_per_node and cpus > part.cpus_per_node:
+            problems.append(
+                f"cpus_per_task: {cpus} CPUs per node requested, partition '{name}' has {part.cpus_per_node}"
+            )
+        return problems
+
+
+def site_dir() -> Path:
+    """Where site files live: $SLINGSHOT_SITE_DIR, else ./cluster (the project checkout)."""
+    return Path(os.environ.get("SLINGSHOT_SITE_DIR", "cluster"))
+
+
+def load_site(name_or_path: str | None) -> Site:
+    if name_or_path is None:
+        raise SiteError("no site given: set launcher.site to a file in cluster/ (e.g. 'dev') to run on Slurm")
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = site_dir() / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise SiteError(f"site file '{path}' not found")
+    try:
+        return Site.model_validate(yaml.safe_load(path.read_text()))
+    except (yaml.YAMLError, ValidationError) as error:
+        raise SiteError(f"{path}: {error}") from None

@@ -1,0 +1,93 @@
+"""The resumable step loop every training stage runs.
+
+    for step in resumable_steps(ctx, total_steps, state):
+        ...one optimizer step...
+
+resumes from the newest complete checkpoint (``state.load_state_dict``), then after each
+step asks the save triggers (interval, time budget, USR2), saves through the
+checkpoint manager, and raises StageInterrupted after saving on a stop request.
+Replicated state (plain DDP) is written by rank 0; stages with sharded state
+(Megatron dist_checkpointing, FSDP) pass ``all_ranks_write=True`` and write into the
+directory they are given, which is the same for every rank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from slingshot.checkpoint import StageInterrupted
+from slingshot.context import StageContext
+
+
+class Stateful(Protocol):
+    def save(self, directory: Path) -> None: ...
+
+    def load(self, directory: Path) -> None: ...
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def _broadcast_path(path: Path | None) -> Path:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        box: list[Any] = [str(path) if path else None]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return Path(box[0])
+    assert path is not None
+    return path
+
+
+def resume_step(ctx: StageContext, state: Stateful) -> int:
+    """Load the newest complete checkpoint into ``state``; return its step (0 if none)."""
+    latest = ctx.checkpoints.latest()
+    if latest is None:
+        return 0
+    state.load(latest.path)
+    ctx.tracker.set_tags({"slingshot.resumed_from_step": latest.step})
+    print(f"[slingshot] {ctx.stage}: resumed from {latest.path}", flush=True)
+    return latest.step
+
+
+def save_checkpoint(ctx: StageContext, step: int, state: Stateful, all_ranks_write: bool = False) -> None:
+    if not all_ranks_write:
+        if ctx.dist.is_main:
+            with ctx.checkpoints.saving(step) as directory:
+                state.save(directory)
+        _barrier()
+        return
+    # Sharded state: every rank writes into rank 0's temp dir; rank 0 publishes after a barrier.
+    manager = ctx.checkpoints
+    if ctx.dist.is_main:
+        saving = manager.saving(step)
+        directory = saving.__enter__()
+    directory = _broadcast_path(directory if ctx.dist.is_main else None)
+    try:
+        state.save(directory)
+        _barrier()
+    except BaseException as error:
+        if ctx.dist.is_main:
+            saving.__exit__(type(error), error, error.__traceback__)
+        raise
+    if ctx.dist.is_main:
+        saving.__exit__(None, None, None)
+    _barrier()
+
+
+def resumable_steps(
+    ctx: StageContext, total_steps: int, state: Stateful, all_ranks_write: bool = False
+) -> Iterator[int]:
+    """Yield the steps still to run (1-based); checkpoint and stop as the triggers say."""
+    start = resume_step(ctx, state)
+    for step in range(start + 1, total_steps + 1):
+        yield step
+        save, stop = ctx.triggers.check(step)
+        if save or step == total_steps:
+            save_checkpoint(ctx, step, state, all_ranks_write)
+        if stop:
+            raise StageInterrupted(step, ctx.triggers.stop_signal or "stop request")

@@ -1,0 +1,228 @@
+"""MLflow tracking: one experiment per pipeline, a parent run per variant, a child run per stage.
+
+Run ids are persisted in the work dir, so a requeued or rerun stage continues the
+SAME run. Metrics are logged by explicit step; on resume, steps a run already has
+(recomputed identically after an exact resume) are skipped, so curves never repeat.
+Only rank 0 logs. Keys and values that look like secrets are never sent.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from slingshot.io import atomic_write_text
+
+# A key is secret when one of its dotted segments is, or ends in, a secret-ish word
+# ("hf_token", "db.password"), but not a mere count ("total_tokens", "thought_tokens").
+SECRET_KEY = re.compile(
+    r"(^|[._-])(token|secret|passw(or)?d|api[_-]?key|apikey|access[_-]?key|private[_-]?key|credentials?|auth)($|\.)",
+    re.I,
+)
+SECRET_VALUE = re.compile(
+    r"^(hf_[A-Za-z0-9]{10,}|sk-[A-Za-z0-9_-]{10,}|gh[pousr]_[A-Za-z0-9]{10,}|xox[abpr]-)"
+)
+REDACTED = "***"
+
+# MLflow limits: params values 6000 chars, 100 params per batch, 1000 metrics per batch.
+_PARAM_MAX = 6000
+_BATCH = 100
+
+
+def is_secret(key: str, value: Any) -> bool:
+    return bool(SECRET_KEY.search(key)) or (isinstance(value, str) and bool(SECRET_VALUE.match(value)))
+
+
+def flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists of mappings get their index in the key."""
+    flat: dict[str, Any] = {}
+    for key, value in obj.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+            for i, item in enumerate(value):
+                flat.update(flatten(item, f"{name}.{i}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def redact(params: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: (REDACTED if is_secret(k, v) else v) for k, v in params.items()}
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class Tracker:
+    """Logging into one MLflow run. Construct with :meth:`for_stage` or :meth:`disabled`."""
+
+    def __init__(self, client: Any | None, run_id: str | None, uri: str | None = None):
+        self.client = client
+        self.run_id = run_id
+        self.uri = uri
+        self._floor: dict[str, int] = {}
+        if client is not None and run_id is not None:
+            self._floor = self._logged_steps()
+
+    @classmethod
+    def disabled(cls) -> Tracker:
+        """A tracker that logs nothing (ranks other than 0, unit tests)."""
+        return cls(None, None)
+
+    @property
+    def enabled(self) -> bool:
+        return self.client is not None
+
+    # ------------------------------------------------------------------ run setup
+    @classmethod
+    def open_run(
+        cls,
+        uri: str,
+        experiment: str,
+        run_id_file: Path,
+        run_name: str,
+        parent_run_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> Tracker:
+        """Open the run whose id is in ``run_id_file``, creating it (once, under a lock) if absent."""
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri)
+        with _file_lock(run_id_file.with_name(run_id_file.name + ".lock")):
+            if run_id_file.is_file():
+                run_id = run_id_file.read_text().strip()
+                client.update_run(run_id, status="RUNNING")
+            else:
+                exp = client.get_experiment_by_name(experiment)
+                exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+                all_tags = dict(tags or {})
+                if parent_run_id:
+                    all_tags["mlflow.parentRunId"] = parent_run_id
+                run = client.create_run(exp_id, run_name=run_name, tags=all_tags)
+                run_id = run.info.run_id
+                atomic_write_text(run_id_file, run_id + "\n")
+        return cls(client, run_id, uri)
+
+    def _logged_steps(self) -> dict[str, int]:
+        run = self.client.get_run(self.run_id)
+        floor = {}
+        for key in run.data.metrics:
+            history = self.client.get_metric_history(self.run_id, key)
+            if history:
+                floor[key] = max(m.step for m in history)
+        return floor
+
+    # ------------------------------------------------------------------ logging
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
+        from mlflow.entities import Param
+
+        existing = self.client.get_run(self.run_id).data.params
+        items = []
+        for key, value in redact(flatten(params)).items():
+            text = json.dumps(value) if isinstance(value, list | dict) else str(value)
+            text = text[:_PARAM_MAX]
+            if key in existing:
+                continue  # params are immutable in MLflow; a resumed run logs the same config again
+            items.append(Param(key, text))
+        for i in range(0, len(items), _BATCH):
+            self.client.log_batch(self.run_id, params=items[i : i + _BATCH], synchronous=True)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)) for k, v in redact(tags).items() if v is not None]
+        for i in range(0, len(items), _BATCH):
+            self.client.log_batch(self.run_id, tags=items[i : i + _BATCH], synchronous=True)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Log at an explicit step; a step this run already holds for a key is skipped."""
+        if not self.enabled:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = []
+        for key, value in metrics.items():
+            if step <= self._floor.get(key, -1) or value is None:
+                continue
+            items.append(Metric(key, float(value), now, step))
+            self._floor[key] = step
+        if items:
+            self.client.log_batch(self.run_id, metrics=items, synchronous=True)
+
+    def log_input(
+        self, name: str, source: str | os.PathLike[str], digest: str, context: str = "training"
+    ) -> None:
+        """Record a dataset this stage consumed (name, content digest, where it lives)."""
+        if not self.enabled:
+            return
+        from mlflow.data.dataset_source_registry import get_dataset_source_from_json
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        uri = json.dumps({"uri": str(Path(source).resolve())})
+        local_source = get_dataset_source_from_json(uri, source_type="local")
+        dataset = MetaDataset(source=local_source, name=name, digest=digest[:36])
+        entry = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
+        self.client.log_inputs(self.run_id, datasets=[entry])
+
+    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        if self.enabled:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_model_dir(
+        self, name: str, model_dir: str | os.PathLike[str], params: Mapping[str, Any] | None = None
+    ) -> str | None:
+        """Register the stage's HF model directory as an external logged model (weights stay where they are)."""
+        if not self.enabled:
+            return None
+        import mlflow
+
+        mlflow.set_tracking_uri(self.uri)
+        run = self.client.get_run(self.run_id)
+        model = mlflow.create_external_model(
+            name=name,
+            source_run_id=self.run_id,
+            experiment_id=run.info.experiment_id,
+            tags={"slingshot.model_dir": str(Path(model_dir).resolve())},
+            params={k: str(v) for k, v in redact(params or {}).items()},
+            model_type="hf-causal-lm",
+        )
+        self.set_tags({"slingshot.logged_model_id": model.model_id})
+        return model.model_id
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if self.enabled:
+            self.client.set_terminated(self.run_id, status=status)
+
+
+def open_parent_run(
+    uri: str, experiment: str, variant_work_dir: Path, variant: str, tags: Mapping[str, str]
+) -> str:
+    """The variant's parent run id, created once (several stage jobs may race to create it)."""
+    tracker = Tracker.open_run(
+        uri, experiment, variant_work_dir / "mlflow_parent_run_id", run_name=variant, tags=tags
+    )
+    return tracker.run_id  # type: ignore[return-value]

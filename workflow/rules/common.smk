@@ -1,0 +1,49 @@
+# Validation, the plan (which stage nodes exist, shared between variants or not),
+# and the paths every rule uses. The config is validated here, when the DAG is built.
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+from slingshot.config import ConfigError, validate_config
+from slingshot.plan import build_plan
+from slingshot.workflow import write_resolved_config
+
+try:
+    CFG = validate_config(config, workflow.configfiles)
+except ConfigError as error:
+    raise WorkflowError(str(error)) from None
+
+PLAN = build_plan(CFG)
+RESULTS = str(CFG.results_dir)
+# The launcher and the jobs read the config the DAG was built from.
+RESOLVED_CONFIG = str(write_resolved_config(config, CFG))
+ALL_TARGETS = [str(p) for p in PLAN.targets()]
+LAUNCH = "slingshot launch {params.stage:q} --variant {params.variant:q} --config {params.config:q} > {log:q} 2>&1"
+
+
+wildcard_constraints:
+    variant="|".join(CFG.variants),
+    phase=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+
+
+def node_of(stage_pattern):
+    """The plan node a rule instance runs, from its wildcards."""
+    return lambda wc: PLAN.node(wc.get("variant", ""), stage_pattern.format(**dict(wc.items())))
+
+
+def upstream_of(stage_pattern):
+    return lambda wc: [str(p) for p in PLAN.upstream_manifests(node_of(stage_pattern)(wc)).values()]
+
+
+def digest_of(stage_pattern):
+    return lambda wc: node_of(stage_pattern)(wc).digest
+
+
+def stage_rule_params(stage_pattern):
+    """Params shared by every stage rule; the digest makes a config change rerun the stage."""
+    return dict(
+        stage=lambda wc: stage_pattern.format(**dict(wc.items())),
+        variant=lambda wc: node_of(stage_pattern)(wc).owner or next(iter(CFG.variants)),
+        config=RESOLVED_CONFIG,
+        digest=digest_of(stage_pattern),
+    )
