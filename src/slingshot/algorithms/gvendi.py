@@ -20,6 +20,7 @@ the first 256 columns of a dim=1024 matrix are the dim=256 matrix.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable
 
 import torch
@@ -85,6 +86,19 @@ def _sign_table(device: torch.device, dtype: torch.dtype) -> Tensor:
     return _SIGN_TABLE_CACHE[key]
 
 
+def _word_bytes(words: Tensor, *, native: bool = sys.byteorder == "little") -> Tensor:
+    """``[R, W]`` int64 → ``[R, W * 8]`` int32 byte values, least significant byte first.
+
+    On little-endian hosts (x86, ARM, CUDA) reinterpreting the words as bytes already gives
+    that order and is ~2x faster than shifting; elsewhere the bytes are extracted with
+    shifts. Both give the same values (tested).
+    """
+    if native:
+        return words.contiguous().view(torch.uint8).to(torch.int32)
+    shifts = torch.arange(0, 64, 8, device=words.device, dtype=torch.int64)
+    return ((words.unsqueeze(-1) >> shifts) & 0xFF).reshape(words.shape[0], -1).to(torch.int32)
+
+
 def rademacher_rows(
     seed: int,
     row_start: int,
@@ -110,11 +124,9 @@ def rademacher_rows(
     words_idx = torch.arange(n_words, device=device, dtype=torch.int64).unsqueeze(0)
     counter = (rows << _WORDS_PER_ROW_LOG2) + words_idx  # global word index, independent of dim
     words = _splitmix64(_seed_base(seed) + counter * _GOLDEN)  # [rows, n_words] int64
-    # Split each word into its 8 bytes arithmetically (endianness-independent), then look up
-    # 8 signs per byte: one gather instead of 64 shift/and passes.
-    shifts = torch.arange(0, 64, 8, device=device, dtype=torch.int64)
-    byte_vals = (words.unsqueeze(-1) >> shifts) & 0xFF  # [rows, n_words, 8]
-    signs = torch.nn.functional.embedding(byte_vals, _sign_table(device, dtype))  # [rows, n_words, 8, 8]
+    byte_vals = _word_bytes(words)  # [rows, n_words * 8], byte j of word w = bits 8j..8j+7
+    # One gather of 8 signs per byte instead of 64 shift/and passes per word.
+    signs = torch.nn.functional.embedding(byte_vals, _sign_table(device, dtype))  # [rows, n_words * 8, 8]
     return signs.reshape(rows.shape[0], n_words * 64)[:, :dim]
 
 

@@ -12,7 +12,9 @@ from slingshot.algorithms.gvendi import (
     _GOLDEN,
     _WORDS_PER_ROW_LOG2,
     _seed_base,
+    _splitmix64,
     _splitmix64_int,
+    _word_bytes,
     g_vendi,
     rademacher_project,
     rademacher_rows,
@@ -29,6 +31,15 @@ def test_rows_match_the_documented_bit_definition():
             word = _splitmix64_int(_seed_base(seed) + ((r << _WORDS_PER_ROW_LOG2) + c // 64) * _GOLDEN)
             assert s[r - 5, c].item() == 1 - 2 * ((word >> (c % 64)) & 1), (r, c)
     assert set(s.unique().tolist()) == {-1.0, 1.0}
+
+
+def test_byte_split_paths_agree():
+    words = _splitmix64(torch.arange(-500, 500, dtype=torch.int64).reshape(100, 10) * _GOLDEN)
+    fast, portable = _word_bytes(words, native=True), _word_bytes(words, native=False)
+    assert torch.equal(fast, portable)
+    # least significant byte first
+    assert fast[0, 0].item() == words[0, 0].item() & 0xFF
+    assert fast[0, 1].item() == (words[0, 0].item() >> 8) & 0xFF
 
 
 def test_rows_depend_only_on_seed_and_row_index():
