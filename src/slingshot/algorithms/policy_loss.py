@@ -38,7 +38,7 @@ class PolicyLossOutput(NamedTuple):
 def clipped_policy_loss(
     logp: Tensor,
     old_logp: Tensor,
-    advantages: Tensor,
+    adv: Tensor,
     mask: Tensor,
     eps_low: float,
     eps_high: float,
@@ -64,7 +64,7 @@ def clipped_policy_loss(
     Args:
         logp: ``[N, T]`` log π_θ of the sampled tokens (requires grad).
         old_logp: ``[N, T]`` log π_θold at sampling time.
-        advantages: ``[N]`` (one per sequence) or ``[N, T]`` (per token); detached here.
+        adv: advantages, ``[N]`` (one per sequence) or ``[N, T]`` (per token); detached here.
         mask: ``[N, T]`` bool or 0/1 — valid (e.g. response/thought) tokens.
         eps_low: lower clip ε_low ∈ [0, 1].
         eps_high: upper clip ε_high ≥ 0.
@@ -81,12 +81,10 @@ def clipped_policy_loss(
         raise ValueError(
             f"logp {tuple(logp.shape)}, old_logp {tuple(old_logp.shape)} and mask {tuple(mask.shape)} must match"
         )
-    if advantages.shape == logp.shape[:1]:
-        adv = advantages.unsqueeze(1)
-    elif advantages.shape == logp.shape:
-        adv = advantages
-    else:
-        raise ValueError(f"advantages must be [N] or [N, T], got {tuple(advantages.shape)}")
+    if adv.shape == logp.shape[:1]:
+        adv = adv.unsqueeze(1)
+    elif adv.shape != logp.shape:
+        raise ValueError(f"advantages must be [N] or [N, T], got {tuple(adv.shape)}")
     if not 0.0 <= eps_low <= 1.0 or eps_high < 0.0:
         raise ValueError(f"need 0 <= eps_low <= 1 and eps_high >= 0, got {eps_low}, {eps_high}")
 

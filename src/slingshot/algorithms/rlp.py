@@ -70,7 +70,12 @@ def rlp_group_advantages(rewards: Tensor) -> Tensor:
 
 
 def _as_list(params: Iterable[Tensor]) -> list[Tensor]:
-    return [p.detach() if isinstance(p, Tensor) else torch.as_tensor(p) for p in params]
+    out = []
+    for p in params:
+        if not isinstance(p, Tensor):
+            raise TypeError(f"expected tensors, got {type(p).__name__}")
+        out.append(p.detach())  # same storage: in-place updates reach the original
+    return out
 
 
 @torch.no_grad()
