@@ -10,10 +10,10 @@ The random matrix
 Entry (r, c) of the sign matrix S is bit ``c % 64`` of the 64-bit word
 ``splitmix64(base(seed) + (r * 2**20 + c // 64) * GOLDEN)``, bit 1 → −1 and bit 0 → +1.
 So a row depends only on (seed, global row index r) — not on how the input is chunked,
-not on ``block_size``, not on the process, and not on the device: the hash is plain
-wrapping int64 arithmetic that CPU and CUDA compute identically, so the same seed gives
-the same matrix everywhere (a CPU-side ``torch.Generator`` would tie the matrix to CPU
-generation and to a fixed block granularity). Column c does not depend on ``dim`` either:
+not on ``block_size`` and not on the process. The hash is plain wrapping int64 arithmetic
+(no RNG state), so it is meant to give the same bits on CUDA too (checked on CPU only so
+far); a ``torch.Generator`` per block would instead tie the matrix to CPU generation and to
+a fixed block granularity. Column c does not depend on ``dim`` either:
 the first 256 columns of a dim=1024 matrix are the dim=256 matrix.
 """
 
@@ -161,6 +161,8 @@ def rademacher_project(
     """
     if block_size <= 0:
         raise ValueError(f"block_size must be positive, got {block_size}")
+    if not 0 < dim <= _MAX_DIM:
+        raise ValueError(f"dim must be in 1..{_MAX_DIM}, got {dim}")
     out: Tensor | None = None
     buf: Tensor | None = None
     fill = 0  # valid columns in buf
