@@ -91,6 +91,9 @@ def write_indexed_dataset(
 
 
 def read_indexed_dataset(prefix: str | os.PathLike[str]) -> Any:
+    """Megatron's ``IndexedDataset``. Its items are views of an mmap that is closed when
+    the dataset is garbage-collected: keep the dataset referenced while using them
+    (``read_indexed_dataset(p)[0]`` on a temporary can segfault later)."""
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     return IndexedDataset(str(prefix), mmap=True)
