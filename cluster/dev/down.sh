@@ -15,46 +15,60 @@ exec 9>"$STATE_DIR/lock"
 flock -w 300 9 || die "another up.sh/down.sh holds $STATE_DIR/lock"
 
 stopped=0
-# stop <name> [timeout_s]: TERM the recorded process, wait, then KILL.
+# stop <timeout_s> <name>...: SIGTERM every recorded process of the group at once,
+# wait for all of them, then SIGKILL what is left.
 stop() {
-    local name="$1" t="${2:-20}" pid f
-    f="$(pidfile_of "$name")"
-    if ! pid=$(our_pid "$name"); then
-        [[ -f "$f" ]] && { log "$name: not running (stale pid file removed)"; rm -f "$f"; }
-        return 0
-    fi
-    log "stopping $name (pid $pid)"
-    kill -TERM "$pid" 2>/dev/null || true
-    local deadline=$(( $(date +%s) + t ))
-    while our_pid "$name" >/dev/null; do
+    local t="$1"; shift
+    local name pid f live=()
+    for name in "$@"; do
+        f="$(pidfile_of "$name")"
+        if pid=$(our_pid "$name"); then
+            log "stopping $name (pid $pid)"
+            kill -TERM "$pid" 2>/dev/null || true
+            live+=("$name")
+        elif [[ -f "$f" ]]; then
+            log "$name: not running (stale pid file removed)"
+            rm -f "$f"
+        fi
+    done
+    (( ${#live[@]} )) || return 0
+    local deadline=$(( $(date +%s) + t )) left
+    while :; do
+        left=()
+        for name in "${live[@]}"; do our_pid "$name" >/dev/null && left+=("$name"); done
+        (( ${#left[@]} )) || break
         if (( $(date +%s) >= deadline )); then
-            warn "$name (pid $pid) ignored SIGTERM for ${t}s — sending SIGKILL"
-            kill -KILL "$pid" 2>/dev/null || true
+            for name in "${left[@]}"; do
+                pid=$(our_pid "$name") || continue
+                warn "$name (pid $pid) ignored SIGTERM for ${t}s — sending SIGKILL"
+                kill -KILL "$pid" 2>/dev/null || true
+            done
             sleep 0.5
             break
         fi
-        sleep 0.2
+        sleep 0.1
     done
-    rm -f "$f"
-    stopped=$((stopped + 1))
+    for name in "${live[@]}"; do rm -f "$(pidfile_of "$name")"; done
+    stopped=$((stopped + ${#live[@]}))
 }
 
-# Explicit list, in dependency order — never a glob (slurmd*.pid would match slurmdbd.pid).
-for n in "${NODES[@]}"; do stop "slurmd-$n"; done
-stop slurmctld
-stop slurmdbd
-# mysqld_safe restarts mysqld if it dies, so stop the wrapper first, then mysqld.
-if safe_pid=$(our_pid mysqld_safe); then
-    if ! our_pid mysqld >/dev/null; then
-        # mysqld pid was not recorded: adopt mysqld_safe's mysqld child
-        if child=$(pgrep -P "$safe_pid" -x 'mysqld|mariadbd' | head -n 1) && [[ -n "$child" ]]; then
-            record_pid mysqld "$child"
-        fi
+# Explicit names, in dependency order — never a glob (slurmd*.pid would match slurmdbd.pid).
+slurmds=()
+for n in "${NODES[@]}"; do slurmds+=("slurmd-$n"); done
+stop 20 "${slurmds[@]}"
+stop 30 slurmctld
+stop 30 slurmdbd
+# MariaDB: if mysqld's pid was not recorded, adopt mysqld_safe's mysqld child.
+if safe_pid=$(our_pid mysqld_safe) && ! our_pid mysqld >/dev/null; then
+    if child=$(pgrep -P "$safe_pid" -x 'mysqld|mariadbd' | head -n 1) && [[ -n "$child" ]]; then
+        record_pid mysqld "$child"
     fi
 fi
-stop mysqld_safe 10
-stop mysqld 60
-stop munged
+# Stop mysqld first: after a clean shutdown mysqld_safe exits by itself (it ignores
+# SIGTERM, and would restart a mysqld that died some other way).
+stop 60 mysqld
+stop 10 mysqld_safe
+stop 10 munged
 
 if (( stopped )); then
     log "stopped $stopped daemon(s)"
