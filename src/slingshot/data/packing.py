@@ -53,11 +53,13 @@ class PackedSequence:
     cu_seqlens: np.ndarray  # segment starts within the sequence, then seq_len
 
 
-def _positions(tokens: np.ndarray, starts_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    idx = np.arange(len(tokens))
-    seg_start = np.maximum.accumulate(np.where(starts_mask, idx, 0))
-    cu = np.append(np.flatnonzero(starts_mask), len(tokens))
-    return idx - seg_start, cu
+def _segments(docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of doc ids [rows, seq_len]: segment start mask and position ids."""
+    starts = np.ones(docs.shape, dtype=bool)
+    starts[:, 1:] = docs[:, 1:] != docs[:, :-1]  # a segment begins where the document changes
+    idx = np.broadcast_to(np.arange(docs.shape[1]), docs.shape)
+    seg_start = np.maximum.accumulate(np.where(starts, idx, 0), axis=1)
+    return starts, idx - seg_start
 
 
 def pack_pretraining(
@@ -66,48 +68,54 @@ def pack_pretraining(
     eos_id: int,
     drop_last: bool = True,
     pad_id: int | None = None,
+    flush_sequences: int = 64,
 ) -> Iterator[PackedSequence]:
     """Concatenate documents, each followed by ``eos_id``, and cut fixed-length sequences.
 
     A document may span two sequences (no token is wasted); the tail shorter than
     ``seq_len`` is dropped, or padded with ``pad_id`` (doc id -1) when ``drop_last=False``.
+    Tokens are gathered in a Python list and converted to numpy once per
+    ``flush_sequences`` sequences: per-document numpy calls cost more than the packing.
     """
-    buf_tokens: list[np.ndarray] = []
-    buf_docs: list[np.ndarray] = []
-    buffered = 0
+    carry_tok = np.zeros(0, dtype=np.int64)
+    carry_doc = np.zeros(0, dtype=np.int64)
+    buf: list[int] = []
+    lens: list[int] = []
+    first_doc = 0
 
-    def emit(tokens: np.ndarray, docs_: np.ndarray) -> PackedSequence:
-        starts = np.zeros(len(tokens), dtype=bool)
-        starts[0] = True
-        # A segment begins where the document id changes (right after each eos).
-        starts[1:] = docs_[1:] != docs_[:-1]
-        pos, cu = _positions(tokens, starts)
-        return PackedSequence(tokens, pos, docs_, cu)
+    def rows(tokens: np.ndarray, doc_ids: np.ndarray) -> Iterator[PackedSequence]:
+        t2, d2 = tokens.reshape(-1, seq_len), doc_ids.reshape(-1, seq_len)
+        starts, pos = _segments(d2)
+        for r in range(t2.shape[0]):
+            cu = np.append(np.flatnonzero(starts[r]), seq_len)
+            yield PackedSequence(t2[r], pos[r], d2[r], cu)
+
+    def flush() -> tuple[np.ndarray, np.ndarray]:
+        tok = np.concatenate([carry_tok, np.asarray(buf, dtype=np.int64)])
+        doc = np.concatenate([carry_doc, np.repeat(np.arange(first_doc, first_doc + len(lens)), lens)])
+        return tok, doc
 
     for d, doc in enumerate(docs):
-        arr = np.fromiter((*doc, eos_id), dtype=np.int64, count=len(doc) + 1)
-        buf_tokens.append(arr)
-        buf_docs.append(np.full(len(arr), d, dtype=np.int64))
-        buffered += len(arr)
-        if buffered >= seq_len:
-            flat = np.concatenate(buf_tokens)
-            flat_docs = np.concatenate(buf_docs)
-            n_full = len(flat) // seq_len
-            for k in range(n_full):
-                sl = slice(k * seq_len, (k + 1) * seq_len)
-                yield emit(flat[sl], flat_docs[sl])
-            rest = n_full * seq_len
-            buf_tokens, buf_docs = [flat[rest:]], [flat_docs[rest:]]
-            buffered = len(flat) - rest
-    if buffered and not drop_last:
+        buf.extend(doc)
+        buf.append(eos_id)
+        lens.append(len(doc) + 1)
+        if len(buf) + len(carry_tok) >= seq_len * flush_sequences:
+            tok, doc_ids = flush()
+            n = (len(tok) // seq_len) * seq_len
+            yield from rows(tok[:n], doc_ids[:n])
+            carry_tok, carry_doc = tok[n:], doc_ids[n:]
+            buf, lens, first_doc = [], [], d + 1
+    tok, doc_ids = flush()
+    n = (len(tok) // seq_len) * seq_len
+    yield from rows(tok[:n], doc_ids[:n])
+    if len(tok) > n and not drop_last:
         if pad_id is None:
             raise ValueError("pad_id is required when drop_last=False")
-        flat = np.concatenate(buf_tokens)
-        flat_docs = np.concatenate(buf_docs)
-        pad = seq_len - len(flat)
-        tokens = np.concatenate([flat, np.full(pad, pad_id, dtype=np.int64)])
-        doc_ids = np.concatenate([flat_docs, np.full(pad, -1, dtype=np.int64)])
-        yield emit(tokens, doc_ids)
+        pad = seq_len - (len(tok) - n)
+        yield from rows(
+            np.concatenate([tok[n:], np.full(pad, pad_id, dtype=np.int64)]),
+            np.concatenate([doc_ids[n:], np.full(pad, -1, dtype=np.int64)]),
+        )
 
 
 # --------------------------------------------------------------------------- SFT
