@@ -17,6 +17,8 @@ question (small problem spaces such as ``gcd`` over 1..50 collide often).
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
@@ -239,6 +241,21 @@ _WELL_POSED: dict[str, Any] = {
 
 def is_well_posed(dataset: str, raw: dict) -> bool:
     return bool(_WELL_POSED.get(dataset, lambda raw: True)(raw))
+
+
+def make_instance(
+    family: str | TaskFamily, kwargs: dict[str, Any], seed: int, split: str = "synth"
+) -> dict | None:
+    """One entry of ``family`` with these reasoning-gym kwargs and seed (None if ill-posed)."""
+    fam = get_family(family)
+    raw = _dataset(fam.dataset, _freeze(kwargs), seed, 1)[0]
+    return _to_entry(fam, kwargs, raw, split, seed, 0) if is_well_posed(fam.dataset, raw) else None
+
+
+def load_entries(path: str | os.PathLike[str]) -> list[dict]:
+    """Task entries from a split file written by the data stage (``tasks/<split>.jsonl``)."""
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
 
 
 def iter_instances(

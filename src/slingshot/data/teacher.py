@@ -20,15 +20,7 @@ from fractions import Fraction
 from typing import Any
 
 from slingshot.data.arith import fmt_num, reduction_steps
-from slingshot.data.tasks import (
-    _dataset,
-    _freeze,
-    _to_entry,
-    content_hash,
-    derive_seed,
-    get_family,
-    is_well_posed,
-)
+from slingshot.data.tasks import content_hash, derive_seed, get_family, make_instance
 
 Rendered = tuple[list[str], str]  # (reasoning steps, final answer)
 
@@ -413,11 +405,8 @@ class ProceduralTeacher:
             )
             s = derive_seed(base, "new", attempt)
             attempt += 1
-            raw = _dataset(fam.dataset, _freeze(kwargs), s, 1)[0]
-            if not is_well_posed(fam.dataset, raw):
-                continue
-            entry = _to_entry(fam, kwargs, raw, "synth", s, 0)
-            if entry["hash"] in exclude:
+            entry = make_instance(fam, kwargs, s, "synth")
+            if entry is None or entry["hash"] in exclude:
                 continue
             exclude.add(entry["hash"])
             out.append(entry)

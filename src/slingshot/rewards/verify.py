@@ -9,6 +9,7 @@ dataset (user math data) are checked by math-verify alone.
 
 from __future__ import annotations
 
+import threading
 from functools import lru_cache
 from typing import Any
 
@@ -27,20 +28,27 @@ def _is_math(entry: dict[str, Any]) -> bool:
     return not (entry.get("dataset") or entry.get("metadata", {}).get("source_dataset"))
 
 
+def _timeout(seconds: int) -> int | None:
+    # math-verify's timeouts use SIGALRM, which only the main thread may set: elsewhere
+    # (rollout worker threads) run without one rather than fail every comparison.
+    return seconds if threading.current_thread() is threading.main_thread() else None
+
+
 @lru_cache(maxsize=4096)
-def _parse_gold(answer: str) -> Any:
+def _parse_gold(answer: str, timeout: int | None) -> Any:
     from math_verify import parse
 
-    return parse(f"${answer}$")
+    return parse(f"${answer}$", parsing_timeout=timeout)
 
 
 def math_equal(gold: str, predicted: str) -> bool:
     """math-verify equivalence; any parser failure counts as not equal."""
     from math_verify import parse, verify
 
+    timeout = _timeout(5)
     try:
-        pred = parse(f"${predicted}$")
-        return bool(pred) and bool(verify(_parse_gold(gold), pred))
+        pred = parse(f"${predicted}$", parsing_timeout=timeout)
+        return bool(pred) and bool(verify(_parse_gold(gold, timeout), pred, timeout_seconds=timeout))
     except Exception:
         return False
 

@@ -107,7 +107,9 @@ def test_pretraining_pack_independent_of_flush_size() -> None:
     docs = [rng.integers(2, 50, size=rng.integers(1, 30)).tolist() for _ in range(200)]
     ref = list(pack_pretraining(docs, seq_len=16, eos_id=1, drop_last=False, pad_id=0, flush_sequences=1000))
     for flush in (1, 3, 7):
-        got = list(pack_pretraining(docs, seq_len=16, eos_id=1, drop_last=False, pad_id=0, flush_sequences=flush))
+        got = list(
+            pack_pretraining(docs, seq_len=16, eos_id=1, drop_last=False, pad_id=0, flush_sequences=flush)
+        )
         assert len(got) == len(ref)
         for a, b in zip(got, ref, strict=True):
             for field in ("input_ids", "position_ids", "doc_ids", "cu_seqlens"):

@@ -73,3 +73,16 @@ def test_plain_math_entry_without_reasoning_gym() -> None:
     entry = {"id": "m1", "question": "1/2 + 1/4?", "answer": "\\frac{3}{4}"}
     assert score(entry, "<think>t</think>\\boxed{0.75}") == 1.0
     assert score(entry, "<think>t</think>\\boxed{0.7}") == 0.0
+
+
+def test_scoring_works_off_the_main_thread(tasks: dict[str, dict]) -> None:
+    import threading
+
+    gcd = tasks["gcd"]
+    out: list[float] = []
+    t = threading.Thread(
+        target=lambda: out.append(score(gcd, f"<think>t</think>\\boxed{{{gcd['answer']}.0}}"))
+    )
+    t.start()
+    t.join()
+    assert out == [1.0]
