@@ -278,7 +278,8 @@ def gather_state_dicts_for_export(model: torch.nn.Module) -> list[list[dict[str,
     the group's first rank, None elsewhere. Every rank of the group must call it."""
     from megatron.core import parallel_state
 
-    sd = _clean(model.state_dict())
+    # A copy, not views of the live parameters: training may go on after the gather.
+    sd = {k: v.clone() for k, v in _clean(model.state_dict()).items()}
     tp = parallel_state.get_tensor_model_parallel_world_size()
     pp = parallel_state.get_pipeline_model_parallel_world_size()
     entry = (

@@ -18,6 +18,53 @@ BATCH = 4
 STEPS = 3
 
 
+def _checkpoint_roundtrip(
+    cfg: Any,
+    case: dict[str, Any],
+    ddp: Any,
+    optimizer: Any,
+    batch: torch.Tensor,
+    probe: torch.Tensor,
+    ckpt: Path,
+) -> dict[str, Any]:
+    """dist_checkpointing save -> fresh model/optimizer -> load: same logits, same next step."""
+    import torch.distributed as dist
+    from megatron.core import dist_checkpointing
+
+    from slingshot.models.megatron_gpt import build_gpt, full_logits
+    from slingshot.models.megatron_train import train_step, wrap_for_training
+
+    meta = {"distrib_optim_sharding_type": "dp_reshardable"}
+    if dist.get_rank() == 0:
+        ckpt.mkdir(parents=True)
+    dist.barrier()
+    model_sd = ddp.module.sharded_state_dict()
+    dist_checkpointing.save(
+        {"model": model_sd, "optimizer": optimizer.sharded_state_dict(model_sd, metadata=meta)}, str(ckpt)
+    )
+    logits = full_logits(ddp, probe, cfg.vocab_size)
+    next_loss = train_step(ddp, optimizer, batch[:, :-1], batch[:, 1:])
+
+    model2 = build_gpt(cfg)
+    ddp2, opt2 = wrap_for_training(
+        model2, lr=case.get("lr", 3e-3), use_distributed_optimizer=case.get("dist_opt", False)
+    )
+    for opt in getattr(opt2, "chained_optimizers", [opt2]):
+        if hasattr(opt, "_init_optimizer_states_with_dummy_values"):
+            opt._init_optimizer_states_with_dummy_values()  # load fills existing state in place
+    sd2 = model2.sharded_state_dict()
+    loaded = dist_checkpointing.load(
+        {"model": sd2, "optimizer": opt2.sharded_state_dict(sd2, is_loading=True, metadata=meta)}, str(ckpt)
+    )
+    model2.load_state_dict(loaded["model"])
+    with torch.no_grad():  # the optimizer copies into leaf main params
+        opt2.load_state_dict(loaded["optimizer"])
+    return {
+        "reload_logits_equal": torch.equal(full_logits(ddp2, probe, cfg.vocab_size), logits),
+        "resumed_step": (next_loss, train_step(ddp2, opt2, batch[:, :-1], batch[:, 1:])),
+    }
+
+
 def run_cases(rank: int, world_size: int, port: int, cases: dict[str, dict[str, Any]], out_root: str) -> None:
     """For each case: build, train STEPS AdamW steps, record logits, gather shards, export (rank 0)."""
     warnings.filterwarnings("ignore")
@@ -53,9 +100,17 @@ def run_cases(rank: int, world_size: int, port: int, cases: dict[str, dict[str, 
             losses = [train_step(ddp, optimizer, batch[:, :-1], batch[:, 1:])[0] for batch in data]
             logits = full_logits(ddp, probe, cfg.vocab_size)
             grid = gather_state_dicts_for_export(model)
+            ckpt = (
+                _checkpoint_roundtrip(
+                    cfg, case, ddp, optimizer, data[0], probe, Path(out_root) / name / "ckpt"
+                )
+                if case.get("checkpoint")
+                else None
+            )
             if rank == 0:
                 assert grid is not None
                 out = Path(out_root) / name
+                out.mkdir(parents=True, exist_ok=True)
                 export_to_hf(grid, cfg, out / "hf")
                 torch.save(
                     {
@@ -65,6 +120,7 @@ def run_cases(rank: int, world_size: int, port: int, cases: dict[str, dict[str, 
                         "losses": losses,
                         "grid": grid,
                         "shim_idempotent": bool(shim_idempotent),
+                        "checkpoint": ckpt,
                     },
                     out / "mcore.pt",
                 )
