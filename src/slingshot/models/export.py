@@ -172,6 +172,10 @@ def mcore_to_hf_state_dict(sd: StateDict, cfg: GPTModelConfig) -> dict[str, torc
         hf[f"{h}.self_attn.k_proj.weight"] = k
         hf[f"{h}.self_attn.v_proj.weight"] = val
         bias_key = f"{p}.self_attention.linear_qkv.bias"
+        if (bias_key in sd) != cfg.add_qkv_bias:
+            raise ValueError(
+                f"add_qkv_bias={cfg.add_qkv_bias} but {bias_key} is {'' if bias_key in sd else 'not '}there"
+            )
         if bias_key in sd:
             qb, kb, vb = _split_qkv(sd[bias_key], cfg)
         elif cfg.hf_architecture == "qwen2":  # Qwen2 always has q/k/v biases: zeros = no bias
@@ -263,6 +267,8 @@ def export_to_hf(
     `state_dicts`: one `GPTModel.state_dict()`, a list of them over TP ranks, or a list
     over pipeline stages of lists over TP ranks (see `gather_state_dicts_for_export`).
     """
+    if tokenizer is not None and len(tokenizer) > cfg.vocab_size:
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model only {cfg.vocab_size}")
     model = build_hf_model(state_dicts, cfg, tokenizer).to(dtype)
     model.config.dtype = dtype
     out = Path(out_dir)

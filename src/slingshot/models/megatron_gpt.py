@@ -168,6 +168,8 @@ def build_gpt(
     if bf16 and not torch.cuda.is_available():
         raise ValueError("bf16 is a GPU option; CPU training runs in fp32")
     use_te = have_transformer_engine() if use_te is None else use_te
+    if parallel.sequence_parallel and parallel.tensor_parallel_size > 1 and not use_te:
+        raise ValueError("sequence parallelism needs the Transformer Engine spec (torch norms lack it)")
     if pre_process is None:
         pre_process = parallel_state.is_pipeline_first_stage()
     if post_process is None:

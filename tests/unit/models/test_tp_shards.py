@@ -17,6 +17,7 @@ CFG = GPTModelConfig(
     vocab_size=120,
     make_vocab_size_divisible_by=32,
     seq_length=16,
+    add_qkv_bias=True,
 )
 TP = 4
 
@@ -89,3 +90,9 @@ def test_hf_names_shapes_and_vocab_trim() -> None:
 def test_unknown_parameter_is_an_error() -> None:
     with pytest.raises(KeyError, match="unsupported"):
         merge_state_dicts({"decoder.layers.0.self_attention.q_layernorm.weight": torch.ones(2)})
+
+
+def test_qkv_bias_must_match_config() -> None:
+    full = merge_state_dicts([_shard(_full(), r) for r in range(TP)])  # carries a qkv bias
+    with pytest.raises(ValueError, match="add_qkv_bias"):
+        mcore_to_hf_state_dict(full, CFG.model_copy(update={"add_qkv_bias": False}))
