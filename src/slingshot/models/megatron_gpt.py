@@ -159,6 +159,7 @@ def build_gpt(
     `use_te=None` picks Transformer Engine when it imports on a GPU machine.
     `pre_process`/`post_process` default to this rank's pipeline position.
     """
+    cpu_shim.apply()  # also when the caller set up the process groups itself
     if not parallel_state.model_parallel_is_initialized():
         raise RuntimeError("call init_model_parallel() before build_gpt()")
     parallel = parallel or ParallelConfig(

@@ -12,6 +12,8 @@ from megatron.core.distributed import DistributedDataParallel, DistributedDataPa
 from megatron.core.models.gpt import GPTModel
 from megatron.core.optimizer import MegatronOptimizer, OptimizerConfig, get_megatron_optimizer
 
+from slingshot.models import cpu_shim
+
 
 def wrap_for_training(
     model: GPTModel,
@@ -25,6 +27,7 @@ def wrap_for_training(
     bf16: bool = False,
 ) -> tuple[DistributedDataParallel, MegatronOptimizer]:
     """Wrap `model` in Megatron's DDP (contiguous fp32 grad buffer) and build its AdamW."""
+    cpu_shim.apply()
     ddp = DistributedDataParallel(
         model.config,
         DistributedDataParallelConfig(
