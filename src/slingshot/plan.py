@@ -14,6 +14,8 @@ gathers them.
 
 from __future__ import annotations
 
+import glob
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -298,11 +300,32 @@ def check_plan(cfg: PipelineConfig) -> list[str]:
     return problems
 
 
+def _local_gpu_problems(cfg: PipelineConfig) -> list[str]:
+    """GPU requests on the local backends must fit this machine (counted without importing torch)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        gpus = len([d for d in visible.split(",") if d.strip()])
+    else:
+        gpus = len(glob.glob("/dev/nvidia[0-9]*"))
+    problems = []
+    for variant in cfg.variants:
+        stages = cfg.variant_stages(variant)
+        for name in StagesConfig.model_fields:
+            section = getattr(stages, name)
+            wanted = section.resources.gpus_per_node
+            if section.enabled and wanted > gpus:
+                problems.append(
+                    f"stages.{name}.resources.gpus_per_node: {wanted} GPUs requested but this machine has {gpus} "
+                    f"(launcher.backend={cfg.launcher.backend}); use a Slurm site with GPUs or request 0"
+                )
+    return sorted(set(problems))
+
+
 def _site_problems(cfg: PipelineConfig) -> list[str]:
     from slingshot.launch.site import SiteError, load_site  # launch/ owns the site file format
 
-    if cfg.launcher.backend != "slurm" and cfg.launcher.site is None:
-        return []
+    if cfg.launcher.backend != "slurm":
+        return _local_gpu_problems(cfg)
     try:
         site = load_site(cfg.launcher.site)
     except SiteError as error:

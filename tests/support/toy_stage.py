@@ -76,6 +76,7 @@ def run(ctx: StageContext) -> StageResult:
                         "step": step,
                         "loss": loss.item(),
                         "host": socket.gethostname(),
+                        "pid": os.getpid(),
                         "slurm_node": os.environ.get("SLURMD_NODENAME"),
                         "job": os.environ.get("SLURM_JOB_ID"),
                         "restart": os.environ.get("SLURM_RESTART_COUNT", "0"),

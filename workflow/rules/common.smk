@@ -1,5 +1,6 @@
 # Validation, the plan (which stage nodes exist, shared between variants or not),
 # and the paths every rule uses. The config is validated here, when the DAG is built.
+import os
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -7,6 +8,9 @@ from snakemake.exceptions import WorkflowError
 from slingshot.config import ConfigError, validate_config
 from slingshot.plan import build_plan
 from slingshot.workflow import write_resolved_config
+
+# Site files (cluster/<site>.yaml) are found next to this Snakefile, wherever it runs.
+os.environ.setdefault("SLINGSHOT_SITE_DIR", str(Path(workflow.basedir) / "cluster"))
 
 try:
     CFG = validate_config(config, workflow.configfiles)
@@ -37,6 +41,21 @@ def upstream_of(stage_pattern):
 
 def digest_of(stage_pattern):
     return lambda wc: node_of(stage_pattern)(wc).digest
+
+
+def stage_threads(stage_pattern):
+    """Cores a rule holds on this machine: the job's CPUs when it runs here, one launcher otherwise."""
+
+    def threads(wc):
+        if CFG.launcher.backend == "slurm":
+            return 1
+        from slingshot.plan import stage_config
+
+        section = stage_config(CFG, node_of(stage_pattern)(wc))
+        res = section.resources if section else CFG.launcher.default_resources
+        return res.cpus_per_task * res.effective_tasks_per_node
+
+    return threads
 
 
 def stage_rule_params(stage_pattern):

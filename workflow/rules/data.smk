@@ -7,6 +7,7 @@ rule data:
         f"{RESULTS}/logs/data.log",
     params:
         **stage_rule_params("data"),
+    threads: stage_threads("data")
     localrule: True
     shell:
         LAUNCH

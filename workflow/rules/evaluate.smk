@@ -10,6 +10,7 @@ rule evaluate:
         **stage_rule_params("evaluate-{model}"),
     wildcard_constraints:
         model="pretrain|rlp|sft|prorl",
+    threads: stage_threads("evaluate-{model}")
     localrule: True
     shell:
         LAUNCH

@@ -8,6 +8,7 @@ rule pretrain:
         f"{RESULTS}/logs/{{variant}}.pretrain-{{phase}}.log",
     params:
         **stage_rule_params("pretrain-{phase}"),
+    threads: stage_threads("pretrain-{phase}")
     localrule: True
     shell:
         LAUNCH

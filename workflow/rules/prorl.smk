@@ -8,6 +8,7 @@ rule prorl:
         f"{RESULTS}/logs/{{variant}}.prorl-{{phase}}.log",
     params:
         **stage_rule_params("prorl-{phase}"),
+    threads: stage_threads("prorl-{phase}")
     localrule: True
     shell:
         LAUNCH

@@ -9,6 +9,7 @@ rule report:
         f"{RESULTS}/logs/report.log",
     params:
         **stage_rule_params("report"),
+    threads: stage_threads("report")
     localrule: True
     shell:
         LAUNCH

@@ -8,6 +8,7 @@ rule rlp:
         f"{RESULTS}/logs/{{variant}}.rlp.log",
     params:
         **stage_rule_params("rlp"),
+    threads: stage_threads("rlp")
     localrule: True
     shell:
         LAUNCH

@@ -8,6 +8,7 @@ rule sft:
         f"{RESULTS}/logs/{{variant}}.sft.log",
     params:
         **stage_rule_params("sft"),
+    threads: stage_threads("sft")
     localrule: True
     shell:
         LAUNCH

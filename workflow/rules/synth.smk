@@ -8,6 +8,7 @@ rule synth:
         f"{RESULTS}/logs/{{variant}}.synth.log",
     params:
         **stage_rule_params("synth"),
+    threads: stage_threads("synth")
     localrule: True
     shell:
         LAUNCH

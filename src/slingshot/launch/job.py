@@ -201,6 +201,10 @@ class StageJob:
         if dist.is_main:
             print(f"[slingshot] {stop}; requeueing Slurm job {job_id}", flush=True)
             subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=60)
+            # Slurm holds a requeued job for ~2 minutes (BeginTime); the checkpoint is safe, so start asap.
+            subprocess.run(
+                ["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=False, timeout=60
+            )
             sys.exit(-1)  # Slurm restarts the job; exiting without a result keeps submitit waiting
         time.sleep(300)  # other ranks wait to be ended by the requeue rather than fail the step first
         sys.exit(-1)

@@ -64,7 +64,7 @@ def make_executor(cfg: PipelineConfig, node: Node, folder: Path) -> submitit.Exe
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     executor = submitit.AutoExecutor(folder=folder, cluster=_EXECUTOR[backend])
     params: dict[str, Any] = {
-        "name": f"slingshot.{node.key.replace('/', '.')}",
+        "name": f"{cfg.pipeline.name}.{node.key.replace('/', '.')}",
         "timeout_min": res.time_min,
         "nodes": res.nodes,
         "tasks_per_node": res.effective_tasks_per_node,
@@ -97,8 +97,14 @@ def make_executor(cfg: PipelineConfig, node: Node, folder: Path) -> submitit.Exe
 
 
 def slurm_state(job_id: str) -> str:
-    """The job's state from sacct (accounting), falling back to squeue."""
+    """The job's state: squeue while Slurm still holds it (authoritative, and it shows a
+    requeued job as PENDING), else sacct's final state, else UNKNOWN."""
     try:
+        out = subprocess.run(
+            ["squeue", "-j", job_id, "-h", "-o", "%T"], capture_output=True, text=True, timeout=30
+        )
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.split()[0]
         out = subprocess.run(
             ["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "State"],
             capture_output=True,
@@ -108,13 +114,9 @@ def slurm_state(job_id: str) -> str:
         lines = [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
         if out.returncode == 0 and lines:
             return lines[-1].rstrip("+")
-        out = subprocess.run(
-            ["squeue", "-j", job_id, "-h", "-o", "%T"], capture_output=True, text=True, timeout=30
-        )
-        state = out.stdout.strip()
-        return state or "UNKNOWN"
     except (OSError, subprocess.TimeoutExpired):
-        return "UNKNOWN"
+        pass
+    return "UNKNOWN"
 
 
 @dataclass
@@ -134,7 +136,13 @@ class RunningJob:
         if self.paths.result_pickle.exists():
             return False
         if self.backend == "slurm":
-            return slurm_state(self.job_id) not in ENDED | {"UNKNOWN"}
+            # A job between squeue and accounting can read UNKNOWN for a moment: ask again.
+            for _ in range(3):
+                state = slurm_state(self.job_id)
+                if state != "UNKNOWN":
+                    return state not in ENDED
+                time.sleep(1)
+            return False
         if self.backend == "local":
             if self.job is not None:
                 return self.job._process.poll() is None
@@ -296,6 +304,7 @@ def launch(config_path: str | os.PathLike[str], variant: str, stage: str) -> int
                 )
                 return 1
             say(f"{node.key}: {outcome.detail}; resubmitting (it resumes from its last checkpoint)")
+            running.cancel()  # never two jobs on one work dir, should the old one come back
             reason = "resubmit"
         running = None
 

@@ -79,8 +79,12 @@ def site_dir() -> Path:
 
 
 def load_site(name_or_path: str | None) -> Site:
-    if name_or_path is None:
-        raise SiteError("no site given: set launcher.site to a file in cluster/ (e.g. 'dev') to run on Slurm")
+    """A site by name (``cluster/<name>.yaml``) or path; None: $SLINGSHOT_SITE."""
+    name_or_path = name_or_path or os.environ.get("SLINGSHOT_SITE")
+    if not name_or_path:
+        raise SiteError(
+            "no site given: set launcher.site (or $SLINGSHOT_SITE) to a file in cluster/, e.g. 'dev', to run on Slurm"
+        )
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
         path = site_dir() / f"{name_or_path}.yaml"

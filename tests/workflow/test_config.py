@@ -1,0 +1,136 @@
+"""Config validation: defaults, recipes, and bad configs named by key path and file:line."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from slingshot.config import ConfigError, PipelineConfig, load_pipeline_config
+from slingshot.plan import build_plan
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT = REPO / "workflow" / "config" / "config.yaml"
+RECIPES = sorted((REPO / "workflow" / "config" / "recipes").glob("*.yaml"))
+
+
+def write(tmp_path, text: str) -> Path:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_default_config_is_the_two_arm_tiny_recipe():
+    cfg = load_pipeline_config(DEFAULT)
+    assert list(cfg.variants) == ["flr", "noreason"]
+    assert cfg.launcher.backend == "local"
+    flr, noreason = cfg.variant_stages("flr"), cfg.variant_stages("noreason")
+    assert "reasoning" in flr.pretrain.phases[1].blend
+    assert "reasoning" not in noreason.pretrain.phases[1].blend
+
+
+@pytest.fixture
+def fake_models(tmp_path, monkeypatch):
+    for name in ("Qwen3-1.7B-Base", "Qwen3-32B"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+    monkeypatch.setenv("SLINGSHOT_MODELS", str(tmp_path))
+    monkeypatch.setenv("SLINGSHOT_SITE_DIR", str(REPO / "cluster"))
+    monkeypatch.setenv("SLINGSHOT_SITE", "example-site")
+    return tmp_path
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_real_size_recipes_validate(recipe, fake_models):
+    cfg = load_pipeline_config(recipe)
+    plan = build_plan(cfg)
+    assert (
+        all(not n.key.endswith("pretrain-phase1") for n in plan.nodes.values()) or cfg.stages.pretrain.enabled
+    )
+
+
+def test_unknown_key_names_path_file_and_line(tmp_path):
+    path = write(tmp_path, "pipeline:\n  name: x\nstages:\n  rlp:\n    group_sise: 4\n")
+    with pytest.raises(ConfigError) as err:
+        load_pipeline_config(path)
+    assert f"stages.rlp.group_sise: unknown key [{path}:5]" in str(err.value)
+
+
+def test_wrong_type_names_path(tmp_path):
+    path = write(tmp_path, "stages:\n  sft:\n    epochs: many\n")
+    with pytest.raises(ConfigError) as err:
+        load_pipeline_config(path)
+    assert "stages.sft.epochs" in str(err.value) and f"{path}:3" in str(err.value)
+
+
+def test_negative_gpu_count_is_refused(tmp_path):
+    path = write(tmp_path, "stages:\n  rlp:\n    resources:\n      gpus_per_node: -1\n")
+    with pytest.raises(ConfigError) as err:
+        load_pipeline_config(path)
+    assert "stages.rlp.resources.gpus_per_node: Input should be greater than or equal to 0" in str(err.value)
+
+
+def test_missing_model_path_is_refused(tmp_path):
+    path = write(
+        tmp_path, f"stages:\n  pretrain: {{enabled: false}}\n  rlp:\n    init_model: {tmp_path}/nope\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_pipeline_config(path)
+    assert f"stages.rlp.init_model: '{tmp_path}/nope' is not a directory" in str(err.value)
+
+
+def test_impossible_values_are_refused(tmp_path):
+    path = write(
+        tmp_path,
+        "stages:\n  pretrain:\n    phases:\n      - {name: a, token_fraction: 0.5, blend: {general: 1}}\n"
+        "  evaluate:\n    n_samples: 2\n    k: [1, 4]\n",
+    )
+    with pytest.raises(ConfigError) as err:
+        load_pipeline_config(path)
+    text = str(err.value)
+    assert "stages.pretrain" in text and "sum to 1" in text
+    assert "stages.evaluate" in text and "pass@4 needs n_samples >= 4" in text
+
+
+def test_errors_inside_a_variant_name_the_variant(tmp_path):
+    path = write(tmp_path, "variants:\n  a: {}\n  b:\n    stages:\n      rlp: {group_size: 1}\n")
+    with pytest.raises(ConfigError) as err:
+        load_pipeline_config(path)
+    assert "variants.b.stages.rlp.group_size" in str(err.value)
+
+
+def test_gpu_request_on_a_site_without_gpus(tmp_path, monkeypatch):
+    site = tmp_path / "cpuonly.yaml"
+    site.write_text(
+        yaml.safe_dump({"name": "cpuonly", "default_partition": "cpu", "partitions": {"cpu": {}}})
+    )
+    path = write(
+        tmp_path,
+        f"launcher: {{backend: slurm, site: {site}}}\nstages:\n  sft:\n    resources: {{gpus_per_node: 2}}\n",
+    )
+    with pytest.raises(ConfigError) as err:
+        load_pipeline_config(path)
+    assert "stages.sft.resources.gpus_per_node: 2 GPUs requested but partition 'cpu'" in str(err.value)
+
+
+def test_gpu_request_on_the_local_backend_without_gpus(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    path = write(tmp_path, "stages:\n  sft:\n    resources: {gpus_per_node: 1}\n")
+    with pytest.raises(ConfigError) as err:
+        load_pipeline_config(path)
+    assert "stages.sft.resources.gpus_per_node: 1 GPUs requested but this machine has 0" in str(err.value)
+
+
+def test_mid_recipe_entry_needs_earlier_stages_off(tmp_path, fake_models):
+    path = write(tmp_path, f"stages:\n  rlp:\n    init_model: {fake_models}/Qwen3-1.7B-Base\n")
+    with pytest.raises(ConfigError) as err:
+        load_pipeline_config(path)
+    assert "stages.rlp.init_model is set, so stages.pretrain would feed nothing" in str(err.value)
+
+
+def test_schema_file_matches_the_typed_config():
+    import json
+
+    committed = json.loads((REPO / "workflow" / "schemas" / "config.schema.json").read_text())
+    assert committed == PipelineConfig.model_json_schema(), (
+        "regenerate: slingshot schema > workflow/schemas/config.schema.json"
+    )
