@@ -1,12 +1,15 @@
 # slingshot: the small-reasoning-model recipe as a DAG of stage jobs.
 # Each compute rule is a local rule running `slingshot launch`, which submits the
 # stage through submitit (Slurm, a local process, or in-process) and follows it.
+from pathlib import Path
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "workflow/config/config.yaml"
+# The embedded tiny recipe; --configfile recipes/... replaces or extends it.
+configfile: str(Path(workflow.basedir) / "workflow" / "config" / "config.yaml")
 
 
 include: "workflow/rules/common.smk"

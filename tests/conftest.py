@@ -8,3 +8,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory):
+    """The data stage's real output for a small recipe, built once per test session."""
+    from stages import build_small_data
+
+    return build_small_data(tmp_path_factory.mktemp("data"))

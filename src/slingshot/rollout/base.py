@@ -1,0 +1,48 @@
+"""The rollout interface the RL stages, synthesis and evaluation generate through."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import torch
+
+    from slingshot.config import RolloutConfig
+
+
+@dataclass
+class Rollout:
+    prompt_ids: list[int]
+    completion_ids: list[int]  # without padding; ends with the stop token when finished
+    finished: bool  # stopped on a stop token before max_new_tokens (False = truncated)
+
+
+class RolloutBackend(Protocol):
+    def generate(
+        self,
+        prompts: list[list[int]],
+        n: int,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> list[list[Rollout]]:
+        """``n`` samples for each prompt (token ids), grouped per prompt."""
+        ...
+
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        """Make generation use ``model``'s current weights (after an optimizer step)."""
+        ...
+
+
+def make_rollout(
+    cfg: RolloutConfig, model: torch.nn.Module, tokenizer: object, stop_token_ids: list[int]
+) -> RolloutBackend:
+    if cfg.backend == "vllm":
+        from slingshot.rollout.vllm import VLLMRollout
+
+        return VLLMRollout(cfg, model, tokenizer, stop_token_ids)
+    from slingshot.rollout.hf import HFRollout
+
+    return HFRollout(model, pad_token_id=tokenizer.pad_token_id, stop_token_ids=stop_token_ids)

@@ -1,0 +1,39 @@
+"""Data stage: task splits, teacher reasoning traces, general text, tokenizer and Megatron
+indexed corpora for the whole recipe (one node, shared by every variant).
+
+It is short and deterministic, so it has no checkpoints: a rerun rebuilds the same
+files (same digests).
+"""
+
+from __future__ import annotations
+
+from slingshot.context import StageContext, StageResult
+from slingshot.data.build import build_tiny_corpora
+
+
+def run(ctx: StageContext) -> StageResult:
+    cfg = ctx.pipeline.data
+    built = build_tiny_corpora(cfg, ctx.output_dir)
+
+    for split, stats in built["tasks"].items():
+        ctx.tracker.log_input(f"tasks-{split}", stats["path"], stats["sha256"], context=split)
+    for name, stats in built["corpora"].items():
+        ctx.tracker.log_input(f"corpus-{name}", stats["path"], stats["sha256"], context="training")
+    for spec in cfg.extra_corpora:
+        ctx.tracker.log_input(
+            f"corpus-{spec.name}", spec.path, built["indexed"][spec.name]["bin_sha256"], context="training"
+        )
+    metrics = {f"tokens_{name}": float(n) for name, n in built["tokens"].items()}
+    metrics.update({f"tasks_{split}": float(s["records"]) for split, s in built["tasks"].items()})
+    metrics["vocab_size"] = float(built["tokenizer"]["vocab_size"])
+    ctx.tracker.log_metrics(metrics, step=0)
+
+    outputs = {
+        "tokenizer_dir": built["tokenizer"]["path"],
+        **{f"tasks_{split}": s["path"] for split, s in built["tasks"].items()},
+        **{f"corpus_{name}": s["path"] for name, s in built["corpora"].items()},
+        **{f"indexed_{name}": s["prefix"] for name, s in built["indexed"].items()},
+    }
+    return StageResult(
+        outputs=outputs, metrics=metrics, tokens=sum(built["tokens"].values()), extra={"data": built}
+    )

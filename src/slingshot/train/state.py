@@ -1,0 +1,63 @@
+"""The checkpointed state of a training stage: every named part that has a state_dict
+(models, optimizers, schedulers, EMA teachers, reference models, data positions,
+controllers), plus the RNG streams. One file per checkpoint for single-process and
+replicated (DDP) training; sharded stages use their own format through the same
+checkpoint manager."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+from slingshot.checkpoint import load_torch, rng_state, save_torch, set_rng_state
+
+STATE_FILE = "train_state.pt"
+
+
+class HasState(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> Any: ...
+
+
+class TrainState:
+    """``TrainState(model=m, optimizer=o, scheduler=s, ema=e, data=d)``: save/load them together."""
+
+    def __init__(self, **parts: HasState):
+        self.parts = parts
+        self.step = 0
+
+    def save(self, directory: Path) -> None:
+        payload = {name: part.state_dict() for name, part in self.parts.items()}
+        payload["_rng"] = rng_state()
+        save_torch(directory / STATE_FILE, payload)
+
+    def load(self, directory: Path) -> None:
+        payload = load_torch(directory / STATE_FILE)
+        missing = set(self.parts) - set(payload)
+        if missing:
+            raise KeyError(
+                f"checkpoint {directory} lacks {sorted(missing)}: it was written by another stage version"
+            )
+        for name, part in self.parts.items():
+            part.load_state_dict(payload[name])
+        set_rng_state(payload["_rng"])
+
+
+class Counter:
+    """A plain value with a state_dict, e.g. a data position or a best score."""
+
+    def __init__(self, **values: Any):
+        self.values = dict(values)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.values[key] = value
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.values)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.values = dict(state)
