@@ -49,6 +49,14 @@ proc_starttime() {
     printf '%s\n' "${20}"
 }
 
+# true if pid $1 exists and is not a zombie
+proc_live() {
+    local stat
+    stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+    stat="${stat##*) }"
+    [[ "${stat%% *}" != Z ]]
+}
+
 pidfile_of() { printf '%s/%s.pid\n' "$STATE_DIR" "$1"; }
 
 record_pid() { # name pid
@@ -66,6 +74,7 @@ our_pid() {
     [[ -n "${pid:-}" && -n "${st:-}" ]] || return 1
     cur="$(proc_starttime "$pid")" || return 1
     [[ "$cur" == "$st" ]] || return 1
+    proc_live "$pid" || return 1
     printf '%s\n' "$pid"
 }
 
@@ -78,7 +87,7 @@ ctld_ok()   { timeout 10 scontrol ping 2>/dev/null | grep -q 'is UP'; }
 slurmd_alive() {
     local pid
     pid="$(cat "/run/slurmd.$1.pid" 2>/dev/null)" || return 1
-    [[ -n "$pid" ]] && [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == slurmd ]]
+    [[ -n "$pid" ]] && [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == slurmd ]] && proc_live "$pid"
 }
 
 # node_state n1 -> e.g. "idle", "mixed", "down*", "drained" (sinfo %T, lower case)

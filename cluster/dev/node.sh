@@ -4,13 +4,18 @@
 #                              jobs on it are killed and batch jobs requeued (same
 #                              job id, SLURM_RESTART_COUNT+1); the node stays out of
 #                              service until `node.sh up` (see README.md)
-#   node.sh up n1              scontrol update state=RESUME, wait until usable
+#   node.sh crash n1           SIGKILL the node's slurmd (one started by up.sh): a
+#                              "real" failure. slurmctld marks it DOWN* after
+#                              ~SlurmdTimeout and requeues its batch jobs, but the
+#                              job's processes keep running until slurmd is back.
+#   node.sh up n1              restart its slurmd if it is not running (via up.sh),
+#                              scontrol update state=RESUME, wait until usable
 #   node.sh state n1           print the node's sinfo state (idle, mixed, down, ...)
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-usage() { echo "usage: $0 down|up|state <n1|n2> [reason]" >&2; exit 2; }
+usage() { echo "usage: $0 down|crash|up|state <n1|n2> [reason]" >&2; exit 2; }
 [[ $# -ge 2 ]] || usage
 action="$1" node="$2"
 case " ${NODES[*]} " in *" $node "*) ;; *) die "unknown node '$node' (known: ${NODES[*]})";; esac
@@ -30,7 +35,17 @@ case "$action" in
         wait_for "$timeout_s" "$node down" is_down || die "$node not down after ${timeout_s}s (state: $(node_state "$node"))"
         log "$node is $(node_state "$node") (reason: $reason)"
         ;;
+    crash)
+        pid=$(our_pid "slurmd-$node") || die "no slurmd for $node started by up.sh is running"
+        kill -KILL "$pid"
+        wait_for 10 "slurmd $node gone" bash -c "! kill -0 $pid 2>/dev/null" || true
+        log "killed slurmd $node (pid $pid); slurmctld will mark $node DOWN after ~SlurmdTimeout"
+        ;;
     up)
+        if ! slurmd_alive "$node"; then
+            log "slurmd $node is not running — starting it via up.sh"
+            "$DEV_DIR/up.sh" >/dev/null
+        fi
         if ! is_usable; then
             scontrol update nodename="$node" state=resume || true
         fi
