@@ -48,6 +48,17 @@ def format_completion(thought: str, answer: str) -> str:
     return f"<think>\n{thought}\n</think>\n\\boxed{{{answer}}}"
 
 
+def task_prompt(entry: dict) -> str:
+    """The user turn for a task entry: what SFT traces answer and what RL samples from.
+
+    The question alone: reasoning-gym questions already say what to compute, and the
+    answer format (``<think>...</think>`` then ``\\boxed{}``) is what the traces teach.
+    Every stage that renders a task as a prompt goes through here so SFT and RL condition
+    the model on the same text.
+    """
+    return str(entry["question"])
+
+
 # --------------------------------------------------------------------------- renderers
 
 
@@ -344,7 +355,7 @@ def render_trace(entry: dict, wrong: bool = False, rng: random.Random | None = N
     return Trace(
         entry_id=str(entry.get("id", "")),
         family=str(entry.get("family", dataset)),
-        prompt=entry["question"],
+        prompt=task_prompt(entry),
         thought="\n".join(steps),
         answer=answer,
         correct=not wrong,
@@ -442,4 +453,5 @@ __all__ = [
     "perturb_kwargs",
     "render_trace",
     "supported_datasets",
+    "task_prompt",
 ]
