@@ -27,7 +27,7 @@ stop() {
             kill -TERM "$pid" 2>/dev/null || true
             live+=("$name")
         elif [[ -f "$f" ]]; then
-            log "$name: not running (stale pid file removed)"
+            log "$name: already exited (pid file removed)"
             rm -f "$f"
         fi
     done
