@@ -1,0 +1,174 @@
+"""Evaluation stage: exact metrics through a scripted rollout backend, the real HF backend
+end to end, and held-out prompts that never occur in any training data."""
+
+from __future__ import annotations
+
+import csv
+import json
+from math import comb
+from pathlib import Path
+
+import pytest
+from stages import make_ctx, pipeline_config, tiny_model_dir
+
+from slingshot.data.tasks import content_hash, load_entries
+from slingshot.data.tokenizer import load_tokenizer
+from slingshot.rollout import Rollout
+from slingshot.stages import evaluate
+
+N = 4
+EVAL = {"n_samples": N, "k": [1, 2, 4], "prompts_per_task": 5, "max_new_tokens": 64}
+
+
+@pytest.fixture(scope="module")
+def model_dir(small_data, tmp_path_factory):
+    return tiny_model_dir(
+        tmp_path_factory.mktemp("model") / "model", Path(small_data["outputs"]["tokenizer_dir"])
+    )
+
+
+def _ctx(tmp_path, small_data, model_dir, **overrides):
+    cfg = pipeline_config(tmp_path, {"stages": {"evaluate": {**EVAL, **overrides}}})
+    upstream = {
+        "data": small_data,
+        "main/sft": {"kind": "sft", "key": "main/sft", "outputs": {"model_dir": str(model_dir)}},
+    }
+    return make_ctx(tmp_path, "evaluate", cfg, upstream, stage="evaluate-sft", model_from="main/sft")
+
+
+class ScriptedRollout:
+    """Answers prompt j (in order of first sight) with ``j % (N + 1)`` correct samples, then one
+    wrong but well-formed answer, one with no answer, and truncated ones (boxed right answer,
+    but cut off): every verdict the stage can reach, with known counts."""
+
+    def __init__(self, tokenizer, entries_by_prompt):
+        self.tokenizer = tokenizer
+        self.entries_by_prompt = entries_by_prompt
+        self.expected: dict[str, dict] = {}
+        self.calls = 0
+
+    def _ids(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def generate(self, prompts, n, max_new_tokens, temperature, top_p=1.0, seed=None):
+        self.calls += 1
+        eos = self.tokenizer.eos_token_id
+        out = []
+        for p in prompts:
+            entry = self.entries_by_prompt[tuple(p)]
+            j = len(self.expected)
+            c = j % (n + 1)
+            right = f"<think>\nwork\n</think>\n\\boxed{{{entry['answer']}}}"
+            group, parsed, tokens = [], 0, []
+            for i in range(n):
+                if i < c:
+                    ids, finished = self._ids(right) + [eos], True
+                    parsed += 1
+                elif i == c:
+                    ids, finished = self._ids("<think>\nhm\n</think>\n\\boxed{zzz}") + [eos], True
+                    parsed += 1
+                elif i == c + 1:
+                    ids, finished = self._ids("<think>\nhm\n</think>\nno idea") + [eos], True
+                else:
+                    ids, finished = self._ids(right), False  # no stop token: cut off
+                tokens.append(len(ids) - (1 if finished else 0))
+                group.append(Rollout(prompt_ids=list(p), completion_ids=ids, finished=finished))
+            self.expected[entry["id"]] = {"c": c, "parsed": parsed, "tokens": tokens}
+            out.append(group)
+        return out
+
+
+def test_metrics_are_exact_for_known_completions(tmp_path, small_data, model_dir):
+    ctx = _ctx(tmp_path, small_data, model_dir)
+    tokenizer = load_tokenizer(small_data["outputs"]["tokenizer_dir"])
+    entries = load_entries(small_data["outputs"]["tasks_test"])
+    by_prompt = {tuple(evaluate.encode_prompt(tokenizer, e)): e for e in entries}
+    scripted = ScriptedRollout(tokenizer, by_prompt)
+    result = evaluate.run(ctx, rollout_factory=lambda m, t, s: scripted)
+
+    families = sorted({e["family"] for e in entries})
+    assert scripted.calls == len(families)  # one batched call per family
+    exp = scripted.expected
+    assert len(exp) == 5 * len(families)
+    cs = [v["c"] for v in exp.values()]
+    assert set(cs) == {0, 1, 2, 3, 4}  # includes c = 0 and c = n
+    m = result.metrics
+
+    def hand_pass(c: int, k: int) -> float:  # the definition, with exact binomials
+        return 1 - comb(N - c, k) / comb(N, k)
+
+    assert m["pass_at_1"] == pytest.approx(sum(c / N for c in cs) / len(cs), abs=1e-12)
+    assert m["pass_at_2"] == pytest.approx(sum(hand_pass(c, 2) for c in cs) / len(cs), abs=1e-12)
+    assert m["pass_at_4"] == pytest.approx(sum(c > 0 for c in cs) / len(cs), abs=1e-12)
+    assert m["parse_rate"] == pytest.approx(sum(v["parsed"] for v in exp.values()) / (N * len(cs)))
+    all_tokens = [t for v in exp.values() for t in v["tokens"]]
+    assert m["response_tokens"] == pytest.approx(sum(all_tokens) / len(all_tokens))
+    truncated = sum(max(0, N - c - 2) for c in cs)
+    assert m["truncated_rate"] == pytest.approx(truncated / (N * len(cs)))
+    assert m["prompts"] == len(cs)
+    # Per family, from the same script.
+    ids_of = {e["id"]: e["family"] for e in entries}
+    for family in families:
+        fam_cs = [v["c"] for k, v in exp.items() if ids_of[k] == family]
+        assert m[f"{family}/pass_at_1"] == pytest.approx(sum(c / N for c in fam_cs) / len(fam_cs))
+        assert m[f"{family}/pass_at_4"] == pytest.approx(sum(c > 0 for c in fam_cs) / len(fam_cs))
+
+    # The table file holds the same numbers: a row per family plus "all".
+    with open(result.outputs["table_csv"]) as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["family"] for r in rows] == [*families, "all"]
+    assert float(rows[-1]["pass_at_2"]) == pytest.approx(m["pass_at_2"], rel=1e-5)
+    samples = [json.loads(line) for line in Path(result.outputs["samples"]).read_text().splitlines()]
+    assert len(samples) == N * len(cs)
+    assert sum(s["correct"] for s in samples) == sum(cs)
+
+
+def test_truncated_output_is_never_correct(small_data):
+    entry = load_entries(small_data["outputs"]["tasks_test"])[0]
+    text = f"<think>\nx\n</think>\n\\boxed{{{entry['answer']}}}"
+    assert evaluate.judge(entry, text, finished=True) == (True, True)
+    assert evaluate.judge(entry, text, finished=False) == (False, False)
+    assert evaluate.judge(entry, "<think>\nx\n</think>\n\\boxed{zzz}", True) == (True, False)
+
+
+def test_prompt_selection_is_fixed_by_seed_and_per_family(small_data):
+    entries = load_entries(small_data["outputs"]["tasks_test"])
+    a = evaluate.select_prompts(entries, 3, seed=1)
+    assert [e["id"] for e in a] == [e["id"] for e in evaluate.select_prompts(list(reversed(entries)), 3, 1)]
+    assert [e["id"] for e in a] != [e["id"] for e in evaluate.select_prompts(entries, 3, seed=2)]
+    families = sorted({e["family"] for e in entries})
+    assert [e["family"] for e in a] == [f for f in families for _ in range(3)]
+
+
+def test_real_backend_on_held_out_prompts_only(tmp_path, small_data, model_dir):
+    ctx = _ctx(tmp_path, small_data, model_dir, n_samples=2, k=[1, 2], prompts_per_task=2, max_new_tokens=8)
+    result = evaluate.run(ctx)
+    m = result.metrics
+    assert 0.0 <= m["pass_at_1"] <= m["pass_at_2"] <= 1.0
+    assert 0 < m["response_tokens"] <= 8
+    assert result.tokens > 0
+    # The evaluated prompts: the held-out test split, and nothing any training data holds,
+    # neither the train split nor the prompts of the reasoning corpus pretraining/SFT read.
+    evaluated = [json.loads(line) for line in Path(result.outputs["prompts"]).read_text().splitlines()]
+    assert len(evaluated) == 2 * len({e["family"] for e in evaluated})
+    hashes = {content_hash(e["question"]) for e in evaluated}
+    test_hashes = {e["hash"] for e in load_entries(small_data["outputs"]["tasks_test"])}
+    assert hashes <= test_hashes
+    train = {content_hash(e["question"]) for e in load_entries(small_data["outputs"]["tasks_train"])}
+    corpus = small_data["outputs"]["corpus_reasoning"]
+    reasoning = {content_hash(json.loads(line)["prompt"]) for line in Path(corpus).read_text().splitlines()}
+    assert train and reasoning
+    assert hashes.isdisjoint(train) and hashes.isdisjoint(reasoning)
+
+
+def test_a_test_instance_in_the_train_split_is_refused(tmp_path, small_data, model_dir):
+    leaky = dict(small_data, outputs=dict(small_data["outputs"]))
+    train = tmp_path / "train.jsonl"
+    test_lines = Path(small_data["outputs"]["tasks_test"]).read_text().splitlines()
+    train.write_text(Path(small_data["outputs"]["tasks_train"]).read_text() + test_lines[0] + "\n")
+    leaky["outputs"]["tasks_train"] = str(train)
+    cfg = pipeline_config(tmp_path, {"stages": {"evaluate": EVAL}})
+    upstream = {"data": leaky, "main/sft": {"kind": "sft", "outputs": {"model_dir": str(model_dir)}}}
+    ctx = make_ctx(tmp_path, "evaluate", cfg, upstream, stage="evaluate-sft", model_from="main/sft")
+    with pytest.raises(RuntimeError, match="also occur in tasks_train"):
+        evaluate.run(ctx, rollout_factory=lambda m, t, s: None)
