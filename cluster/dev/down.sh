@@ -3,7 +3,7 @@
 # files in $STATE_DIR (default /run/slingshot-devcluster). Idempotent.
 # Daemons that were already running when up.sh ran (not started by it) are left alone.
 set -euo pipefail
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 need_root

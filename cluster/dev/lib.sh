@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034  # variables are used by the scripts that source this
 # Common settings and helpers for cluster/dev/*.sh (sourced, not executed).
 
 DEV_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -97,7 +97,7 @@ node_state() {
 
 # wait_for <timeout_s> <description> <cmd...>: poll every 0.2 s
 wait_for() {
-    local t="$1" what="$2"; shift 2
+    local t="$1"; shift 2   # $2: description (for readers of the call)
     local deadline=$(( $(date +%s) + t ))
     until "$@"; do
         if (( $(date +%s) >= deadline )); then

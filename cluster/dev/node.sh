@@ -12,7 +12,7 @@
 #                              scontrol update state=RESUME, wait until usable
 #   node.sh state n1           print the node's sinfo state (idle, mixed, down, ...)
 set -euo pipefail
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() { echo "usage: $0 down|crash|up|state <n1|n2> [reason]" >&2; exit 2; }

@@ -6,13 +6,14 @@
 #                      by default it is skipped when foreign jobs are present.
 #   SMOKE_PYTHON       python with submitit+torch (default: <repo>/.venv/bin/python)
 set -euo pipefail
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 REPO="$(cd "$DEV_DIR/../.." && pwd)"
 PY="${SMOKE_PYTHON:-$REPO/.venv/bin/python}"
 W="$(mktemp -d /tmp/slingshot-smoke.XXXXXX)"
 chmod 755 "$W"
+j=""             # job id set by submit()
 mine=()          # job ids submitted here (cancelled on exit)
 failed=()
 trap 'if ((${#mine[@]})); then scancel "${mine[@]}" 2>/dev/null || true; fi' EXIT
@@ -58,13 +59,15 @@ done
 ((${#lat[@]})) && pass "sbatch: submit -> script running: ${lat[*]} s"
 
 # 2. srun across both nodes
+# shellcheck disable=SC2016  # expanded by the job, not here
 out="$(timeout 60 srun -N2 --ntasks-per-node=1 bash -c 'echo "$SLURMD_NODENAME"' 2>&1 | sort | tr '\n' ' ')" || true
-[[ "$out" == "n1 n2 " ]] && pass "srun -N2: ran on $out" || fail srun "srun -N2 printed '$out'"
+if [[ "$out" == "n1 n2 " ]]; then pass "srun -N2: ran on $out"; else fail srun "srun -N2 printed '$out'"; fi
 
 # 3. GPU gres -> CUDA_VISIBLE_DEVICES
+# shellcheck disable=SC2016
 submit j --wait -o "$W/gpu-%j.out" --gpus-per-node=1 --wrap 'echo "CVD=${CUDA_VISIBLE_DEVICES:-unset} node=$SLURMD_NODENAME"'
 line="$(cat "$W/gpu-$j.out" 2>/dev/null || true)"
-[[ "$line" == CVD=[0-9]* ]] && pass "--gpus-per-node=1: $line" || fail gpu "--gpus-per-node=1 job printed '$line'"
+if [[ "$line" == CVD=[0-9]* ]]; then pass "--gpus-per-node=1: $line"; else fail gpu "--gpus-per-node=1 job printed '$line'"; fi
 
 # 4. sacct shows finished jobs
 if until_true 20 bash -c "sacct -n -X -P -j '$j' -o State | grep -qx COMPLETED"; then

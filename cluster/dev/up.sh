@@ -4,7 +4,7 @@
 # Daemons it starts are recorded in $STATE_DIR (default /run/slingshot-devcluster)
 # so that down.sh stops exactly those. Re-running it when all is up is a fast no-op.
 set -euo pipefail
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 need_root
@@ -40,7 +40,9 @@ spawn() { # name out cmd...
 
 # ---- generated configuration ----------------------------------------------------
 mem_total_mb=$(( $(awk '/^MemTotal:/ {print $2}' /proc/meminfo) / 1024 ))
-NODE_CPUS="${SLINGSHOT_DEV_NODE_CPUS:-$(nproc)}"
+# --all: all online CPUs, like slurmd detects them (plain nproc honours the caller's CPU
+# affinity, so an up.sh run under taskset would rewrite CPUs= and break 2-CPU jobs)
+NODE_CPUS="${SLINGSHOT_DEV_NODE_CPUS:-$(nproc --all)}"
 # Both nodes live on this machine: give each 40% of it so the pair fits in 80%.
 NODE_MEM_MB="${SLINGSHOT_DEV_NODE_MEM_MB:-$(( mem_total_mb * 40 / 100 ))}"
 DEF_MEM_PER_CPU="${SLINGSHOT_DEV_DEF_MEM_PER_CPU:-2048}"
