@@ -128,8 +128,8 @@ else
 fi
 
 # ---- MariaDB --------------------------------------------------------------------
-if pid=$(our_pid mysqld_safe); then
-    log "MariaDB already running (mysqld_safe pid $pid, ours)"
+if pid=$(our_pid mysqld_safe) || pid=$(our_pid mysqld); then
+    log "MariaDB already running (pid $pid, ours)"
 elif mysql_ok; then
     log "MariaDB already running (not started by up.sh; leaving it alone)"
 else
