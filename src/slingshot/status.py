@@ -1,0 +1,296 @@
+"""`slingshot status`: where every stage of the pipeline stands, while it runs and after.
+
+One row per variant x stage node (a node shared between variants shows in each, marked
+with its owner). Everything is read from files the pipeline already keeps, so it needs
+no daemon and works from any shell in the pipeline's directory:
+
+- state: ``done`` when the manifest exists; otherwise the launcher's record
+  (``launch.json`` in the work dir) names the current job, which is asked whether it is
+  alive (squeue/sacct on Slurm, the pid locally): ``running`` / ``pending``; a job that
+  ended without a manifest is ``failed`` (its result file holds the error), ``stopped``
+  (it checkpointed and asked to be requeued) or ``lost`` (no result at all: killed,
+  cancelled, node failure); no record at all: ``not started``.
+- job id, restarts (submissions after the first + Slurm requeues), elapsed time,
+- the latest value of the stage's key metric and the MLflow run id.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from slingshot.config import ConfigError, PipelineConfig, load_pipeline_config
+from slingshot.launch.state import LaunchState
+from slingshot.plan import Node, build_plan
+from slingshot.workflow import RESOLVED_NAME
+
+DEFAULT_CONFIG = Path("workflow/config/config.yaml")
+
+# The metric that says how a stage is doing, by kind, in order of preference. A stage that
+# logs none of them shows "loss" if it has it, else its first metric (entrypoints can be
+# replaced, so the names are not guaranteed).
+KEY_METRICS: dict[str, tuple[str, ...]] = {
+    "data": ("vocab_size",),
+    "pretrain": ("loss", "lm_loss"),
+    "rlp": ("reward_mean", "reward", "loss"),
+    "synth": ("gvendi", "dataset_size", "size"),
+    "sft": ("loss",),
+    "prorl": ("reward_mean", "val_pass_rate", "pass_rate"),
+    "evaluate": ("pass_at_1",),
+    "report": (),
+}
+
+
+@dataclass
+class StageStatus:
+    variant: str
+    node: Node
+    state: str
+    job_id: str = ""
+    backend: str = ""
+    restarts: int = 0
+    elapsed_s: float | None = None
+    run_id: str | None = None
+    metric: str | None = None
+    value: float | None = None
+    step: int | None = None
+    detail: str = ""
+
+    @property
+    def stage(self) -> str:
+        return self.node.stage
+
+    @property
+    def shared_from(self) -> str | None:
+        return self.node.owner if self.node.owner and self.node.owner != self.variant else None
+
+
+def default_config_path() -> Path:
+    """The config of the last DAG build (what the jobs run), else the embedded recipe."""
+    resolved = Path("work") / RESOLVED_NAME
+    return resolved if resolved.is_file() else DEFAULT_CONFIG
+
+
+# --------------------------------------------------------------------------- states
+def _job_state(cfg: PipelineConfig, node: Node, launch: LaunchState) -> tuple[str, str]:
+    """(state, detail) of a node without a manifest, from its current job."""
+    from submitit.core.utils import pickle_load
+
+    from slingshot.launch.launcher import RunningJob
+
+    current = launch.current
+    if current is None:
+        return "not started", ""
+    job = RunningJob(current.backend, current.job_id, node.work_dir(cfg) / "submitit")
+    if current.backend == "inprocess":
+        # The debug executor runs inside the launcher and leaves no result file to read.
+        return "unknown", "in-process job: see the Snakemake log"
+    if job.alive():
+        state = job.state().lower() if current.backend == "slurm" else "running"
+        return ("pending" if state in ("pending", "requeued", "configuring") else "running"), state
+    result = job.paths.result_pickle
+    if result.is_file():
+        try:
+            kind, value = pickle_load(result)
+        except Exception as error:  # a half-written pickle of a job that is just ending
+            return "unknown", f"unreadable result: {error}"
+        if kind == "error":
+            lines = [line for line in str(value).strip().splitlines() if line.strip()]
+            return "failed", lines[-1] if lines else "error"
+        if isinstance(value, dict) and value.get("status") == "requeue":
+            return (
+                "stopped",
+                f"checkpointed at step {value.get('step')} ({value.get('signal')}); rerun resumes",
+            )
+        return "failed", "job finished but wrote no manifest"
+    detail = f"job {current.job_id} ended without a result"
+    if current.backend == "slurm":
+        detail += f" ({job.state()})"
+    return "lost", detail
+
+
+def _ended_at(cfg: PipelineConfig, node: Node, launch: LaunchState) -> float | None:
+    current = launch.current
+    if current is None:
+        return None
+    from slingshot.launch.launcher import RunningJob
+
+    paths = RunningJob(current.backend, current.job_id, node.work_dir(cfg) / "submitit").paths
+    times = [p.stat().st_mtime for p in (paths.result_pickle, paths.stdout, paths.stderr) if p.exists()]
+    return max(times) if times else None
+
+
+def node_status(cfg: PipelineConfig, node: Node, variant: str) -> StageStatus:
+    manifest_path = node.manifest_path(cfg)
+    launch = LaunchState.load(node.work_dir(cfg))
+    current = launch.current
+    status = StageStatus(
+        variant=variant,
+        node=node,
+        state="",
+        job_id=current.job_id if current else "",
+        backend=current.backend if current else "",
+        restarts=launch.restarts,
+    )
+    run_id_file = node.work_dir(cfg) / "mlflow_run_id"
+    if run_id_file.is_file():
+        status.run_id = run_id_file.read_text().strip() or None
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text())
+        status.state = "done"
+        status.elapsed_s = manifest.get("wall_time_s")
+        status.restarts = int(manifest.get("slurm", {}).get("restarts", status.restarts))
+        status.run_id = manifest.get("mlflow_run_id") or status.run_id
+        return status
+    status.state, status.detail = _job_state(cfg, node, launch)
+    started = launch.first_submitted_at
+    if started is not None:
+        end = time.time() if status.state in ("running", "pending") else _ended_at(cfg, node, launch)
+        status.elapsed_s = (end - started) if end else None
+    return status
+
+
+def collect_status(cfg: PipelineConfig, with_metrics: bool = True) -> list[StageStatus]:
+    """Rows in recipe order: per variant, data, its stages (shared ones included), report."""
+    plan = build_plan(cfg)
+    ordered = plan.ordered()
+    cache: dict[str, StageStatus] = {}
+    rows: list[StageStatus] = []
+    for variant in cfg.variants:
+        for node in ordered:
+            if variant not in node.variants:
+                continue
+            if node.key not in cache:
+                cache[node.key] = node_status(cfg, node, variant)
+            base = cache[node.key]
+            rows.append(base if base.variant == variant else _copy_for(base, variant))
+    if with_metrics:
+        add_metrics(cfg, list(cache.values()))
+        for row in rows:
+            base = cache[row.node.key]
+            row.metric, row.value, row.step = base.metric, base.value, base.step
+    return rows
+
+
+def _copy_for(status: StageStatus, variant: str) -> StageStatus:
+    copy = StageStatus(**{**status.__dict__})
+    copy.variant = variant
+    return copy
+
+
+# --------------------------------------------------------------------------- metrics
+def pick_metric(kind: str, available: list[str]) -> str | None:
+    for name in (*KEY_METRICS.get(kind, ()), "loss"):
+        if name in available:
+            return name
+    return sorted(available)[0] if available else None
+
+
+def _tracking_client(cfg: PipelineConfig) -> Any | None:
+    uri = cfg.tracking_uri
+    # Opening a SQLite store that does not exist would create (and migrate) an empty one.
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return None
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def add_metrics(cfg: PipelineConfig, statuses: list[StageStatus]) -> None:
+    """The latest value (and its step) of each stage's key metric, from its MLflow run."""
+    with_runs = [s for s in statuses if s.run_id]
+    if not with_runs:
+        return
+    try:
+        client = _tracking_client(cfg)
+    except Exception as error:  # status must still print when the tracking server is down
+        for s in with_runs:
+            s.detail = s.detail or f"MLflow unavailable: {error}"
+        return
+    if client is None:
+        return
+    for s in with_runs:
+        try:
+            run = client.get_run(s.run_id)
+        except Exception:
+            continue
+        name = pick_metric(s.node.kind, list(run.data.metrics))
+        if name is None:
+            continue
+        history = client.get_metric_history(s.run_id, name)
+        if history:
+            last = max(history, key=lambda m: (m.step, m.timestamp))
+            s.metric, s.value, s.step = name, last.value, last.step
+
+
+# --------------------------------------------------------------------------- printing
+STATE_STYLE = {
+    "done": "green",
+    "running": "cyan",
+    "pending": "yellow",
+    "stopped": "yellow",
+    "failed": "bold red",
+    "lost": "red",
+    "not started": "dim",
+    "unknown": "magenta",
+}
+
+
+def format_elapsed(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def render_table(cfg: PipelineConfig, rows: list[StageStatus]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"slingshot: {cfg.pipeline.name}  ({cfg.tracking_uri})", title_justify="left")
+    for column in ("variant", "stage", "state", "job", "restarts", "elapsed", "key metric", "mlflow run"):
+        table.add_column(column, no_wrap=column in ("stage", "mlflow run", "job"))
+    for r in rows:
+        stage = r.stage + (f" (= {r.shared_from})" if r.shared_from else "")
+        state = f"[{STATE_STYLE.get(r.state, '')}]{r.state}[/]"
+        if r.detail and r.state not in ("done", "running"):
+            state += f"\n[dim]{r.detail[:80]}[/]"
+        job = f"{r.backend}:{r.job_id}" if r.job_id else ""
+        metric = f"{r.metric}={r.value:.4g} @{r.step}" if r.metric is not None and r.value is not None else ""
+        table.add_row(
+            r.variant or "-",
+            stage,
+            state,
+            job,
+            str(r.restarts),
+            format_elapsed(r.elapsed_s),
+            metric,
+            r.run_id or "",
+        )
+    return table
+
+
+def print_status(config_path: str | None) -> int:
+    """Print the table; 2 on a config error, else 0 (failures are shown, not an exit code)."""
+    import sys
+
+    from rich.console import Console
+
+    path = Path(config_path) if config_path else default_config_path()
+    try:
+        cfg = load_pipeline_config(path)
+    except (ConfigError, FileNotFoundError) as error:
+        print(f"slingshot status: {error}", file=sys.stderr)
+        return 2
+    rows = collect_status(cfg)
+    console = Console(width=max(Console().width, 160))
+    console.print(render_table(cfg, rows))
+    counts: dict[str, int] = {}
+    for r in {r.node.key: r for r in rows}.values():
+        counts[r.state] = counts.get(r.state, 0) + 1
+    console.print("  ".join(f"{state}: {n}" for state, n in sorted(counts.items())) + f"   (config: {path})")
+    return 0
