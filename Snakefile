@@ -8,8 +8,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-# The embedded tiny recipe; --configfile recipes/... replaces or extends it.
-configfile: str(Path(workflow.basedir) / "workflow" / "config" / "config.yaml")
+# The embedded tiny recipe, unless --configfile names others: a recipe is complete on its
+# own (over the typed defaults in slingshot.config), never merged into the tiny one.
+if not workflow.overwrite_configfiles:
+
+    configfile: str(Path(workflow.basedir) / "workflow" / "config" / "config.yaml")
 
 
 include: "workflow/rules/common.smk"

@@ -130,3 +130,12 @@ def slurm_jobs_named(name: str) -> list[str]:
         check=True,
     ).stdout
     return [line.split("|")[0] for line in out.splitlines() if line.split("|")[-1] == name]
+
+
+def slurm_overrides(name: str, **stages: Any) -> dict[str, Any]:
+    """A toy pipeline on the dev cluster's Slurm (site 'dev'), named so its jobs are findable."""
+    return {
+        "pipeline": {"name": name},
+        "launcher": {"backend": "slurm", "site": "dev", "poll_interval_s": 1.0},
+        "stages": stages,
+    }

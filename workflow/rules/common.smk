@@ -1,6 +1,8 @@
 # Validation, the plan (which stage nodes exist, shared between variants or not),
 # and the paths every rule uses. The config is validated here, when the DAG is built.
 import os
+import shlex
+import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -22,7 +24,11 @@ RESULTS = str(CFG.results_dir)
 # The launcher and the jobs read the config the DAG was built from.
 RESOLVED_CONFIG = str(write_resolved_config(config, CFG))
 ALL_TARGETS = [str(p) for p in PLAN.targets()]
-LAUNCH = "slingshot launch {params.stage:q} --variant {params.variant:q} --config {params.config:q} > {log:q} 2>&1"
+# The launcher runs under the same interpreter as Snakemake (no PATH assumptions).
+LAUNCH = (
+    f"{shlex.quote(sys.executable)} -m slingshot.cli launch {{params.stage:q}} --variant {{params.variant:q}} "
+    "--config {params.config:q} > {log:q} 2>&1"
+)
 
 
 wildcard_constraints:

@@ -1,0 +1,40 @@
+# The two commands of the README's quickstart:
+#   make run    install into .venv and run the embedded tiny pipeline (CPU, local processes)
+#   make test   install (Python + the dev Slurm cluster's Debian packages), bring the dev
+#               cluster up, and run the whole test suite (.ci/run calls this)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: install run test test-fast system-deps cluster-up cluster-down lint
+
+$(VENV)/.installed: pyproject.toml envs/cpu.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c envs/cpu.txt -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(VENV)/bin/snakemake --profile profiles/local
+
+system-deps:
+	bash cluster/dev/install.sh
+	bash envs/install-test-packages.sh
+
+cluster-up: system-deps
+	bash cluster/dev/up.sh
+
+cluster-down:
+	bash cluster/dev/down.sh
+
+test: install cluster-up
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slurm and not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
