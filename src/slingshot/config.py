@@ -207,6 +207,13 @@ class RLPConfig(ModelStageConfig):
 class GeneratorConfig(StrictModel):
     backend: Literal["teacher", "hf", "vllm"] = "teacher"
     model: str | None = None  # local HF directory for hf / vllm
+    # teacher: probability that a sampled solution is wrong (what the majority vote filters),
+    # and how far new problems' difficulty knobs move from their few-shot example (± fraction).
+    error_rate: Fraction = 0.1
+    spread: Fraction = 0.5
+    # hf / vllm: generation lengths.
+    max_problem_tokens: PositiveInt = 128
+    max_solution_tokens: PositiveInt = 512
 
     @model_validator(mode="after")
     def _needs_model(self) -> GeneratorConfig:
@@ -237,6 +244,15 @@ class SynthConfig(StageConfig):
     keep_cluster_fraction: Annotated[float, Field(gt=0, le=1)] = 0.5
     max_rounds: PositiveInt = 50
     feature_shards: PositiveInt = 1  # Slurm array tasks for feature extraction
+    # Per-sample gradients: torch.func vmap over feature_batch_size samples, or one backward
+    # per sample; gradients of as many samples as fit feature_memory_mb are projected together.
+    feature_method: Literal["vmap", "loop"] = "vmap"
+    feature_batch_size: PositiveInt = 8
+    feature_memory_mb: PositiveFloat = 512.0
+    feature_max_tokens: PositiveInt = 1024  # prompt + completion tokens per sample
+    # Few-shot examples are drawn with weight difficulty_floor + difficulty, where
+    # difficulty = 1 - (agreeing solutions / solutions_per_problem): easy ones still appear.
+    difficulty_floor: PositiveFloat = 0.1
 
 
 class SFTDataset(StrictModel):

@@ -1,0 +1,105 @@
+"""Job arrays for work a stage fans out (e.g. synthesis feature shards).
+
+``run_array(fn, n, ...)`` calls ``fn(i)`` for i in 0..n-1 and returns the results in
+order: on Slurm as ONE submitit job array (``executor.map_array``, ``--array=0-(n-1)``)
+with the given resources; on the local backends sequentially in this process (a local
+machine has no spare cores to fan out to, and tests stay debuggable). Stages call this
+instead of importing submitit, so stages still know nothing of Slurm.
+
+The array's folder lives under the caller's work dir; ``fn`` must be picklable and
+should make each task idempotent (write its result atomically, reuse it when present),
+so that a resubmitted array or a requeued caller redoes only what is missing.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from slingshot.config import PipelineConfig, Resources
+from slingshot.launch.site import load_site
+
+T = TypeVar("T")
+
+
+class ArrayTaskError(RuntimeError):
+    pass
+
+
+def _slurm_executor(cfg: PipelineConfig, res: Resources, folder: Path, name: str) -> Any:
+    import submitit
+
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    site = load_site(cfg.launcher.site)
+    partition, _ = site.partition_for(res)
+    env = {**site.env, "PYTHONUNBUFFERED": "1"}
+    exports = [f"export {key}={shlex.quote(value)}" for key, value in env.items()]
+    params: dict[str, Any] = {
+        "name": name,
+        "timeout_min": res.time_min,
+        # One process per array task: a shard is independent work, not a distributed group.
+        "nodes": 1,
+        "tasks_per_node": 1,
+        "gpus_per_node": res.gpus_per_node,
+        "cpus_per_task": res.cpus_per_task,
+        "slurm_partition": partition,
+        "slurm_setup": [*exports, *site.setup, *res.setup],
+        "slurm_additional_parameters": {**site.sbatch, **res.extra_sbatch},
+    }
+    if res.mem_gb:
+        params["mem_gb"] = res.mem_gb
+    for key, value in (("account", res.account or site.account), ("qos", res.qos or site.qos)):
+        if value:
+            params[f"slurm_{key}"] = value
+    if res.constraint:
+        params["slurm_constraint"] = res.constraint
+    executor.update_parameters(**params)
+    return executor
+
+
+def uses_slurm(cfg: PipelineConfig) -> bool:
+    return cfg.launcher.backend == "slurm"
+
+
+def run_array(
+    fn: Callable[[int], T],
+    indices: Sequence[int],
+    *,
+    cfg: PipelineConfig,
+    resources: Resources,
+    folder: Path,
+    name: str,
+    poll_s: float | None = None,
+    on_submit: Callable[[list[str]], None] | None = None,
+) -> list[T]:
+    """``[fn(i) for i in indices]``: one Slurm job array when the launcher backend is slurm,
+    else sequentially in this process. Raises ArrayTaskError naming the failed tasks."""
+    if not indices:
+        return []
+    if not uses_slurm(cfg):
+        return [fn(i) for i in indices]
+    executor = _slurm_executor(cfg, resources, folder, name)
+    jobs = executor.map_array(fn, list(indices))
+    ids = [str(job.job_id) for job in jobs]
+    if on_submit is not None:
+        on_submit(ids)
+    print(f"[slingshot] {name}: submitted array {ids[0].split('_')[0]} ({len(ids)} tasks)", flush=True)
+    poll = poll_s if poll_s is not None else cfg.launcher.poll_interval_s
+    while not all(job.done() for job in jobs):
+        time.sleep(poll)
+    results: list[T] = []
+    failed: list[str] = []
+    for i, job in zip(indices, jobs, strict=True):
+        try:
+            results.append(job.result())
+        except Exception as error:  # noqa: BLE001 - collect every task's failure, then raise once
+            failed.append(f"task {i} (job {job.job_id}): {error}")
+    if failed:
+        raise ArrayTaskError(
+            f"{name}: {len(failed)} of {len(jobs)} array tasks failed; logs in {folder}\n" + "\n".join(failed)
+        )
+    return results
