@@ -313,13 +313,19 @@ class ProRLConfig(ModelStageConfig):
     kl_kind: Literal["k1", "k2", "k3"] = "k2"
     loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"] = "token-mean"
     normalize_std: bool = True
+    adv_eps: PositiveFloat = 1e-6  # added to the group std
     max_gen_batches: PositiveInt = 10
+    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    # Rewards: True maps reasoning-gym partial credit to 0/1 (pass/fail), False keeps it.
+    binary_reward: bool = True
     top_entropy_q: Annotated[float, Field(gt=0, le=1)] = 1.0
-    overlong_penalty_tokens: NonNegativeInt = 0
+    overlong_penalty_tokens: NonNegativeInt = 0  # L: penalty ramps 0 -> -1 over the last L tokens
     entropy_control: EntropyControl = Field(default_factory=EntropyControl)
     reference_reset: ReferenceReset = Field(default_factory=ReferenceReset)
     val_every: PositiveInt = 10
     val_prompts: PositiveInt = 64
+    val_samples: PositiveInt = 4  # samples per validation prompt (pass@1 = mean correctness)
+    val_temperature: Annotated[float, Field(ge=0)] = 0.6
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     # The length schedule: each phase is its own job in the DAG, starting from the previous.
     phases: list[ProRLPhase] = Field(
@@ -333,6 +339,12 @@ class ProRLConfig(ModelStageConfig):
         names = [p.name for p in self.phases]
         if len(set(names)) != len(names):
             raise ValueError(f"phases: names must be unique (got {names})")
+        shortest = min(p.max_response_tokens for p in self.phases)
+        if self.overlong_penalty_tokens > shortest:
+            raise ValueError(
+                f"overlong_penalty_tokens ({self.overlong_penalty_tokens}) exceeds the shortest "
+                f"phase's max_response_tokens ({shortest})"
+            )
         return self
 
 

@@ -1,0 +1,350 @@
+"""ProRL stage: batches, dynamic sampling, reference anchoring across resumes and resets,
+and a short run that raises validation pass@1 of a tiny SFT'd model."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from stages import make_ctx, pipeline_config
+
+from slingshot.checkpoint import CheckpointManager, load_torch
+from slingshot.config import ProRLConfig
+from slingshot.data.tasks import SplitSizes, TaskFamily, make_splits, register_family
+from slingshot.stages import prorl
+from slingshot.tracking import Tracker
+from slingshot.train.logprobs import token_logprobs
+from slingshot.train.rl_batch import build_rl_batch, masked_mean
+from slingshot.train.state import STATE_FILE, Counter
+
+# Three one-digit addends, "+" only: a validation sum is unseen, but its two sub-steps
+# (a + b, then s + c) are each seen many times in training, so what RL sharpens on
+# training prompts carries over to held-out ones.
+FAMILY = TaskFamily(
+    name="add3-test",
+    dataset="basic_arithmetic",
+    kwargs=dict(
+        min_terms=3,
+        max_terms=3,
+        min_digits=1,
+        max_digits=1,
+        operators=["+"],
+        allow_negation=False,
+        allow_parentheses=False,
+    ),
+    math=True,
+)
+
+
+class Recorder(Tracker):
+    """A disabled tracker that keeps the metrics, and can crash the run at a chosen step."""
+
+    def __init__(self, crash_at: int | None = None):
+        super().__init__(None, None)
+        self.rows: dict[int, dict[str, float]] = {}
+        self.crash_at = crash_at
+
+    def log_metrics(self, metrics: Any, step: int) -> None:
+        if self.crash_at is not None and step == self.crash_at:
+            raise RuntimeError(f"simulated node failure at step {step}")
+        self.rows.setdefault(step, {}).update(metrics)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+def _sft(tokenizer_dir: str, entries: list[dict], out: Path, steps: int = 300) -> Path:
+    """A tiny Llama trained on the teacher's traces of the family (the SFT stage in small)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from slingshot.data.packing import IGNORE_INDEX, tokenize_sft
+    from slingshot.data.teacher import ProceduralTeacher, task_prompt
+    from slingshot.data.tokenizer import load_tokenizer
+    from slingshot.models.hf import save_model_dir
+
+    tok = load_tokenizer(tokenizer_dir)
+    teacher = ProceduralTeacher()
+    examples = []
+    for entry in entries:
+        trace = teacher.solve(entry)
+        answer = trace.completion.split("</think>\n", 1)[1]
+        examples.append(tokenize_sft(tok, task_prompt(entry), answer, reasoning=trace.thought))
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            bos_token_id=tok.eos_token_id,
+        )
+    )
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    rng = random.Random(0)
+    for step in range(steps):
+        batch = rng.sample(examples, 16)
+        width = max(len(x.input_ids) for x in batch)
+        ids = torch.full((16, width), tok.pad_token_id)
+        labels = torch.full((16, width), IGNORE_INDEX)
+        attention = torch.zeros((16, width), dtype=torch.long)
+        for i, x in enumerate(batch):
+            ids[i, : len(x.input_ids)] = torch.tensor(x.input_ids)
+            labels[i, : len(x.labels)] = torch.tensor(x.labels)
+            attention[i, : len(x.input_ids)] = 1
+        for group in opt.param_groups:
+            group["lr"] = 3e-3 * min(1.0, (step + 1) / 20)
+        loss = model(input_ids=ids, attention_mask=attention, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return save_model_dir(model, tok, out)
+
+
+@pytest.fixture(scope="module")
+def sft_setup(tmp_path_factory, small_data) -> dict[str, Any]:
+    """Task splits of one easy family, a data manifest for them, and a tiny SFT'd model."""
+    root = tmp_path_factory.mktemp("prorl")
+    register_family(FAMILY)
+    splits = make_splits([FAMILY.name], SplitSizes(train=300, validation=40, test=4), 0)
+    (root / "tasks").mkdir()
+    paths = {}
+    for split, entries in splits.items():
+        path = root / "tasks" / f"{split}.jsonl"
+        path.write_text("".join(json.dumps(e) + "\n" for e in entries))
+        paths[f"tasks_{split}"] = str(path)
+    tokenizer_dir = small_data["outputs"]["tokenizer_dir"]
+    data = {"kind": "data", "key": "data", "outputs": {"tokenizer_dir": tokenizer_dir, **paths}}
+    model = _sft(tokenizer_dir, splits["train"], root / "sft")
+    return {"data": data, "model": model}
+
+
+def _ctx(tmp: Path, setup: dict[str, Any], tracker: Tracker, steps: int, interval: int = 100, **over: Any):
+    prorl_cfg = {
+        "n_samples": 8,
+        "batch_prompts": 4,
+        "mini_batch_prompts": 2,
+        "temperature": 1.0,
+        "kl_coef": 1e-3,
+        "max_gen_batches": 3,
+        "val_every": 100,
+        "val_prompts": 8,
+        "val_samples": 2,
+        "val_temperature": 1.0,
+        "log_every": 1,
+        "optimizer": {"lr": 3e-4},
+        "phases": [{"name": "len48", "steps": steps, "max_response_tokens": 48}],
+        **over,
+    }
+    cfg = pipeline_config(tmp, {"stages": {"prorl": prorl_cfg}})
+    return make_ctx(
+        tmp,
+        "prorl",
+        cfg,
+        {"data": setup["data"]},
+        stage="prorl-len48",
+        phase="len48",
+        init_model=str(setup["model"]),
+        tracker=tracker,
+        interval_steps=interval,
+    )
+
+
+def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+# --------------------------------------------------------------------------- pure pieces
+
+
+def test_overlong_penalty_ramps_over_the_last_tokens():
+    assert prorl.overlong_penalty(100, 128, 0) == 0.0
+    assert prorl.overlong_penalty(96, 128, 32) == 0.0
+    assert prorl.overlong_penalty(112, 128, 32) == pytest.approx(-0.5)
+    assert prorl.overlong_penalty(128, 128, 32) == -1.0
+    assert prorl.overlong_penalty(140, 128, 32) == -1.0
+
+
+def test_rl_batch_masks_exactly_the_completion_tokens():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    seqs = [([5, 6, 7], [8, 9]), ([5], [10, 11, 12, 1]), ([4, 4], [])]
+    batch = build_rl_batch(seqs, pad_token_id=0)
+    assert batch.input_ids.tolist() == [[5, 6, 7, 8, 9], [5, 10, 11, 12, 1], [4, 4, 0, 0, 0]]
+    # Column t scores token t+1: row 0's completion tokens 8, 9 sit at positions 3, 4.
+    assert batch.response_mask.tolist() == [
+        [False, False, True, True],
+        [True, True, True, True],
+        [False, False, False, False],
+    ]
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=16,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    )
+    logp, _ = token_logprobs(model, batch.input_ids, batch.attention_mask, batch.position_ids)
+    # Right padding never changes a real token's log-prob: row 0 alone gives the same values.
+    alone, _ = token_logprobs(model, torch.tensor([[5, 6, 7, 8, 9]]))
+    assert torch.allclose(logp[0], alone[0], atol=1e-6)
+    sub = batch.rows(slice(2, 3))
+    assert sub.input_ids.shape == (1, 2) and not sub.response_mask.any()
+    assert float(masked_mean(torch.ones(3, 4), batch.response_mask)) == 1.0
+
+
+def test_prompt_stream_resumes_at_the_same_prompt():
+    entries = [{"id": str(i)} for i in range(7)]
+    a = prorl.PromptStream(entries, seed=3)
+    first = [e["id"] for e in a.take(10)]  # crosses an epoch boundary
+    saved = a.state_dict()
+    rest = [e["id"] for e in a.take(9)]
+    b = prorl.PromptStream(entries, seed=3)
+    b.load_state_dict(saved)
+    assert [e["id"] for e in b.take(9)] == rest
+    assert sorted(first[:7]) == sorted(str(i) for i in range(7))  # an epoch is a permutation
+
+
+def test_plateau_bookkeeping_and_optimizer_reset():
+    cfg = ProRLConfig(reference_reset={"plateau_evals": 2})
+    book = Counter(best_val=float("-inf"), evals_since_best=0)
+    assert not prorl._track_validation(book, 0.3)  # improved
+    assert prorl._track_validation(book, 0.3) and not prorl._plateaued(cfg, book)
+    assert prorl._track_validation(book, 0.2) and prorl._plateaued(cfg, book)
+    policy, reference = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(policy.parameters())
+    policy(torch.ones(1, 2)).sum().backward()
+    opt.step()
+    prorl.reset_reference(policy, reference, opt, reset_optimizer=True)
+    assert torch.equal(policy.weight, reference.weight) and len(opt.state) == 0
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def test_dynamic_sampling_never_trains_on_all_equal_groups(tmp_path, sft_setup, monkeypatch):
+    trained: list[torch.Tensor] = []
+    original = prorl._train_on_batch
+
+    def spy(policy, reference, optimizer, scheduler, train, *args):
+        trained.append(train.rewards.clone())
+        assert train.batch.size == train.rewards.numel()
+        return original(policy, reference, optimizer, scheduler, train, *args)
+
+    monkeypatch.setattr(prorl, "_train_on_batch", spy)
+    rec = Recorder()
+    prorl.run(_ctx(tmp_path, sft_setup, rec, steps=3))
+    assert trained, "no update ran"
+    for rewards in trained:
+        assert rewards.shape[1] == 8 and rewards.shape[0] <= 4
+        assert (rewards != rewards[:, :1]).any(dim=1).all(), f"an all-equal group was trained on: {rewards}"
+    # The filter had something to drop: some generated group was all-equal.
+    assert min(rec.rows[s]["groups_kept_frac"] for s in (1, 2, 3)) < 1.0
+
+
+def _probe_kl(policy: torch.nn.Module, reference: torch.nn.Module, probe) -> float:
+    with torch.no_grad():
+        lp, _ = token_logprobs(policy, probe.input_ids, probe.attention_mask, probe.position_ids)
+        ref, _ = token_logprobs(reference, probe.input_ids, probe.attention_mask, probe.position_ids)
+    return float(masked_mean(0.5 * (lp - ref).square(), probe.response_mask))
+
+
+def test_resume_restores_the_reference_and_the_kl(tmp_path, sft_setup, monkeypatch):
+    from slingshot.models.hf import load_causal_lm
+
+    # Uninterrupted reference run.
+    full = Recorder()
+    prorl.run(_ctx(tmp_path / "full", sft_setup, full, steps=4, interval=2))
+
+    # Crash during step 3 (after the step-2 checkpoint), then resume.
+    crashed = Recorder(crash_at=3)
+    with pytest.raises(RuntimeError, match="simulated node failure"):
+        prorl.run(_ctx(tmp_path / "cut", sft_setup, crashed, steps=4, interval=2))
+    ckpt_dir = tmp_path / "cut" / "work" / "main" / "prorl-len48" / "checkpoints"
+    (ckpt,) = [c for c in CheckpointManager(ckpt_dir).complete() if c.step == 2]
+    saved = load_torch(ckpt.path / STATE_FILE)
+    before_policy = load_causal_lm(sft_setup["model"])
+    before_policy.load_state_dict(saved["policy"])
+    before_ref = load_causal_lm(sft_setup["model"])
+    before_ref.load_state_dict(saved["reference"])
+    probe = build_rl_batch([([5, 6, 7, 8], [9, 10, 11, 12, 13, 14]), ([20, 21], [22, 23, 24])], 0)
+    kl_before = _probe_kl(before_policy, before_ref, probe)
+    assert kl_before > 1e-7, "the policy never moved away from its reference: the test cannot tell"
+
+    seen: dict[str, Any] = {}
+    original = prorl._train_on_batch
+
+    def spy(policy, reference, *args):
+        if not seen:
+            seen["policy"], seen["reference"] = _params(policy), _params(reference)
+            seen["kl"] = _probe_kl(policy, reference, probe)
+        return original(policy, reference, *args)
+
+    monkeypatch.setattr(prorl, "_train_on_batch", spy)
+    resumed = Recorder()
+    prorl.run(_ctx(tmp_path / "cut", sft_setup, resumed, steps=4, interval=2))
+
+    # The resumed reference is the checkpoint's (the SFT start), not the resumed policy.
+    for name, value in saved["reference"].items():
+        assert torch.equal(seen["reference"][name], value)
+    assert any(not torch.equal(seen["reference"][k], seen["policy"][k]) for k in seen["policy"])
+    assert seen["kl"] == pytest.approx(kl_before, rel=1e-5)
+    # The run's own KL right after the resume is the uninterrupted run's (exact resume), not 0.
+    assert resumed.rows[3]["kl_start"] > 1e-7
+    assert resumed.rows[3]["kl_start"] == pytest.approx(full.rows[3]["kl_start"], rel=1e-4)
+    for key in ("reward_mean", "kl", "loss"):
+        assert resumed.rows[4][key] == pytest.approx(full.rows[4][key], rel=1e-4, abs=1e-7)
+
+
+def test_reference_reset_zeroes_the_kl(tmp_path, sft_setup):
+    rec = Recorder()
+    reset = {"every_steps": 2, "reset_optimizer": True}
+    prorl.run(_ctx(tmp_path, sft_setup, rec, steps=3, reference_reset=reset))
+    assert rec.rows[2]["kl_start"] > 1e-7 and rec.rows[2]["ref_reset"] == 1.0
+    assert rec.rows[3]["kl_start"] == 0.0  # the first forward after π_ref ← π_θ
+    assert rec.rows[3]["resets"] == 1.0 and rec.rows[3]["ref_reset"] == 0.0
+
+
+def test_kl_coef_zero_runs_without_a_reference(tmp_path, sft_setup, monkeypatch):
+    refs: list[Any] = []
+    original = prorl._train_on_batch
+
+    def spy(policy, reference, *args):
+        refs.append(reference)
+        return original(policy, reference, *args)
+
+    monkeypatch.setattr(prorl, "_train_on_batch", spy)
+    rec = Recorder()
+    result = prorl.run(_ctx(tmp_path, sft_setup, rec, steps=1, kl_coef=0.0, top_entropy_q=0.2))
+    assert refs == [None] and "kl" not in rec.rows[1]
+    assert rec.rows[1]["update_token_frac"] < 0.5  # forking tokens: ~20% of response tokens
+    assert Path(result.outputs["model_dir"], "config.json").is_file()
+
+
+@pytest.mark.slow
+def test_short_run_raises_validation_pass_at_1(tmp_path, sft_setup):
+    rec = Recorder()
+    over = {
+        "batch_prompts": 8,
+        "mini_batch_prompts": 4,
+        "val_every": 5,
+        "val_prompts": 40,
+        "val_samples": 8,
+    }
+    prorl.run(_ctx(tmp_path, sft_setup, rec, steps=15, **over))
+    curve = {s: round(rec.rows[s]["val/pass@1"], 4) for s in sorted(rec.rows) if "val/pass@1" in rec.rows[s]}
+    print(f"validation pass@1 by step: {curve}")
+    later = [v for s, v in curve.items() if s > 0]
+    assert sum(later) / len(later) >= curve[0] + 0.04, curve
