@@ -273,6 +273,12 @@ class SFTConfig(ModelStageConfig):
     grad_accum: PositiveInt = 1
     packing: bool = True
     eval_every: PositiveInt = 50
+    # Held-out loss: this share of the distinct prompts (chosen by content hash, so the
+    # split does not depend on data order), at most eval_max_examples examples.
+    eval_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    eval_max_examples: NonNegativeInt = 256
+    # auto: FSDP2 on GPUs, gradient all-reduce across CPU (gloo) processes.
+    data_parallel: Literal["auto", "fsdp", "allreduce"] = "auto"
 
 
 class EntropyControl(StrictModel):

@@ -1,0 +1,103 @@
+"""Runs the real SFT stage for the tests, in this process or as one rank of a multi-process
+job (spawned locally with ``python sft_worker.py <spec.json> <rank>``, or as a Slurm task
+through submitit), records every logged metric by step, and writes ``<out>.json``."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from slingshot.checkpoint import SaveTriggers, StageInterrupted
+from slingshot.tracking import Tracker
+
+
+class RecordingTracker(Tracker):
+    """A disabled tracker that keeps what the stage logs (metrics by step, inputs, models)."""
+
+    def __init__(self) -> None:
+        super().__init__(None, None)
+        self.metrics: dict[int, dict[str, float]] = {}
+        self.inputs: list[tuple[str, str]] = []
+        self.models: list[str] = []
+
+    def log_metrics(self, metrics: Any, step: int) -> None:
+        self.metrics.setdefault(step, {}).update({k: float(v) for k, v in metrics.items()})
+
+    def log_input(self, name: str, source: Any, digest: str, context: str = "training") -> None:
+        self.inputs.append((name, digest))
+
+    def log_model_dir(self, name: str, model_dir: Any, params: Any = None) -> str | None:
+        self.models.append(str(model_dir))
+        return None
+
+
+class StopAfter(SaveTriggers):
+    """Asks the loop to stop (as USR2 would) once step ``stop_after`` is done."""
+
+    def __init__(self, interval_steps: int, stop_after: int | None):
+        super().__init__(interval_steps=interval_steps)
+        self.stop_after = stop_after
+
+    def check(self, step: int) -> tuple[bool, bool]:
+        if self.stop_after is not None and step == self.stop_after:
+            self.request_stop("test-stop")
+        return super().check(step)
+
+
+def run_stage(spec: dict[str, Any], dist: Any = None) -> dict[str, Any]:
+    """One SFT run from ``spec`` (root, overrides, upstream, init_model, stop_after, interval, out)."""
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
+    from stages import make_ctx, pipeline_config
+
+    from slingshot.stages import sft
+
+    root = Path(spec["root"])
+    cfg = pipeline_config(root, {"stages": {"sft": spec["overrides"]}})
+    tracker = RecordingTracker()
+    ctx = make_ctx(
+        root, "sft", cfg, spec["upstream"], init_model=spec["init_model"], tracker=tracker, dist=dist
+    )
+    ctx.triggers = StopAfter(spec.get("interval", 1000), spec.get("stop_after"))
+    record: dict[str, Any] = {"interrupted_at": None}
+    try:
+        result = sft.run(ctx)
+        record.update(
+            outputs=result.outputs, metrics=result.metrics, tokens=result.tokens, extra=result.extra
+        )
+    except StageInterrupted as stop:
+        record["interrupted_at"] = stop.step
+    record["steps"] = {str(k): v for k, v in sorted(tracker.metrics.items())}
+    record["inputs"] = tracker.inputs
+    record["models"] = tracker.models
+    record["world_size"] = ctx.dist.world_size
+    record["node"] = os.environ.get("SLURMD_NODENAME")
+    if ctx.dist.is_main and spec.get("out"):
+        Path(spec["out"]).write_text(json.dumps(record))
+    return record
+
+
+def run_distributed(spec: dict[str, Any]) -> dict[str, Any]:
+    """A rank of a multi-process run: env from Slurm/submitit or from RANK/WORLD_SIZE."""
+    from slingshot.launch.distributed import init_distributed, shutdown_distributed
+
+    dist = init_distributed(timeout_s=300)
+    try:
+        return run_stage(spec, dist)
+    finally:
+        shutdown_distributed()
+
+
+if __name__ == "__main__":
+    spec_path, rank = sys.argv[1], sys.argv[2]
+    spec = json.loads(Path(spec_path).read_text())
+    os.environ.update(RANK=rank, LOCAL_RANK=rank, WORLD_SIZE=str(spec["world_size"]))
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(spec["port"]))
+    run_distributed(spec)

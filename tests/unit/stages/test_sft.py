@@ -1,0 +1,368 @@
+"""SFT stage and the shared supervised loop: response-only loss, packing without
+cross-example attention, exact resume, data-parallel equivalence, and the stage's outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from slingshot.data.packing import IGNORE_INDEX, pack_sft, tokenize_sft
+from slingshot.models.hf import load_model_and_tokenizer
+from slingshot.train.supervised import (
+    EpochSchedule,
+    SupervisedSettings,
+    attention_layout,
+    collate,
+    per_example_loss,
+    plan_rows,
+    shard_micro_batches,
+    token_loss_sum,
+)
+
+HERE = Path(__file__).resolve().parent
+SUPPORT = HERE.parents[1] / "support"
+sys.path.insert(0, str(HERE))
+
+# Small enough for 2 shared cores: ~4 optimizer steps of a 2-layer, 64-wide model.
+TINY = {
+    "epochs": 1,
+    "seq_length": 256,
+    "micro_batch_size": 2,
+    "grad_accum": 2,
+    "log_every": 1,
+    "eval_every": 2,
+    "eval_fraction": 0.1,
+    "optimizer": {"lr": 0.002, "warmup_steps": 1},
+}
+
+
+def synth_dataset(out: Path, tasks_path: str, n: int) -> Path:
+    """A synthesis-stage dataset (columns and completion format) written by the teacher."""
+    from datasets import Dataset
+
+    from slingshot.data.tasks import load_entries
+    from slingshot.data.teacher import ProceduralTeacher
+
+    teacher = ProceduralTeacher(seed=0)
+    rows = []
+    for entry in load_entries(tasks_path)[:n]:
+        trace = teacher.solve(entry)
+        rows.append(
+            {
+                "problem": trace.prompt,
+                "solution": trace.completion,
+                "answer": trace.answer,
+                "task": trace.family,
+                "round": 0,
+                "cluster": 0,
+            }
+        )
+    Dataset.from_list(rows).save_to_disk(str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def env(small_data, tmp_path_factory):
+    from stages import tiny_model_dir
+
+    root = tmp_path_factory.mktemp("sft")
+    tokenizer_dir = small_data["outputs"]["tokenizer_dir"]
+    model_dir = tiny_model_dir(root / "init", Path(tokenizer_dir))
+    dataset = synth_dataset(root / "synth", small_data["outputs"]["tasks_train"], 80)
+    upstream = {
+        "data": small_data,
+        "synth": {"kind": "synth", "key": "synth", "outputs": {"dataset": str(dataset)}},
+    }
+    return {"root": root, "model_dir": model_dir, "dataset": dataset, "upstream": upstream}
+
+
+def examples_for(tokenizer, n: int = 4):
+    from slingshot.stages.sft import split_completion
+
+    pairs = [
+        ("Calculate 3 + 4.", "<think>\n3 + 4\n= 7\n</think>\n\\boxed{7}"),
+        ("Sort 3, 1, 2.", "<think>\nsmallest first: 1, 2, 3\n</think>\n\\boxed{1, 2, 3}"),
+        ("What is gcd(12, 18)?", "<think>\n18 = 1*12 + 6\n12 = 2*6\n</think>\n\\boxed{6}"),
+        ("Spell cat backward.", "<think>\nt a c\n</think>\n\\boxed{tac}"),
+    ]
+    out = []
+    for i, (prompt, completion) in enumerate(pairs[:n]):
+        thought, answer = split_completion(completion)
+        out.append(tokenize_sft(tokenizer, prompt, answer, thought, example_id=str(i)))
+    return out
+
+
+# --------------------------------------------------------------------------- data format
+
+
+def test_completion_renders_back_exactly(env):
+    """The teacher's completion goes through the chat template unchanged, and only it is supervised."""
+    from datasets import load_from_disk
+
+    from slingshot.stages.sft import split_completion
+
+    _, tokenizer = load_model_and_tokenizer(env["model_dir"])
+    row = load_from_disk(str(env["dataset"]))[0]
+    thought, answer = split_completion(row["solution"])
+    ex = tokenize_sft(tokenizer, row["problem"], answer, thought)
+    supervised = [t for t, label in zip(ex.input_ids, ex.labels, strict=True) if label != IGNORE_INDEX]
+    assert tokenizer.decode(supervised) == row["solution"] + tokenizer.eos_token
+    prompt = tokenizer.decode(
+        [t for t, label in zip(ex.input_ids, ex.labels, strict=True) if label == IGNORE_INDEX]
+    )
+    assert row["problem"] in prompt and "<think>" not in prompt
+
+
+def test_held_out_split_is_by_prompt_and_order_free():
+    from slingshot.stages.sft import held_out_prompts, weighted
+
+    prompts = [f"problem {i}" for i in range(100)] * 3  # three solutions per prompt
+    held = held_out_prompts(prompts, 0.1, 1000)
+    assert len(held) == 10
+    assert held == held_out_prompts(list(reversed(prompts)), 0.1, 1000)
+    assert len(held_out_prompts(prompts, 0.5, 7)) == 7
+    assert weighted(10, 2.5, 0, 0).count(3) in (2, 3) and len(weighted(10, 2.5, 0, 0)) == 25
+    assert weighted(10, 0.3, 0, 1) == weighted(10, 0.3, 0, 1) and len(weighted(10, 0.3, 0, 1)) == 3
+
+
+# --------------------------------------------------------------------------- loss on the response only
+
+
+def test_prompt_tokens_contribute_zero_gradient(env):
+    model, tokenizer = load_model_and_tokenizer(env["model_dir"])
+    ex = examples_for(tokenizer, 1)[0]
+    # Labels: -100 exactly on the rendered prompt (through "<|assistant|>\n"), ids after it.
+    prompt_text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Calculate 3 + 4."}], tokenize=False, add_generation_prompt=True
+    )
+    n_prompt = len(tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
+    assert ex.labels[:n_prompt] == [IGNORE_INDEX] * n_prompt
+    assert ex.labels[n_prompt:] == ex.input_ids[n_prompt:]
+
+    batch = collate([[ex]], tokenizer.pad_token_id, None, attention_layout(model))
+    prompt_targets = batch["targets"][0] == IGNORE_INDEX  # positions predicting a prompt token
+
+    def grads(perturb: bool) -> list[torch.Tensor]:
+        model.zero_grad()
+        handle = None
+        if perturb:  # change the predictions at prompt positions only: a loss that saw them would move
+
+            def hook(_module, _inputs, out):
+                noise = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)) * 5.0
+                mask = torch.zeros(out.shape[:2], dtype=torch.bool)
+                mask[0, :-1] = prompt_targets
+                return out + noise * mask.unsqueeze(-1)
+
+            handle = model.lm_head.register_forward_hook(hook)
+        loss, count = token_loss_sum(model, batch)
+        loss.backward()
+        if handle:
+            handle.remove()
+        assert count == ex.n_supervised - (ex.labels[0] != IGNORE_INDEX)
+        return [p.grad.clone() for p in model.parameters()]
+
+    base, perturbed = grads(False), grads(True)
+    assert any(g.abs().sum() > 0 for g in base)
+    for a, b in zip(base, perturbed, strict=True):
+        assert torch.equal(a, b)
+
+    # Control: perturbing a response position does change the gradient.
+    prompt_targets[:] = False
+    prompt_targets[-1] = True
+    changed = grads(True)
+    assert any(not torch.equal(a, b) for a, b in zip(base, changed, strict=True))
+
+
+# --------------------------------------------------------------------------- packing
+
+
+@pytest.mark.parametrize(("arch", "attn"), [("llama", "sdpa"), ("llama", "eager"), ("qwen2", "sdpa")])
+def test_packed_loss_equals_unpacked(env, small_data, tmp_path, arch, attn):
+    from stages import tiny_model_dir
+
+    from slingshot.models.hf import load_causal_lm
+
+    model_dir = tiny_model_dir(tmp_path / arch, Path(small_data["outputs"]["tokenizer_dir"]), arch=arch)
+    _, tokenizer = load_model_and_tokenizer(model_dir)
+    model = load_causal_lm(model_dir)
+    model.config._attn_implementation = attn
+    model.eval()
+    assert attention_layout(model) == ("additive" if attn == "eager" else "bool")
+    exs = examples_for(tokenizer)
+    width = sum(len(e.input_ids) for e in exs) + 5  # trailing padding too
+    packed = per_example_loss(model, exs, tokenizer.pad_token_id, width, packed=True)
+    alone = per_example_loss(model, exs, tokenizer.pad_token_id, None, packed=False)
+    for p, a in zip(packed, alone, strict=True):
+        assert abs(p - a) < 1e-5 * max(1.0, abs(a)), (packed, alone)
+
+    # The whole packed batch (two rows) sums to the unpacked sum.
+    rows = collate([exs[:2], exs[2:]], tokenizer.pad_token_id, width, attention_layout(model))
+    with torch.no_grad():
+        total, count = token_loss_sum(model, rows)
+    assert abs(float(total) - sum(alone)) < 1e-4
+    assert count == sum(e.n_supervised - (e.labels[0] != IGNORE_INDEX) for e in exs)
+
+    # Control: a plain causal mask over the packed row lets examples see each other.
+    leaky = collate([exs], tokenizer.pad_token_id, width, "bool")
+    leaky["attention_mask"] = torch.ones(1, 1, width, width, dtype=torch.bool).tril()
+    with torch.no_grad():
+        mixed, _ = token_loss_sum(model, leaky)
+    assert abs(float(mixed) - sum(alone)) > 1e-3
+
+
+def test_plan_rows_places_like_pack_sft(env):
+    _, tokenizer = load_model_and_tokenizer(env["model_dir"])
+    from slingshot.stages.sft import synth_records, tokenize_records
+
+    exs = tokenize_records(tokenizer, synth_records(env["dataset"]), 256)
+    order = list(reversed(range(len(exs))))
+    planned = plan_rows([len(e.input_ids) for e in exs], order, 256, packing=True, lookback=4)
+    packed = pack_sft([exs[i] for i in order], 256, tokenizer.pad_token_id, lookback=4)
+    assert [[exs[i].id for i in row] for row in planned] == [row.example_ids for row in packed]
+    assert len(planned) < len(exs)  # several examples per row
+
+
+def test_schedule_is_a_seeded_permutation_per_epoch():
+    from slingshot.config import OptimizerConfig
+
+    lengths = [10 + (i * 7) % 40 for i in range(50)]
+    settings = SupervisedSettings(
+        seq_length=64, micro_batch_size=2, grad_accum=2, epochs=2.5, optimizer=OptimizerConfig(), seed=3
+    )
+    sched = EpochSchedule(lengths, settings, world_size=1)
+    again = EpochSchedule(lengths, settings, world_size=2)  # 2 ranks x accum 2 x 2 = 8 rows
+    assert sched.global_rows == 4 and again.global_rows == 8
+    epoch0 = [i for step in range(1, sched.steps_per_epoch[0] + 1) for row in sched.batch(step) for i in row]
+    assert sorted(epoch0) == list(range(50))  # every example once per epoch
+    first1 = sched.batch(sched.steps_per_epoch[0] + 1)
+    assert first1 != sched.batch(1)  # a new order in epoch 2
+    assert sched.steps_per_epoch[2] == round(sched.steps_per_epoch[0] * 0.5)
+    fresh = EpochSchedule(lengths, settings, world_size=1)
+    assert [fresh.batch(s) for s in range(sched.total_steps, 0, -1)] == [
+        sched.batch(s) for s in range(sched.total_steps, 0, -1)
+    ]
+    # Rank shares tile the global batch in order, whatever the split.
+    rows = sched.batch(1)
+    split = shard_micro_batches(rows, 0, 2, 2, 1) + shard_micro_batches(rows, 1, 2, 2, 1)
+    assert [r for mb in split for r in mb] == rows
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def spec_for(env, name: str, overrides: dict | None = None, **extra) -> dict:
+    return {
+        "root": str(env["root"] / name),
+        "overrides": {**TINY, **(overrides or {})},
+        "upstream": env["upstream"],
+        "init_model": str(env["model_dir"]),
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def reference_run(env):
+    from sft_worker import run_stage
+
+    return run_stage(spec_for(env, "reference"))
+
+
+def test_stage_trains_and_writes_a_model(env, reference_run):
+    from slingshot.models.hf import check_model_dir
+
+    record = reference_run
+    steps = {int(k): v for k, v in record["steps"].items()}
+    last = max(steps)
+    assert last >= 4
+    assert steps[last]["train/loss"] < steps[1]["train/loss"]
+    assert "eval/loss" in steps[2] and "eval/loss" in steps[last]
+    assert record["metrics"]["eval_loss"] == steps[last]["eval/loss"]
+    model_dir = Path(record["outputs"]["model_dir"])
+    check_model_dir(model_dir)
+    assert record["models"] == [str(model_dir)]
+    assert [name for name, _ in record["inputs"]] == ["synth"]
+    assert record["extra"]["sft"]["packing"] is True
+    assert record["extra"]["sft"]["eval_examples"] > 0
+    # The model written is the model trained: its held-out loss is the one logged.
+    trained, tokenizer = load_model_and_tokenizer(model_dir)
+    initial, _ = load_model_and_tokenizer(env["model_dir"])
+    before = initial.state_dict()
+    assert any(not torch.equal(v, before[k]) for k, v in trained.state_dict().items())
+
+
+def test_kill_and_resume_reaches_the_same_loss(env, reference_run):
+    from sft_worker import run_stage
+
+    first = run_stage(spec_for(env, "resumed", stop_after=2, interval=100))
+    assert first["interrupted_at"] == 2
+    second = run_stage(spec_for(env, "resumed"))  # fresh context, same work dir
+    assert second["interrupted_at"] is None
+    ref = reference_run["steps"]
+    resumed_steps = sorted(int(k) for k in second["steps"])
+    assert resumed_steps[0] == 3  # resumed after the checkpoint, not from scratch
+    for step in map(str, resumed_steps):
+        for key in ("train/loss", "train/grad_norm", "train/lr", "train/tokens"):
+            assert second["steps"][step][key] == pytest.approx(ref[step][key], rel=1e-6, abs=1e-7), (
+                step,
+                key,
+            )
+    assert second["metrics"]["eval_loss"] == pytest.approx(reference_run["metrics"]["eval_loss"], rel=1e-6)
+    a = load_model_and_tokenizer(second["outputs"]["model_dir"])[0].state_dict()
+    b = load_model_and_tokenizer(reference_run["outputs"]["model_dir"])[0].state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_two_ranks(env, name: str, overrides: dict) -> dict:
+    spec = spec_for(
+        env, name, overrides, world_size=2, port=free_port(), out=str(env["root"] / f"{name}.json")
+    )
+    spec_path = env["root"] / f"{name}.spec.json"
+    spec_path.write_text(json.dumps(spec))
+    pythonpath = os.pathsep.join([str(HERE), str(SUPPORT), os.environ.get("PYTHONPATH", "")])
+    run_env = {**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(HERE / "sft_worker.py"), str(spec_path), str(rank)],
+            env=run_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in range(2)
+    ]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
+    return json.loads((env["root"] / f"{name}.json").read_text())
+
+
+def assert_same_training(two: dict, one: dict, rel: float) -> None:
+    assert two["world_size"] == 2
+    assert two["steps"].keys() == one["steps"].keys()
+    for step in one["steps"]:
+        for key in ("train/loss", "train/grad_norm", "train/tokens"):
+            assert two["steps"][step][key] == pytest.approx(one["steps"][step][key], rel=rel), (step, key)
+    a = load_model_and_tokenizer(two["outputs"]["model_dir"])[0].state_dict()
+    b = load_model_and_tokenizer(one["outputs"]["model_dir"])[0].state_dict()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=2e-4, rtol=1e-3), k
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["allreduce", "fsdp"])
+def test_two_processes_match_one_with_the_same_global_batch(env, reference_run, mode):
+    # reference: 1 process x grad_accum 2 x micro 2; here: 2 processes x grad_accum 1 x micro 2.
+    two = run_two_ranks(env, f"dp-{mode}", {"grad_accum": 1, "data_parallel": mode})
+    assert_same_training(two, reference_run, rel=1e-4)
