@@ -16,6 +16,43 @@ import torch
 from slingshot.checkpoint import SaveTriggers, StageInterrupted
 from slingshot.tracking import Tracker
 
+# Small enough for 2 shared cores: ~4 optimizer steps of a 2-layer, 64-wide model.
+TINY = {
+    "epochs": 1,
+    "seq_length": 256,
+    "micro_batch_size": 2,
+    "grad_accum": 2,
+    "log_every": 1,
+    "eval_every": 2,
+    "eval_fraction": 0.1,
+    "optimizer": {"lr": 0.002, "warmup_steps": 1},
+}
+
+
+def synth_dataset(out: Path, tasks_path: str, n: int) -> Path:
+    """A synthesis-stage dataset (columns and completion format) written by the teacher."""
+    from datasets import Dataset
+
+    from slingshot.data.tasks import load_entries
+    from slingshot.data.teacher import ProceduralTeacher
+
+    teacher = ProceduralTeacher(seed=0)
+    rows = []
+    for entry in load_entries(tasks_path)[:n]:
+        trace = teacher.solve(entry)
+        rows.append(
+            {
+                "problem": trace.prompt,
+                "solution": trace.completion,
+                "answer": trace.answer,
+                "task": trace.family,
+                "round": 0,
+                "cluster": 0,
+            }
+        )
+    Dataset.from_list(rows).save_to_disk(str(out))
+    return out
+
 
 class RecordingTracker(Tracker):
     """A disabled tracker that keeps what the stage logs (metrics by step, inputs, models)."""
