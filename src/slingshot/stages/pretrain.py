@@ -355,7 +355,7 @@ def _train(ctx: StageContext, cfg: PretrainConfig) -> StageResult:
         counters["last_loss"] = loss
         window_time += time.perf_counter() - started
         window_tokens += plan.tokens_per_step
-        if step % cfg.log_every == 0 or step == plan.steps:
+        if step % cfg.log_every == 0 or step in (1, plan.steps):  # a phase's first and last always
             tps = window_tokens / max(window_time, 1e-9)
             metrics: dict[str, float] = {
                 "loss": loss,
@@ -402,6 +402,8 @@ def _train(ctx: StageContext, cfg: PretrainConfig) -> StageResult:
                 "consumed_samples": dict(counters["samples"]),
                 "consumed_tokens": consumed_tokens,
                 "vocab_size": len(tokenizer),
+                "world_size": ctx.dist.world_size,
+                "data_parallel_size": dp_size,
             }
         },
     )
