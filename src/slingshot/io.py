@@ -71,3 +71,12 @@ def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
 def sha256_json(obj: Any) -> str:
     """Digest of a JSON-able object, independent of key order."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def private_dir(path: str | os.PathLike[str]) -> Path:
+    """Create ``path`` (and parents) and make it readable by its owner only (mode 0700):
+    work dirs hold checkpoints, job scripts and run ids."""
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    return directory

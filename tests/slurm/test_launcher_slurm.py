@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow import MlflowClient
 from pipeline import (
     events,
@@ -70,7 +71,8 @@ def test_killed_snakemake_reattaches_to_the_running_job(tmp_path):
     log = (tmp_path / "results" / "logs" / "main.pretrain-p1.log").read_text()
     assert f"re-attaching to slurm job {job_id}" in log
     assert [s["job_id"] for s in launch_state(tmp_path, KEY)["submissions"]] == [job_id]
-    assert slurm_jobs_named("reattach.main.pretrain-p1") == [job_id]
+    pipeline_name = yaml.safe_load(config.read_text())["pipeline"]["name"]
+    assert slurm_jobs_named(f"{pipeline_name}.main.pretrain-p1") == [job_id]
     assert {e["job"] for e in events(tmp_path, KEY)} == {job_id}
     assert max(e["step"] for e in events(tmp_path, KEY)) == 40
 
@@ -148,5 +150,8 @@ def _no_stray_jobs(tmp_path):
     # A failed test must not leave its jobs running into the next one (only its own jobs:
     # others may be using the cluster).
     for state in tmp_path.glob("work/**/launch.json"):
+        key = state.parent.relative_to(tmp_path / "work")
+        if (tmp_path / "results" / key / "manifest.json").is_file():
+            continue  # finished (its job may still be completing)
         for sub in json.loads(state.read_text())["submissions"]:
             subprocess.run(["scancel", sub["job_id"]], check=False)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,7 @@ def manifest(directory: Path, key: str) -> dict[str, Any]:
 
 
 def slurm_jobs_named(name: str) -> list[str]:
+    """Job ids whose name is ``name`` (sacct, last two hours)."""
     out = subprocess.run(
         ["sacct", "-X", "-n", "-P", "-o", "JobID,JobName", "-S", "now-2hours"],
         capture_output=True,
@@ -133,9 +135,10 @@ def slurm_jobs_named(name: str) -> list[str]:
 
 
 def slurm_overrides(name: str, **stages: Any) -> dict[str, Any]:
-    """A toy pipeline on the dev cluster's Slurm (site 'dev'), named so its jobs are findable."""
+    """A toy pipeline on the dev cluster's Slurm (site 'dev'), named uniquely so sacct finds
+    exactly this run's jobs (job names are ``<pipeline>.<node>``)."""
     return {
-        "pipeline": {"name": name},
+        "pipeline": {"name": f"{name}-{uuid.uuid4().hex[:6]}"},
         "launcher": {"backend": "slurm", "site": "dev", "poll_interval_s": 1.0},
         "stages": stages,
     }

@@ -77,6 +77,7 @@ def run(ctx: StageContext) -> StageResult:
                         "loss": loss.item(),
                         "host": socket.gethostname(),
                         "pid": os.getpid(),
+                        "probe": os.environ.get("SLINGSHOT_PROBE"),
                         "slurm_node": os.environ.get("SLURMD_NODENAME"),
                         "job": os.environ.get("SLURM_JOB_ID"),
                         "restart": os.environ.get("SLURM_RESTART_COUNT", "0"),

@@ -21,7 +21,7 @@ from typing import Any
 from slingshot.checkpoint import CheckpointManager, SaveTriggers, StageInterrupted, time_budget_seconds
 from slingshot.config import CheckpointConfig, PipelineConfig, load_pipeline_config
 from slingshot.context import StageContext, StageResult, read_manifest
-from slingshot.io import sha256_json
+from slingshot.io import private_dir, sha256_json
 from slingshot.launch.distributed import DistEnv, init_distributed, shutdown_distributed
 from slingshot.launch.state import LaunchState
 from slingshot.manifest import git_commit, write_manifest
@@ -105,7 +105,7 @@ class StageJob:
         triggers.install_signal_handler()
         dist = init_distributed()
         work_dir, output_dir = node.work_dir(cfg), node.output_dir(cfg)
-        work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(work_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         upstream_paths = plan.upstream_manifests(node)
         upstream = {key: read_manifest(path) for key, path in upstream_paths.items()}

@@ -27,7 +27,7 @@ from typing import Any
 import submitit
 
 from slingshot.config import PipelineConfig, Resources, load_pipeline_config
-from slingshot.io import atomic_write_text
+from slingshot.io import atomic_write_text, private_dir
 from slingshot.launch.job import DONE, REQUEUE, StageJob
 from slingshot.launch.site import load_site
 from slingshot.launch.state import LaunchState
@@ -61,7 +61,7 @@ def make_executor(cfg: PipelineConfig, node: Node, folder: Path) -> submitit.Exe
     section = stage_config(cfg, node)
     res: Resources = section.resources if section else cfg.launcher.default_resources
     backend = cfg.launcher.backend
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(folder)
     executor = submitit.AutoExecutor(folder=folder, cluster=_EXECUTOR[backend])
     params: dict[str, Any] = {
         "name": f"{cfg.pipeline.name}.{node.key.replace('/', '.')}",
@@ -236,7 +236,7 @@ def _check_work_dir(cfg: PipelineConfig, node: Node) -> None:
         stale = work_dir.with_name(f"{work_dir.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
         say(f"config of {node.key} changed since its checkpoints were written: moving them to {stale}")
         shutil.move(str(work_dir), stale)
-    work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(work_dir)
     if not marker.is_file():
         atomic_write_text(marker, node.digest + "\n")
 
