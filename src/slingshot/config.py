@@ -302,12 +302,11 @@ class ProRLPhase(StrictModel):
     max_response_tokens: PositiveInt
 
 
+_PRORL_OPTIMIZER: dict[str, Any] = dict(lr=2e-6, schedule="constant", warmup_steps=0, weight_decay=0.0)
+
+
 class ProRLConfig(ModelStageConfig):
-    optimizer: OptimizerConfig = Field(
-        default_factory=lambda: OptimizerConfig(
-            lr=2e-6, schedule="constant", warmup_steps=0, weight_decay=0.0
-        )
-    )
+    optimizer: OptimizerConfig = Field(default_factory=lambda: OptimizerConfig(**_PRORL_OPTIMIZER))
     tasks: list[str] | None = None  # task families to train on; None: all of data.tasks
     n_samples: Annotated[int, Field(ge=2)] = 16
     temperature: PositiveFloat = 1.2
@@ -337,6 +336,13 @@ class ProRLConfig(ModelStageConfig):
     phases: list[ProRLPhase] = Field(
         default_factory=lambda: [ProRLPhase(name="len8k", steps=100, max_response_tokens=8192)], min_length=1
     )
+
+    @field_validator("optimizer", mode="before")
+    @classmethod
+    def _optimizer_defaults(cls, value: Any) -> Any:
+        # A partial section (e.g. only ``lr``) keeps ProRL's constant, no-decay schedule for
+        # the rest, not OptimizerConfig's pretraining defaults (warmup, cosine, decay).
+        return {**_PRORL_OPTIMIZER, **value} if isinstance(value, dict) else value
 
     @model_validator(mode="after")
     def _check(self) -> ProRLConfig:

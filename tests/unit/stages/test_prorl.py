@@ -339,12 +339,14 @@ def test_short_run_raises_validation_pass_at_1(tmp_path, sft_setup):
     over = {
         "batch_prompts": 8,
         "mini_batch_prompts": 4,
-        "val_every": 5,
+        "val_every": 10,
         "val_prompts": 40,
         "val_samples": 8,
     }
-    prorl.run(_ctx(tmp_path, sft_setup, rec, steps=15, **over))
+    prorl.run(_ctx(tmp_path, sft_setup, rec, steps=30, **over))
     curve = {s: round(rec.rows[s]["val/pass@1"], 4) for s in sorted(rec.rows) if "val/pass@1" in rec.rows[s]}
-    print(f"validation pass@1 by step: {curve}")
-    later = [v for s, v in curve.items() if s > 0]
-    assert sum(later) / len(later) >= curve[0] + 0.04, curve
+    train = [round(rec.rows[s]["pass_rate"], 3) for s in range(1, 31)]
+    print(f"validation pass@1 by step: {curve}; training pass rate by step: {train}")
+    # 320 validation samples per point (same sampling seed each time): a rise of 0.05 over
+    # the last two points is well beyond the noise of one point (~0.025).
+    assert (curve[20] + curve[30]) / 2 >= curve[0] + 0.05, curve
