@@ -97,6 +97,7 @@ def run(ctx: StageContext) -> StageResult:
         torch.save(state.model.state_dict(), weights)
         atomic_write_json(model_dir / "config.json", {"model_type": "toy"})
         ctx.tracker.log_input("toy-regression", ctx.work_dir, digest=sha256_file(weights), context="training")
+        ctx.tracker.log_model_dir("toy", model_dir, params={"steps": steps})
     return StageResult(
         outputs={"model_dir": str(model_dir)},
         metrics={"loss": loss.item()},

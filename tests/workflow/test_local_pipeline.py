@@ -51,6 +51,9 @@ def test_two_variants_lineage_in_mlflow(tmp_path):
         full = client.get_run(run.info.run_id)
         assert [d.dataset.name for d in full.inputs.dataset_inputs] == ["toy-regression"]
     assert client.get_run(by_name["b/rlp"].info.run_id).data.params["group_size"] == "8"
+    logged = client.search_logged_models([exp.experiment_id])
+    assert {m.source_run_id for m in logged} == {r.info.run_id for r in children}
+    assert all(m.tags["slingshot.model_dir"].endswith("/model") for m in logged)
     # Each manifest records its lineage.
     m = manifest(tmp_path, "b/rlp")
     assert set(m["upstream"]) == {"data", "a/pretrain-p1"}
@@ -120,3 +123,13 @@ def test_usr2_requeues_and_a_killed_job_is_resubmitted_both_resume(tmp_path):
         m["mlflow_run_id"], "loss"
     )
     assert sorted(h.step for h in history) == list(range(1, 11))
+
+
+def test_a_failing_stage_fails_the_rule_with_its_error_and_is_not_resubmitted(tmp_path):
+    config = write_config(tmp_path, {"pipeline": {"name": "failing"}})
+    out = run_snakemake(tmp_path, config, "--until", "pretrain", env=pipeline_env(TOY_FAIL_AT="2"))
+    assert out.returncode != 0
+    log = (tmp_path / "results" / "logs" / "main.pretrain-p1.log").read_text()
+    assert "main/pretrain-p1 FAILED" in log and "toy stage failing on purpose at step 2" in log
+    assert not (tmp_path / "results" / "main" / "pretrain-p1" / "manifest.json").exists()
+    assert [s["reason"] for s in launch_state(tmp_path, KEY)["submissions"]] == ["first"]
