@@ -415,24 +415,35 @@ def _train_on_batch(
     """θ_old and reference log-probs for the whole batch, then one clipped update per mini-batch."""
     n = cfg.n_samples
     rows_per_mb = cfg.mini_batch_prompts * n
-    old_logp, entropy, ref_logp = [], [], []
+    starts = list(range(0, train.batch.size, rows_per_mb))
+    minibatches = [train.batch.rows(slice(s, s + rows_per_mb)).to(device) for s in starts]
+    old_logp: list[torch.Tensor | None] = [None]
+    entropy: list[torch.Tensor | None] = [None]
+    ref_logp: list[torch.Tensor] = []
     with torch.no_grad():
-        # θ_old is the policy before this step's first update, for every mini-batch of it.
-        for start in range(0, train.batch.size, rows_per_mb):
-            mb = train.batch.rows(slice(start, start + rows_per_mb)).to(device)
-            lp, ent = _logprobs(policy, mb, with_entropy=True)
-            old_logp.append(lp)
-            entropy.append(ent)
+        # θ_old is the policy before this step's first update, for every mini-batch. The first
+        # mini-batch is trained before any update, so its θ_old values come from its own
+        # training forward (detached): one forward pass saved, as on-policy trainers do.
+        for i, mb in enumerate(minibatches):
+            if i > 0:
+                lp, ent = _logprobs(policy, mb, with_entropy=True)
+                old_logp.append(lp)
+                entropy.append(ent)
             if reference is not None:
                 ref_logp.append(_logprobs(reference, mb, with_entropy=False)[0])
 
     sums: dict[str, float] = defaultdict(float)
     entropy_sum = entropy_tokens = 0.0
     n_mb = 0
-    for i, start in enumerate(range(0, train.batch.size, rows_per_mb)):
-        mb = train.batch.rows(slice(start, start + rows_per_mb)).to(device)
+    for i, (start, mb) in enumerate(zip(starts, minibatches, strict=True)):
         resp = mb.response_mask
-        ent = entropy[i]
+        if i == 0:
+            logp, ent = _logprobs(policy, mb, with_entropy=True)
+            ent = ent.detach()
+            old = logp.detach()
+        else:
+            logp, _ = _logprobs(policy, mb, with_entropy=False)
+            ent, old = entropy[i], old_logp[i]
         entropy_sum += float(torch.where(resp, ent, torch.zeros_like(ent)).sum())
         entropy_tokens += float(resp.sum())
         # Forking tokens: the gradient flows only through each response's highest-entropy
@@ -440,8 +451,7 @@ def _train_on_batch(
         update_mask = top_entropy_mask(ent, resp, cfg.top_entropy_q) if cfg.top_entropy_q < 1.0 else resp
         adv = train.advantages[start : start + rows_per_mb].to(device)
 
-        logp, _ = _logprobs(policy, mb, with_entropy=False)
-        out = clipped_policy_loss(logp, old_logp[i], adv, update_mask, cfg.eps_low, eps_high, cfg.loss_agg)
+        out = clipped_policy_loss(logp, old, adv, update_mask, cfg.eps_low, eps_high, cfg.loss_agg)
         loss = out.loss
         if reference is not None:
             kl = masked_mean(kl_penalty(logp, ref_logp[i], cfg.kl_kind), resp)
