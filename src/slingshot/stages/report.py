@@ -260,6 +260,7 @@ def run(ctx: StageContext) -> StageResult:
     atomic_write_text(files["table_md"], table_md(rows, all_columns))
     plot_pass_at_1(rows, files["pass_at_1_png"])
 
+    ui: dict[str, Any] | None = None
     client = ctx.tracker.client
     if client is None:  # tracking disabled: curves come from a client of the configured store
         from mlflow import MlflowClient
@@ -273,6 +274,13 @@ def run(ctx: StageContext) -> StageResult:
 
         ui = screenshot_runs_page(cfg.tracking_uri, cfg.experiment_name, out / "mlflow-ui.png", out)
         files["mlflow_ui_png"] = Path(ui["screenshot"])
+        run_png = files["mlflow_ui_png"].with_name(f"{files['mlflow_ui_png'].stem}-run.png")
+        if run_png.is_file():
+            files["mlflow_ui_run_png"] = run_png
+        bad = [c["name"] for c in ui["run_pages"] if not c["ok"]]
+        print(
+            f"[report] MLflow UI {ui['url']}: parents shown {ui['parents_shown']}; run pages not as expected: {bad}"
+        )
 
     for path in files.values():
         ctx.tracker.log_artifact(path, "report")
@@ -298,6 +306,7 @@ def run(ctx: StageContext) -> StageResult:
                 ],
                 "curves": {k: sorted(v) for k, v in curves.items()},
                 "parent_runs": parents,
+                "mlflow_ui": ui,
             }
         },
     )
