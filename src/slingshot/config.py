@@ -202,6 +202,25 @@ class RLPConfig(ModelStageConfig):
     entropy_threshold: Annotated[float, Field(ge=0)] = 1.0
     proxy_model: str | None = None  # for entropy selection; None: the input model
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0  # thought sampling
+    min_context_tokens: PositiveInt = 16  # a position needs at least this much context
+    positions_per_document: PositiveInt = 1  # distinct positions drawn from one document
+    # Policy updates per step: ppo_epochs passes over the B·G thoughts, each split into
+    # mini_batches optimizer steps (groups kept whole); 1 x 1 is on-policy (ratio = 1).
+    ppo_epochs: PositiveInt = 1
+    mini_batches: PositiveInt = 1
+    micro_batch_size: PositiveInt = 8  # sequences per forward pass (scoring and update)
+
+    @model_validator(mode="after")
+    def _check_rlp(self) -> RLPConfig:
+        if self.positions_per_step % self.mini_batches:
+            raise ValueError(
+                f"positions_per_step ({self.positions_per_step}) must be a multiple of "
+                f"mini_batches ({self.mini_batches})"
+            )
+        if self.proxy_model is not None:
+            self.proxy_model = expand_path(self.proxy_model)
+        return self
 
 
 class GeneratorConfig(StrictModel):

@@ -1,0 +1,366 @@
+"""RLP — reinforcement as a pretraining objective (SPEC §2).
+
+On ordinary text, at a position t the model writes a thought c between ``<think>`` and
+``</think>``, then predicts x_t. Each step:
+
+1. draw B positions from the corpus (uniform, or where a frozen proxy model's next-token
+   entropy is above a threshold; the stream position is checkpointed);
+2. sample G thoughts per position with the rollout backend from ``x_<t <think>``
+   (stop at ``</think>``, at most ``thought_tokens``; an unclosed thought gets
+   ``</think>`` appended, which is not an action);
+3. score all B·G sequences ``x_<t <think> c </think> x_t..x_{t+k-1}`` in one batched,
+   teacher-forced, no-grad pass of the policy (θ_old at sampling time): the target
+   log-probs give S_pred, the thought-token log-probs are kept as the old log-probs;
+   the EMA teacher φ scores ``x_<t x_t..`` (no thought) for S_ema;
+4. reward = S_pred − S_ema (per-token gains averaged over the k targets), advantages
+   G/(G−1)·(r − mean_G r);
+5. clipped policy-gradient updates on the thought tokens only ("seq-mean-token-mean"),
+   no next-token-prediction term, no KL; after every optimizer step φ ← τφ + (1−τ)θ.
+
+φ starts as a copy of the input model. The checkpoint holds policy, optimizer,
+scheduler, φ, the position stream and the RNG, so a resumed run continues exactly.
+Log-probs are those of the untempered model for both θ_old and θ (the policy being
+trained is the model itself; sampling at ``temperature`` is the behaviour policy).
+With several ranks, each takes its slice of the B positions (B must divide evenly) and
+gradients are averaged.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from slingshot.algorithms.policy_loss import clipped_policy_loss
+from slingshot.algorithms.rlp import (
+    ema_update_,
+    information_gain_reward,
+    parameter_distance,
+    rlp_group_advantages,
+)
+from slingshot.config import RLPConfig
+from slingshot.context import StageContext, StageResult
+from slingshot.data.corpora import CorpusSpec, read_corpus, record_text
+from slingshot.data.packing import tokenize_documents
+from slingshot.data.tokenizer import THINK_CLOSE, THINK_OPEN
+from slingshot.io import sha256_file
+from slingshot.loop import resumable_steps
+from slingshot.models.hf import load_causal_lm, load_model_and_tokenizer, save_model_dir
+from slingshot.rollout import RolloutBackend, make_rollout
+from slingshot.train.logging import StepLogger
+from slingshot.train.logprobs import token_logprobs
+from slingshot.train.optim import build_optimizer, build_scheduler, clip_grad_norm
+from slingshot.train.rlp_batch import (
+    PositionStream,
+    ThoughtBatch,
+    build_baseline_batch,
+    build_thought_batch,
+    prompt_ids,
+    proxy_entropy_fn,
+)
+from slingshot.train.state import Counter, TrainState
+
+LOSS_AGG = "seq-mean-token-mean"  # SPEC §2: mean over thoughts of the per-thought token mean
+
+
+@dataclass
+class ThoughtScores:
+    old_logp: torch.Tensor  # [N, L-1] θ_old log-probs (only the thought mask is meaningful)
+    s_pred: torch.Tensor  # [N, k] log p_θ(target | context, thought)
+    entropy_sum: float  # Σ policy entropy over sampled thought tokens
+    thought_tokens: int
+
+
+# --------------------------------------------------------------------------- pieces of a step
+
+
+def special_ids(tokenizer: Any) -> tuple[int, int]:
+    """Ids of ``<think>`` and ``</think>``; an error if the tokenizer lacks them."""
+    vocab = tokenizer.get_vocab()
+    missing = [tok for tok in (THINK_OPEN, THINK_CLOSE) if tok not in vocab]
+    if missing:
+        raise ValueError(f"RLP needs the tokens {missing} in the model's tokenizer (as single tokens)")
+    return vocab[THINK_OPEN], vocab[THINK_CLOSE]
+
+
+def sample_seed(seed: int, step: int, rank: int) -> int:
+    # Sampling depends only on (seed, step, rank): a resumed step draws the same thoughts.
+    digest = hashlib.sha256(f"rlp-sample:{seed}:{step}:{rank}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+@torch.no_grad()
+def score_thoughts(
+    model: torch.nn.Module, batch: ThoughtBatch, micro_batch_size: int, device: torch.device
+) -> ThoughtScores:
+    """One teacher-forced pass (in micro-batches) over all B·G thought sequences."""
+    n, width = batch.input_ids.shape
+    old_logp = torch.zeros((n, width - 1))
+    s_pred = torch.empty(batch.target_index.shape)
+    entropy_sum = 0.0
+    for start in range(0, n, micro_batch_size):
+        stop = min(start + micro_batch_size, n)
+        sub = batch.rows(start, stop)
+        logp, entropy = token_logprobs(
+            model, sub.input_ids.to(device), sub.attention_mask.to(device), with_entropy=True
+        )
+        assert entropy is not None
+        mask = sub.thought_mask.to(device)
+        old_logp[start:stop, : logp.shape[1]] = logp.cpu()
+        s_pred[start:stop] = logp.gather(1, sub.target_index.to(device)).cpu()
+        entropy_sum += float((entropy * mask).sum())
+    return ThoughtScores(old_logp, s_pred, entropy_sum, int(batch.thought_mask.sum()))
+
+
+@torch.no_grad()
+def score_baseline(
+    ema: torch.nn.Module, positions: list[Any], pad_id: int, micro_batch_size: int, device: torch.device
+) -> torch.Tensor:
+    """S_ema = log p_φ(target | context), no thought: [B, k]."""
+    batch = build_baseline_batch(positions, pad_id)
+    out = []
+    for start in range(0, len(positions), micro_batch_size):
+        ids = batch.input_ids[start : start + micro_batch_size].to(device)
+        attention = batch.attention_mask[start : start + micro_batch_size].to(device)
+        logp, _ = token_logprobs(ema, ids, attention)
+        out.append(logp.gather(1, batch.target_index[start : start + micro_batch_size].to(device)).cpu())
+    return torch.cat(out)
+
+
+def _all_reduce_grads(model: torch.nn.Module, world_size: int) -> None:
+    if world_size <= 1:
+        return
+    for param in model.parameters():
+        if param.grad is not None:
+            torch.distributed.all_reduce(param.grad)
+            param.grad /= world_size
+
+
+def policy_update(
+    policy: torch.nn.Module,
+    ema: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    batch: ThoughtBatch,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    cfg: RLPConfig,
+    device: torch.device,
+    world_size: int = 1,
+) -> dict[str, float]:
+    """Clipped policy-gradient steps on the thought tokens; the EMA teacher follows each one.
+
+    ``advantages``: [N] (one per thought). Each of the ``mini_batches`` optimizer steps
+    covers whole groups; its loss is the mean over its thoughts of the per-thought token
+    mean, accumulated over micro-batches with weight (thoughts in micro)/(thoughts in mini).
+    """
+    n = batch.input_ids.shape[0]
+    rows_per_mini = n // cfg.mini_batches
+    has_thought = batch.thought_mask.any(dim=1)
+    sums = {"loss": 0.0, "clip_frac": 0.0, "clip_frac_low": 0.0, "clip_frac_high": 0.0, "ratio_mean": 0.0}
+    tokens_seen = 0
+    grad_norms: list[float] = []
+    for _ in range(cfg.ppo_epochs):
+        for mini in range(0, n, rows_per_mini):
+            mini_stop = mini + rows_per_mini
+            n_thoughts = int(has_thought[mini:mini_stop].sum())
+            optimizer.zero_grad(set_to_none=True)
+            mini_loss = 0.0
+            for start in range(mini, mini_stop, cfg.micro_batch_size):
+                stop = min(start + cfg.micro_batch_size, mini_stop)
+                sub = batch.rows(start, stop)
+                logp, _ = token_logprobs(policy, sub.input_ids.to(device), sub.attention_mask.to(device))
+                mask = sub.thought_mask.to(device)
+                out = clipped_policy_loss(
+                    logp,
+                    old_logp[start:stop, : logp.shape[1]].to(device),
+                    advantages[start:stop].to(device),
+                    mask,
+                    cfg.eps_low,
+                    cfg.eps_high,
+                    agg=LOSS_AGG,
+                )
+                weight = int(has_thought[start:stop].sum()) / max(n_thoughts, 1)
+                (out.loss * weight).backward()
+                mini_loss += out.loss.item() * weight
+                # Clip statistics are per valid token: weight each micro-batch by its tokens.
+                n_tok = int(mask.sum())
+                for key in ("clip_frac", "clip_frac_low", "clip_frac_high", "ratio_mean"):
+                    sums[key] += float(getattr(out, key)) * n_tok
+                tokens_seen += n_tok
+            _all_reduce_grads(policy, world_size)
+            grad_norms.append(clip_grad_norm(policy, cfg.optimizer.grad_clip))
+            optimizer.step()
+            scheduler.step()
+            # SPEC: φ is updated after EVERY optimizer step.
+            ema_update_(ema.parameters(), policy.parameters(), cfg.ema_tau)
+            sums["loss"] += mini_loss
+    n_updates = cfg.ppo_epochs * cfg.mini_batches
+    metrics = {key: value / max(tokens_seen, 1) for key, value in sums.items() if key != "loss"}
+    metrics["loss"] = sums["loss"] / n_updates
+    metrics["grad_norm"] = sum(grad_norms) / len(grad_norms)
+    metrics["lr"] = float(optimizer.param_groups[0]["lr"])
+    return metrics
+
+
+def _all_reduce_mean(metrics: dict[str, float], world_size: int) -> dict[str, float]:
+    if world_size <= 1:
+        return metrics
+    keys = sorted(metrics)
+    values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64)
+    torch.distributed.all_reduce(values)
+    return {k: float(v) / world_size for k, v in zip(keys, values.tolist(), strict=True)}
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def _corpus(ctx: StageContext, name: str) -> tuple[CorpusSpec, str]:
+    """The corpus the positions come from, and its content digest (for log_input)."""
+    data = ctx.upstream_of_kind("data")
+    path = data["outputs"].get(f"corpus_{name}")
+    if path is not None:
+        digest = data.get("data", {}).get("corpora", {}).get(name, {}).get("sha256")
+        return CorpusSpec(name=name, path=path), digest or sha256_file(path)
+    for spec in ctx.pipeline.data.extra_corpora:
+        if spec.name == name:
+            source = Path(spec.path)
+            if source.is_file():
+                return spec, sha256_file(source)
+            return spec, data.get("data", {}).get("indexed", {}).get(name, {}).get("bin_sha256", "")
+    known = sorted(k.removeprefix("corpus_") for k in data["outputs"] if k.startswith("corpus_"))
+    known += [s.name for s in ctx.pipeline.data.extra_corpora]
+    raise ValueError(f"stages.rlp.corpus: unknown corpus {name!r}; known: {', '.join(known)}")
+
+
+def run(ctx: StageContext) -> StageResult:
+    cfg = ctx.config
+    assert isinstance(cfg, RLPConfig)
+    device = ctx.dist.device
+    world, rank = ctx.dist.world_size, ctx.dist.rank
+    if cfg.positions_per_step % world:
+        raise ValueError(f"positions_per_step ({cfg.positions_per_step}) must divide over {world} ranks")
+    if ctx.input_model_dir is None:
+        raise ValueError("RLP needs an input model (a previous stage's output or stages.rlp.init_model)")
+
+    policy, tokenizer = load_model_and_tokenizer(ctx.input_model_dir, device=device)
+    policy.eval()  # no dropout: θ_old and θ log-probs agree exactly on-policy (ratio 1)
+    think_open, think_close = special_ids(tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    # φ: a copy of the input model at the first step (a resume overwrites it from the checkpoint).
+    ema = copy.deepcopy(policy).requires_grad_(False)
+
+    entropy_fn = None
+    if cfg.position_selection == "entropy":
+        # The proxy is frozen: the input model as loaded (never the drifting policy), or another model.
+        proxy = load_causal_lm(cfg.proxy_model, device=device) if cfg.proxy_model else copy.deepcopy(policy)
+        proxy.eval().requires_grad_(False)
+        entropy_fn = proxy_entropy_fn(proxy, pad_id, cfg.micro_batch_size, device)
+
+    spec, digest = _corpus(ctx, cfg.corpus)
+    ctx.tracker.log_input(f"corpus-{spec.name}", spec.path, digest, context="training")
+
+    def documents() -> Iterator[str]:
+        return (record_text(r) for r in read_corpus(spec))
+
+    stream = PositionStream(
+        documents,
+        lambda texts: tokenize_documents(tokenizer, texts),
+        seed=ctx.pipeline.pipeline.seed,
+        context_tokens=cfg.context_tokens,
+        target_tokens=cfg.target_tokens,
+        min_context=cfg.min_context_tokens,
+        per_document=cfg.positions_per_document,
+        bos_id=tokenizer.bos_token_id,
+        selection=cfg.position_selection,
+        entropy_fn=entropy_fn,
+        entropy_threshold=cfg.entropy_threshold,
+        proxy_batch=cfg.micro_batch_size,
+    )
+    optimizer = build_optimizer(policy, cfg.optimizer)
+    updates = cfg.steps * cfg.ppo_epochs * cfg.mini_batches
+    scheduler = build_scheduler(optimizer, cfg.optimizer, updates)
+    progress = Counter(tokens=0, thought_tokens=0, last_metrics={})
+    state = TrainState(
+        model=policy, optimizer=optimizer, scheduler=scheduler, ema=ema, stream=stream, progress=progress
+    )
+    backend: RolloutBackend = make_rollout(cfg.rollout, policy, tokenizer, [think_close])
+    logger = StepLogger(ctx, cfg.log_every)
+    per_rank = cfg.positions_per_step // world
+
+    for step in resumable_steps(ctx, cfg.steps, state):
+        # Every rank draws the same global positions and takes its slice.
+        positions = stream.take(cfg.positions_per_step)[rank * per_rank : (rank + 1) * per_rank]
+
+        t0 = time.perf_counter()
+        prompts = [prompt_ids(p, think_open) for p in positions]
+        rollouts = backend.generate(
+            prompts,
+            n=cfg.group_size,
+            max_new_tokens=cfg.thought_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            seed=sample_seed(ctx.pipeline.pipeline.seed, step, rank),
+        )
+        t1 = time.perf_counter()
+        batch = build_thought_batch(positions, rollouts, think_open, think_close, pad_id)
+        scores = score_thoughts(policy, batch, cfg.micro_batch_size, device)
+        s_ema = score_baseline(ema, positions, pad_id, cfg.micro_batch_size, device)
+        b, g = batch.groups
+        k = cfg.target_tokens
+        s_pred = scores.s_pred.view(b, g, k)
+        s_ema_bg = s_ema.view(b, 1, k).expand(b, g, k)
+        rewards = information_gain_reward(s_pred, s_ema_bg, multi_token=True)  # [B, G]
+        advantages = rlp_group_advantages(rewards).reshape(-1)
+        t2 = time.perf_counter()
+        update = policy_update(
+            policy, ema, optimizer, scheduler, batch, scores.old_logp, advantages, cfg, device, world
+        )
+        backend.sync_weights(policy)
+        t3 = time.perf_counter()
+
+        generated = int(batch.thought_lengths.sum())
+        metrics = {
+            "reward_mean": float(rewards.mean()),
+            "reward_std": float(rewards.std(unbiased=False)),
+            "gain_positive_frac": float((rewards > 0).float().mean()),
+            "s_pred": float(s_pred.mean()),
+            "s_ema": float(s_ema.mean()),
+            "thought_len": float(batch.thought_lengths.float().mean()),
+            "thought_closed_frac": float(batch.closed.float().mean()),
+            "policy_entropy": scores.entropy_sum / max(scores.thought_tokens, 1),
+            **update,
+            "ema_distance": float(parameter_distance(ema.parameters(), policy.parameters())),
+            "time_generate_s": t1 - t0,
+            "time_score_s": t2 - t1,
+            "time_update_s": t3 - t2,
+            "thought_tokens_per_s": generated / max(t1 - t0, 1e-9),
+        }
+        if cfg.position_selection == "entropy":
+            metrics["selected_frac"] = stream.selected / max(stream.candidates, 1)
+        metrics = _all_reduce_mean(metrics, world)
+        progress["tokens"] += batch.tokens * world
+        progress["thought_tokens"] += generated * world
+        progress["last_metrics"] = metrics
+        logger.log(step, {**metrics, "tokens": float(progress["tokens"])}, force=step == cfg.steps)
+
+    model_dir = ctx.output_dir / "model"
+    if ctx.dist.is_main:
+        save_model_dir(policy, tokenizer, model_dir)
+        ctx.tracker.log_model_dir(f"{ctx.variant}-{ctx.stage}", model_dir, params={"steps": cfg.steps})
+    if world > 1:
+        torch.distributed.barrier()
+    final = dict(progress["last_metrics"])
+    keys = ("reward_mean", "gain_positive_frac", "s_pred", "s_ema", "thought_len", "ema_distance")
+    return StageResult(
+        outputs={"model_dir": str(model_dir)},
+        metrics={k: final[k] for k in keys if k in final},
+        tokens=int(progress["tokens"]),
+        extra={"thought_tokens": int(progress["thought_tokens"])},
+    )

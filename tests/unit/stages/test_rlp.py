@@ -1,0 +1,272 @@
+"""RLP stage: batch construction and the thought-only gradient, the position stream, the EMA
+teacher, exact resume after a kill, and the information-gain curve on a warm-started model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from stages import make_ctx, pipeline_config, tiny_model_dir
+
+from slingshot.checkpoint import StageInterrupted, load_torch
+from slingshot.config import RLPConfig
+from slingshot.models.hf import load_model_and_tokenizer
+from slingshot.rollout.base import Rollout
+from slingshot.stages import rlp
+from slingshot.tracking import Tracker
+from slingshot.train.optim import build_scheduler
+from slingshot.train.rlp_batch import (
+    Position,
+    PositionStream,
+    build_baseline_batch,
+    build_thought_batch,
+)
+from slingshot.train.state import STATE_FILE
+
+OPEN, CLOSE, PAD = 5, 6, 0
+
+# Small and fast: 3 steps of B=2 positions x G=2 thoughts of up to 6 tokens.
+TINY_RLP = {
+    "steps": 3,
+    "positions_per_step": 2,
+    "group_size": 2,
+    "thought_tokens": 6,
+    "context_tokens": 24,
+    "min_context_tokens": 4,
+    "micro_batch_size": 4,
+    "log_every": 1,
+    "temperature": 1.0,
+    "ema_tau": 0.9,
+    "optimizer": {"lr": 1e-3, "schedule": "constant", "warmup_steps": 0, "weight_decay": 0.0},
+}
+
+
+class RecordingTracker(Tracker):
+    """A disabled tracker that keeps the metrics and can ask the stage to stop at a step."""
+
+    def __init__(self, stop_at: int | None = None):
+        super().__init__(None, None)
+        self.rows: dict[int, dict[str, float]] = {}
+        self.stop_at = stop_at
+        self.ctx = None
+
+    def log_metrics(self, metrics, step):
+        self.rows[step] = dict(metrics)
+        if self.stop_at is not None and step == self.stop_at:
+            self.ctx.triggers.request_stop("test-kill")
+
+
+def _ctx(tmp: Path, small_data, model_dir: Path, rlp_cfg: dict, tracker: Tracker | None = None):
+    cfg = pipeline_config(tmp, {"stages": {"rlp": rlp_cfg}})
+    ctx = make_ctx(tmp, "rlp", cfg, {"data": small_data}, init_model=str(model_dir), tracker=tracker)
+    if isinstance(tracker, RecordingTracker):
+        tracker.ctx = ctx
+    return ctx
+
+
+@pytest.fixture(scope="module")
+def tiny_model(small_data, tmp_path_factory) -> Path:
+    return tiny_model_dir(
+        tmp_path_factory.mktemp("rlp-model") / "m", Path(small_data["outputs"]["tokenizer_dir"])
+    )
+
+
+# --------------------------------------------------------------------------- batch construction
+
+
+def _hand_batch():
+    positions = [
+        Position(doc_index=0, t=3, context=(1, 10, 11, 12), target=(13,)),
+        Position(doc_index=1, t=2, context=(1, 20, 21), target=(22,)),
+    ]
+    rollouts = [
+        [
+            Rollout([1, 10, 11, 12, OPEN], [30, 31, CLOSE], finished=True),  # closed by a sampled </think>
+            Rollout([1, 10, 11, 12, OPEN], [32, 33, 34], finished=False),  # truncated: </think> appended
+        ],
+        [
+            Rollout([1, 20, 21, OPEN], [CLOSE], finished=True),  # empty thought: only the stop action
+            Rollout([1, 20, 21, OPEN], [35], finished=False),
+        ],
+    ]
+    return positions, rollouts
+
+
+def test_thought_batch_layout_mask_and_target_by_hand():
+    positions, rollouts = _hand_batch()
+    batch = build_thought_batch(positions, rollouts, OPEN, CLOSE, PAD)
+    expected_rows = [
+        [1, 10, 11, 12, OPEN, 30, 31, CLOSE, 13],
+        [1, 10, 11, 12, OPEN, 32, 33, 34, CLOSE, 13],
+        [1, 20, 21, OPEN, CLOSE, 22, PAD, PAD, PAD, PAD],
+        [1, 20, 21, OPEN, 35, CLOSE, 22, PAD, PAD, PAD],
+    ]
+    assert batch.input_ids.tolist() == [r + [PAD] * (10 - len(r)) for r in expected_rows]
+    assert batch.attention_mask.sum(1).tolist() == [9, 10, 6, 7]
+    # logp column j scores token j+1: the mask marks exactly the SAMPLED thought tokens.
+    masked_tokens = [
+        [batch.input_ids[i, j + 1].item() for j in range(9) if batch.thought_mask[i, j]] for i in range(4)
+    ]
+    assert masked_tokens == [[30, 31, CLOSE], [32, 33, 34], [CLOSE], [35]]  # appended </think> excluded
+    targets = [batch.input_ids[i, batch.target_index[i, 0] + 1].item() for i in range(4)]
+    assert targets == [13, 13, 22, 22]
+    assert batch.thought_lengths.tolist() == [3, 3, 1, 1]
+    assert batch.closed.tolist() == [True, False, True, False]
+    baseline = build_baseline_batch(positions, PAD)
+    assert baseline.input_ids.tolist() == [[1, 10, 11, 12, 13], [1, 20, 21, 22, PAD]]
+    assert [baseline.input_ids[i, baseline.target_index[i, 0] + 1].item() for i in range(2)] == [13, 22]
+    with pytest.raises(ValueError, match="prompt"):
+        build_thought_batch(positions, [rollouts[1], rollouts[0]], OPEN, CLOSE, PAD)
+
+
+class _LogitTable(torch.nn.Module):
+    """A 'model' whose logits are one free parameter per (sequence, position): its gradient
+    shows exactly which positions the loss reads. Rows of a micro-batch are matched to the
+    full batch by their tokens, so micro-batching is exercised too."""
+
+    def __init__(self, full_ids: torch.Tensor, vocab: int):
+        super().__init__()
+        self.full_ids = full_ids
+        self.table = torch.nn.Parameter(torch.randn(*full_ids.shape, vocab))
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        width = input_ids.shape[1]
+        rows = [int((self.full_ids[:, :width] == row).all(1).nonzero()[0]) for row in input_ids]
+        return SimpleNamespace(logits=self.table[rows, :width])
+
+
+def test_only_thought_tokens_receive_gradient_through_the_real_update():
+    torch.manual_seed(0)
+    positions, rollouts = _hand_batch()
+    batch = build_thought_batch(positions, rollouts, OPEN, CLOSE, PAD)
+    policy = _LogitTable(batch.input_ids, 40)
+    ema = _LogitTable(batch.input_ids, 40)
+    cfg = RLPConfig(
+        positions_per_step=2,
+        group_size=2,
+        micro_batch_size=3,  # two micro-batches of different widths
+        optimizer={"lr": 1e-3, "schedule": "constant", "warmup_steps": 0, "grad_clip": 0.0},
+    )
+    optimizer = torch.optim.SGD(policy.parameters(), lr=0.0)
+    scheduler = build_scheduler(optimizer, cfg.optimizer, 1)
+    scores = rlp.score_thoughts(policy, batch, cfg.micro_batch_size, torch.device("cpu"))
+    advantages = torch.tensor([1.0, -2.0, 0.5, -0.5])
+    metrics = rlp.policy_update(
+        policy, ema, optimizer, scheduler, batch, scores.old_logp, advantages, cfg, torch.device("cpu")
+    )
+    touched = policy.table.grad.abs().sum(-1) > 0  # [N, L]: positions whose logits got gradient
+    assert torch.equal(touched[:, :-1], batch.thought_mask)
+    assert not touched[:, -1].any()
+    assert metrics["ratio_mean"] == pytest.approx(1.0) and metrics["clip_frac"] == 0.0
+    # On-policy with one update: the loss is -mean_i A_i (seq-mean-token-mean at ratio 1).
+    assert metrics["loss"] == pytest.approx(-float(advantages.mean()), abs=1e-6)
+
+
+# --------------------------------------------------------------------------- the position stream
+
+
+def _stream(docs: list[list[int]], **kw) -> PositionStream:
+    defaults = dict(seed=7, context_tokens=5, target_tokens=2, min_context=3, bos_id=1, per_document=2)
+    defaults.update(kw)
+    return PositionStream(
+        lambda: iter([str(i) for i in range(len(docs))]),
+        lambda texts: [docs[int(t)] for t in texts],
+        **defaults,
+    )
+
+
+def test_uniform_positions_respect_context_target_and_bos():
+    docs = [list(range(100, 100 + n)) for n in (4, 12, 9, 30)]
+    stream = _stream(docs)
+    for p in stream.take(12):
+        doc = docs[p.doc_index]
+        assert 3 <= p.t <= len(doc) - 2
+        assert p.target == tuple(doc[p.t : p.t + 2])
+        start = max(0, p.t - 5)
+        assert p.context == ((1,) if start == 0 else ()) + tuple(doc[start : p.t])
+    assert stream.epoch >= 1  # wrapped around the 4 documents
+    with pytest.raises(ValueError, match="no usable position"):
+        _stream([[1, 2], [3]]).take(1)
+
+
+def test_stream_resumes_exactly_from_its_state():
+    docs = [list(range(n, n + 10 + n % 7)) for n in range(9)]
+    reference = _stream(docs)
+    expected = [reference.take(3) for _ in range(6)]
+    stream = _stream(docs)
+    got = [stream.take(3), stream.take(3)]
+    state = json.loads(json.dumps(stream.state_dict()))  # the checkpoint round trip
+    resumed = _stream(docs)
+    resumed.load_state_dict(state)
+    got += [resumed.take(3) for _ in range(4)]
+    assert got == expected
+
+
+def test_entropy_selection_keeps_only_high_entropy_positions():
+    docs = [list(range(200, 240)) for _ in range(3)]
+    # Fake proxy: entropy of predicting token v is high only for even token ids.
+    calls = []
+
+    def entropy_fn(windows):
+        calls.append(len(windows))
+        return [torch.tensor([3.0 if tok % 2 == 0 else 0.1 for tok in w[1:]]) for w in windows]
+
+    stream = _stream(docs, selection="entropy", entropy_fn=entropy_fn, entropy_threshold=1.0, proxy_batch=2)
+    picked = stream.take(5)
+    assert all(docs[p.doc_index][p.t] % 2 == 0 for p in picked)
+    assert calls[0] == 2  # documents are scored in batches
+    assert 0.4 < stream.selected / stream.candidates < 0.6
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def _state(ctx) -> dict:
+    latest = ctx.checkpoints.latest()
+    return load_torch(latest.path / STATE_FILE)
+
+
+def test_ema_teacher_is_tau_mix_after_one_step(tmp_path, small_data, tiny_model):
+    ctx = _ctx(tmp_path, small_data, tiny_model, {**TINY_RLP, "steps": 1})
+    result = rlp.run(ctx)
+    state = _state(ctx)
+    initial, _ = load_model_and_tokenizer(tiny_model)
+    tau = TINY_RLP["ema_tau"]
+    names = [n for n, _ in initial.named_parameters()]
+    other_tau_fits = True
+    for name, phi0 in zip(names, initial.parameters(), strict=True):
+        theta1, phi1 = state["model"][name], state["ema"][name]
+        # float32 rounding near 1.0 is ~1e-7; one Adam step moves weights by ~lr = 1e-3.
+        assert torch.allclose(phi1, tau * phi0 + (1 - tau) * theta1, rtol=0, atol=1e-6), name
+        other_tau_fits &= torch.allclose(phi1, 0.91 * phi0 + 0.09 * theta1, rtol=0, atol=1e-6)
+    assert not other_tau_fits  # the check tells τ = 0.9 from 0.91: the policy really moved
+    assert Path(result.outputs["model_dir"], "config.json").is_file()
+    assert result.tokens > 0 and "reward_mean" in result.metrics
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path, small_data, tiny_model):
+    cfg = {**TINY_RLP, "steps": 4, "checkpoint": {"interval_steps": 100}}
+    ref_ctx = _ctx(tmp_path / "ref", small_data, tiny_model, cfg, RecordingTracker())
+    rlp.run(ref_ctx)
+    reference = _state(ref_ctx)
+
+    killed = RecordingTracker(stop_at=2)
+    with pytest.raises(StageInterrupted):
+        rlp.run(_ctx(tmp_path / "cut", small_data, tiny_model, cfg, killed))
+    resumed_tracker = RecordingTracker()
+    ctx = _ctx(tmp_path / "cut", small_data, tiny_model, cfg, resumed_tracker)
+    rlp.run(ctx)
+    assert sorted(resumed_tracker.rows) == [3, 4]  # continued, did not restart
+    state = _state(ctx)
+    for part in ("model", "ema"):
+        for name, value in reference[part].items():
+            assert torch.equal(state[part][name], value), f"{part}.{name}"
+    assert state["stream"] == reference["stream"]
+    for step in (3, 4):  # the same thoughts and scores after the resume
+        for key in ("reward_mean", "s_pred", "s_ema", "thought_len"):
+            assert resumed_tracker.rows[step][key] == ref_ctx.tracker.rows[step][key]
+    ref_opt, opt = reference["optimizer"]["state"], state["optimizer"]["state"]
+    assert all(torch.equal(ref_opt[k]["exp_avg"], opt[k]["exp_avg"]) for k in ref_opt)
