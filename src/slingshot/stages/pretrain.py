@@ -230,6 +230,9 @@ def run(ctx: StageContext) -> StageResult:
 
     cfg = ctx.config
     assert isinstance(cfg, PretrainConfig)
+    if cfg.parallel.pipeline_parallel_size != 1:
+        # The step below is a plain forward/backward (no pipeline schedule).
+        raise ValueError("parallel.pipeline_parallel_size > 1 is not supported by the pretrain stage yet")
     created_group = not dist.is_initialized()  # a single process: we own the world-1 group
     init_model_parallel(
         cfg.parallel.tensor_parallel_size,
@@ -254,10 +257,6 @@ def _train(ctx: StageContext, cfg: PretrainConfig) -> StageResult:
     from slingshot.models.megatron_gpt import build_gpt
     from slingshot.models.megatron_train import wrap_for_training
 
-    if cfg.parallel.pipeline_parallel_size != 1:
-        raise ValueError(
-            "parallel.pipeline_parallel_size > 1 is not supported by the pretrain step yet (PP=1)"
-        )
     plan = phase_plan(cfg, ctx.phase)
     phase = cfg.phases[plan.index]
     data = ctx.upstream_of_kind("data")

@@ -50,15 +50,28 @@ class StopAfter(SaveTriggers):
 
 
 def run_jobs(
-    index: int, root: str, overrides: dict[str, Any], data: dict[str, Any], jobs: list[dict]
+    index: int,
+    root: str,
+    overrides: dict[str, Any],
+    data: dict[str, Any],
+    jobs: list[dict],
+    world_size: int = 1,
+    port: int = 0,
 ) -> None:
-    """Run ``jobs`` in order in this process; each writes ``<root>/<name>.json``."""
+    """Run ``jobs`` in order in this process (rank ``index`` of ``world_size``, gloo, as the
+    job wrapper would set up); rank 0 writes ``<root>/<name>.json`` for each."""
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     from stages import as_manifest, make_ctx, pipeline_config
 
+    from slingshot.launch.distributed import DistEnv
     from slingshot.stages import pretrain
 
+    env = DistEnv()
+    if world_size > 1:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        torch.distributed.init_process_group("gloo", rank=index, world_size=world_size)
+        env = DistEnv(index, world_size, index, "gloo")
     cfg = pipeline_config(Path(root), overrides)
     for job in jobs:
         tmp = Path(root) / job["dir"]
@@ -76,6 +89,7 @@ def run_jobs(
             phase=job["phase"],
             model_from=job.get("model_from"),
             tracker=tracker,
+            dist=env,
         )
         ctx.triggers = StopAfter(ctx.config.checkpoint.interval_steps, job.get("stop_after"))
         record: dict[str, Any] = {"pid": os.getpid()}
@@ -93,7 +107,10 @@ def run_jobs(
             record["probe"] = megatron_probe(
                 cfg, record["manifest"], data, Path(root) / f"{job['name']}.probe.pt"
             )
-        Path(root, f"{job['name']}.json").write_text(json.dumps(record))
+        if env.is_main:
+            Path(root, f"{job['name']}.json").write_text(json.dumps(record))
+    if world_size > 1:
+        torch.distributed.destroy_process_group()
 
 
 def megatron_probe(cfg: Any, manifest: dict[str, Any], data: dict[str, Any], out: Path) -> float:

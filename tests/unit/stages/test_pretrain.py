@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +49,24 @@ OVERRIDES = {"stages": {"pretrain": PRETRAIN}}
 P1, P2 = "main/pretrain-phase1", "main/pretrain-phase2"
 
 
-def _spawn(root: Path, data: dict[str, Any], jobs: list[dict[str, Any]]) -> None:
+def _spawn(
+    root: Path,
+    data: dict[str, Any],
+    jobs: list[dict[str, Any]],
+    overrides: dict[str, Any] = OVERRIDES,
+    nprocs: int = 1,
+) -> None:
+    port = 0
+    if nprocs > 1:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
     mp.start_processes(
-        run_jobs, args=(str(root), OVERRIDES, data, jobs), nprocs=1, start_method="spawn", join=True
+        run_jobs,
+        args=(str(root), overrides, data, jobs, nprocs, port),
+        nprocs=nprocs,
+        start_method="spawn",
+        join=True,
     )
 
 
@@ -197,3 +213,21 @@ def test_stop_and_resume_in_fresh_processes_matches_uninterrupted(
         p2b["manifest"]["pretrain"]["consumed_samples"]
         == _read(clean, "p2")["manifest"]["pretrain"]["consumed_samples"]
     )
+
+
+def test_tensor_parallel_2_matches_1_process(clean: Path, tmp_path: Path, small_data: dict[str, Any]) -> None:
+    """TP=2 (two gloo processes, DP=1): the same losses as TP=1, and an export that loads."""
+    tp2 = {"stages": {"pretrain": {**PRETRAIN, "parallel": {"tensor_parallel_size": 2}}}}
+    _spawn(tmp_path, small_data, [{"name": "p1", "dir": "run", "phase": "phase1"}], tp2, nprocs=2)
+    ref, got = _read(clean, "p1"), _read(tmp_path, "p1")
+    assert (
+        got["manifest"]["pretrain"]["world_size"] == 2
+        and got["manifest"]["pretrain"]["data_parallel_size"] == 1
+    )
+    for step, loss in _losses(ref).items():
+        assert _losses(got)[step] == pytest.approx(loss, rel=1e-4), step
+    assert got["manifest"]["pretrain"]["consumed_samples"] == ref["manifest"]["pretrain"]["consumed_samples"]
+    from slingshot.models.hf import load_model_and_tokenizer
+
+    model, _ = load_model_and_tokenizer(got["manifest"]["outputs"]["model_dir"])
+    assert model.config.num_attention_heads == 4
