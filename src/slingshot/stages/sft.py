@@ -148,11 +148,13 @@ def run(ctx: StageContext) -> StageResult:
 
     # 3. tokenize; keep the examples that still supervise something after truncation
     model, tokenizer = load_model_and_tokenizer(ctx.input_model_dir)
+    # Packed positions restart per example, so only one example must fit the model's positions.
+    max_length = min(cfg.seq_length, getattr(model.config, "max_position_embeddings", None) or cfg.seq_length)
     train: list[SFTExample] = []
     evaluation: list[SFTExample] = []
     dropped = truncated = 0
     for source, (_, records, weight) in enumerate(sources):
-        examples = tokenize_records(tokenizer, records, cfg.seq_length)
+        examples = tokenize_records(tokenizer, records, max_length)
         mine: list[SFTExample] = []
         for record, example in zip(records, examples, strict=True):
             truncated += example.truncated

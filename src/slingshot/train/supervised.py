@@ -550,7 +550,7 @@ class SupervisedTrainer:
         sharded = self.mode == "fsdp"
         for step in resumable_steps(ctx, total, self.state, all_ranks_write=sharded):
             metrics = self.train_step(step)
-            logger.log(step, metrics, force=step == total)
+            logger.log(step, metrics, force=step in (1, total))
             if step % self.settings.eval_every == 0 and step != total:
                 ctx.tracker.log_metrics(self.evaluate(), step=step)
         final = {k: float(v) for k, v in self.progress["last"].items()}
