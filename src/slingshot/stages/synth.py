@@ -355,7 +355,6 @@ def run(ctx: StageContext) -> StageResult:
         )
     seed = derive_seed(ctx.pipeline.pipeline.seed, "synth", ctx.variant)
     data = ctx.upstream_of_kind("data")["outputs"]
-    ctx.tracker.log_input("tasks-train", data["tasks_train"], sha256_file(data["tasks_train"]), "synth-seed")
     model_dir = proxy_model_dir(ctx, cfg)
     spec = FeatureSpec(
         dim=cfg.feature_dim,
@@ -380,6 +379,10 @@ def run(ctx: StageContext) -> StageResult:
     if ctx.checkpoints.latest() is not None:
         resume_step(ctx, state)
     else:
+        # Logged once, when the seed pool is drawn from it (a resumed run reuses that pool).
+        ctx.tracker.log_input(
+            "tasks-train", data["tasks_train"], sha256_file(data["tasks_train"]), "synth-seed"
+        )
         state.pool, seed_stats = build_seed_pool(ctx, cfg, generator, seed)
         held_out = [data["tasks_validation"], data["tasks_test"]]
         state.seen = {e["hash"] for path in held_out for e in load_entries(path)}

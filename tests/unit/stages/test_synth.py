@@ -269,18 +269,39 @@ def test_selected_set_is_more_diverse_than_random_subsets(small_data, tiny_model
 
 
 def test_resume_per_round_gives_the_same_pool(uninterrupted, small_data, tiny_model, tmp_path):
+    from mlflow import MlflowClient
+
     from slingshot.stages import synth
+    from slingshot.tracking import Tracker
 
     _, full = uninterrupted
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+
+    def tracker() -> Tracker:  # the same run across the restart, as the job wrapper does
+        return Tracker.open_run(uri, "synth", tmp_path / "run_id", run_name="synth")
+
+    first = _synth_ctx(tmp_path, small_data, tiny_model, triggers=StopAfter(2))
+    first.tracker = tracker()
     with pytest.raises(StageInterrupted) as stopped:
-        synth.run(_synth_ctx(tmp_path, small_data, tiny_model, triggers=StopAfter(2)))
+        synth.run(first)
     assert stopped.value.step == 2
     resumed_ctx = _synth_ctx(tmp_path, small_data, tiny_model)
+    resumed_ctx.tracker = tracker()
     assert resumed_ctx.checkpoints.latest().step == 2
     resumed = synth.run(resumed_ctx)
     a, b = _load(full.outputs["dataset"]), _load(resumed.outputs["dataset"])
     assert a.to_dict() == b.to_dict()
     assert resumed.metrics == pytest.approx(full.metrics)
+
+    client = MlflowClient(uri)
+    run = client.get_run(resumed_ctx.tracker.run_id)
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "pool_size")]
+    assert steps == list(range(int(full.metrics["rounds"]) + 1))  # round 0 = seed pool; no duplicates
+    for key in ("quality_keep_ratio", "diversity_keep_ratio", "gvendi"):
+        assert len(client.get_metric_history(run.info.run_id, key)) >= 1
+    assert run.data.metrics["final_gvendi_selected"] == pytest.approx(full.metrics["gvendi_selected"])
+    assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["tasks-train"]
+    assert "cluster_sizes.png" in {f.path for f in client.list_artifacts(run.info.run_id)}
 
 
 def test_proxy_model_path_and_vllm_error(small_data, tiny_model, tmp_path):
