@@ -232,7 +232,7 @@ def screenshot_runs_page(
     max_run_pages: int | None = None,
 ) -> dict[str, Any]:
     """Serve the store, render the experiment's runs page (screenshot ``png``, DOM beside it) and
-    each stage run's page (up to ``max_run_pages``; the first one also as ``<png>-run.png``),
+    each stage run's page (up to ``max_run_pages``; one with datasets also as ``<png>-run.png``),
     and check what they show against the REST API's view of the same runs."""
     png = Path(png)
     png.parent.mkdir(parents=True, exist_ok=True)
@@ -245,9 +245,11 @@ def screenshot_runs_page(
             url = f"{base}/#/experiments/{lineage['experiment_id']}/runs"
             dom = _render(url, profile, png)
             pages = [(p, s) for p in lineage["parents"] for s in p["stages"]][:max_run_pages]
+            # The screenshot of a run page: one that has dataset inputs to show (a training stage).
+            shown = next((i for i, (_, s) in enumerate(pages) if s["datasets"]), 0)
             for i, (parent, stage) in enumerate(pages):
                 run_url = f"{base}/#/experiments/{lineage['experiment_id']}/runs/{stage['run_id']}"
-                shot = png.with_name(f"{png.stem}-run.png") if i == 0 else None
+                shot = png.with_name(f"{png.stem}-run.png") if i == shown else None
                 checks.append(
                     check_run_page(dom_texts(_render(run_url, profile, shot)), stage, parent["name"])
                 )

@@ -231,15 +231,23 @@ def run(ctx: StageContext, rollout_factory: Any = None) -> StageResult:
     # The data stage already keeps held-out hashes out of training; checking again here
     # costs one read and guards against a user-supplied or edited split file.
     train_hashes = {e["hash"] for e in load_entries(data["tasks_train"])}
+    if data.get("corpus_reasoning"):  # the prompts pretraining and SFT read as text
+        train_hashes |= {
+            content_hash(r["prompt"]) for r in load_entries(data["corpus_reasoning"]) if "prompt" in r
+        }
     leaked = [
         e["id"] for e in entries if e["hash"] in train_hashes or content_hash(e["question"]) in train_hashes
     ]
     if leaked:
-        raise RuntimeError(f"{len(leaked)} test instances also occur in tasks_train (e.g. {leaked[:3]})")
+        raise RuntimeError(
+            f"{len(leaked)} test instances also occur in training data (tasks_train or the reasoning "
+            f"corpus), e.g. {leaked[:3]}"
+        )
     seed = ctx.pipeline.pipeline.seed
     chosen = select_prompts(entries, cfg.prompts_per_task, seed)
     prompts_path = ctx.output_dir / "eval_prompts.jsonl"
-    atomic_write_text(prompts_path, "".join(json.dumps(e, sort_keys=True) + "\n" for e in chosen))
+    if ctx.dist.is_main:
+        atomic_write_text(prompts_path, "".join(json.dumps(e, sort_keys=True) + "\n" for e in chosen))
     ctx.tracker.log_input("tasks-test", test_path, sha256_file(test_path), context="evaluation")
     ctx.tracker.log_input(
         "eval-prompts", prompts_path, sha256_json([e["hash"] for e in chosen]), context="evaluation"

@@ -161,14 +161,18 @@ def test_real_backend_on_held_out_prompts_only(tmp_path, small_data, model_dir):
     assert hashes.isdisjoint(train) and hashes.isdisjoint(reasoning)
 
 
-def test_a_test_instance_in_the_train_split_is_refused(tmp_path, small_data, model_dir):
+@pytest.mark.parametrize("where", ["tasks_train", "corpus_reasoning"])
+def test_a_test_instance_in_training_data_is_refused(tmp_path, small_data, model_dir, where):
     leaky = dict(small_data, outputs=dict(small_data["outputs"]))
-    train = tmp_path / "train.jsonl"
-    test_lines = Path(small_data["outputs"]["tasks_test"]).read_text().splitlines()
-    train.write_text(Path(small_data["outputs"]["tasks_train"]).read_text() + test_lines[0] + "\n")
-    leaky["outputs"]["tasks_train"] = str(train)
+    test_entry = json.loads(Path(small_data["outputs"]["tasks_test"]).read_text().splitlines()[0])
+    # Case and spacing differ: "the same problem" is judged on the normalised question.
+    question = "  " + test_entry["question"].upper() + " "
+    leaked = {"tasks_train": {**test_entry, "question": question}, "corpus_reasoning": {"prompt": question}}
+    path = tmp_path / f"{where}.jsonl"
+    path.write_text(Path(small_data["outputs"][where]).read_text() + json.dumps(leaked[where]) + "\n")
+    leaky["outputs"][where] = str(path)
     cfg = pipeline_config(tmp_path, {"stages": {"evaluate": EVAL}})
     upstream = {"data": leaky, "main/sft": {"kind": "sft", "outputs": {"model_dir": str(model_dir)}}}
     ctx = make_ctx(tmp_path, "evaluate", cfg, upstream, stage="evaluate-sft", model_from="main/sft")
-    with pytest.raises(RuntimeError, match="also occur in tasks_train"):
+    with pytest.raises(RuntimeError, match="also occur in training data"):
         evaluate.run(ctx, rollout_factory=lambda m, t, s: None)
