@@ -331,3 +331,24 @@ def test_two_processes_match_one_with_the_same_global_batch(env, reference_run, 
     # reference: 1 process x grad_accum 2 x micro 2; here: 2 processes x grad_accum 1 x micro 2.
     two = run_two_ranks(env, f"dp-{mode}", {"grad_accum": 1, "data_parallel": mode})
     assert_same_training(two, reference_run, rel=1e-4)
+
+
+def test_user_dataset_is_mixed_in_by_weight(env, tmp_path):
+    from sft_worker import run_stage
+
+    extra = tmp_path / "extra.jsonl"
+    with open(extra, "w") as handle:
+        for i in range(10):
+            completion = f"<think>\n{i} + {i} = {2 * i}\n</think>\n\\boxed{{{2 * i}}}"
+            handle.write(json.dumps({"question": f"Double {i}.", "solution": completion}) + "\n")
+    dataset = {"path": str(extra), "prompt_field": "question", "response_field": "solution", "weight": 2.0}
+    overrides = {"extra_datasets": [dataset], "eval_fraction": 0.0, "epochs": 0.2}
+    record = run_stage(spec_for(env, "mixed", overrides))
+    assert record["extra"]["sft"]["train_examples"] == 80 + 2 * 10
+    assert record["extra"]["sft"]["eval_examples"] == 0
+    assert [name for name, _ in record["inputs"]] == ["synth", "sft-extra0:extra.jsonl"]
+    assert all(len(digest) == 64 for _, digest in record["inputs"])
+
+    only_user = run_stage(spec_for(env, "user-only", {**overrides, "use_synth": False, "epochs": 1}))
+    assert only_user["extra"]["sft"]["train_examples"] == 20
+    assert [name for name, _ in only_user["inputs"]] == ["sft-extra0:extra.jsonl"]
