@@ -298,6 +298,9 @@ class SFTConfig(ModelStageConfig):
     eval_max_examples: NonNegativeInt = 256
     # auto: FSDP2 on GPUs, gradient all-reduce across CPU (gloo) processes.
     data_parallel: Literal["auto", "fsdp", "allreduce"] = "auto"
+    # None: the model's own (sdpa for most). flash_attention_2 packs by position ids
+    # without a dense [T, T] mask per row: the choice for long sequences on GPUs.
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2", "flash_attention_3"] | None = None
 
 
 class EntropyControl(StrictModel):

@@ -148,6 +148,8 @@ def run(ctx: StageContext) -> StageResult:
 
     # 3. tokenize; keep the examples that still supervise something after truncation
     model, tokenizer = load_model_and_tokenizer(ctx.input_model_dir)
+    if cfg.attn_implementation:
+        model.set_attn_implementation(cfg.attn_implementation)
     # Packed positions restart per example, so only one example must fit the model's positions.
     max_length = min(cfg.seq_length, getattr(model.config, "max_position_embeddings", None) or cfg.seq_length)
     train: list[SFTExample] = []
@@ -217,6 +219,7 @@ def run(ctx: StageContext) -> StageResult:
                 "train_examples": len(train),
                 "eval_examples": len(evaluation),
                 "packing": trainer.packing,
+                "attention": trainer.layout,
             }
         },
     )

@@ -342,10 +342,16 @@ def test_user_dataset_is_mixed_in_by_weight(env, tmp_path):
             completion = f"<think>\n{i} + {i} = {2 * i}\n</think>\n\\boxed{{{2 * i}}}"
             handle.write(json.dumps({"question": f"Double {i}.", "solution": completion}) + "\n")
     dataset = {"path": str(extra), "prompt_field": "question", "response_field": "solution", "weight": 2.0}
-    overrides = {"extra_datasets": [dataset], "eval_fraction": 0.0, "epochs": 0.2}
+    overrides = {
+        "extra_datasets": [dataset],
+        "eval_fraction": 0.0,
+        "epochs": 0.2,
+        "attn_implementation": "eager",
+    }
     record = run_stage(spec_for(env, "mixed", overrides))
     assert record["extra"]["sft"]["train_examples"] == 80 + 2 * 10
     assert record["extra"]["sft"]["eval_examples"] == 0
+    assert record["extra"]["sft"]["attention"] == "additive"  # eager: packed through an additive mask
     assert [name for name, _ in record["inputs"]] == ["synth", "sft-extra0:extra.jsonl"]
     assert all(len(digest) == 64 for _, digest in record["inputs"])
 
