@@ -172,6 +172,7 @@ def collect_status(cfg: PipelineConfig, with_metrics: bool = True) -> list[Stage
         for row in rows:
             base = cache[row.node.key]
             row.metric, row.value, row.step = base.metric, base.value, base.step
+            row.restarts, row.detail = base.restarts, base.detail
     return rows
 
 
@@ -217,6 +218,11 @@ def add_metrics(cfg: PipelineConfig, statuses: list[StageStatus]) -> None:
             run = client.get_run(s.run_id)
         except Exception:
             continue
+        # The job tags its run with submissions + Slurm requeues (SLURM_RESTART_COUNT) when it
+        # starts: a requeued Slurm job keeps its id, so launch.json alone cannot count those.
+        tagged = run.data.tags.get("slingshot.restarts", "")
+        if tagged.isdigit() and s.state != "done":
+            s.restarts = max(s.restarts, int(tagged))
         name = pick_metric(s.node.kind, list(run.data.metrics))
         if name is None:
             continue
