@@ -173,6 +173,33 @@ def test_overlong_penalty_ramps_over_the_last_tokens():
     assert prorl.overlong_penalty(140, 128, 32) == -1.0
 
 
+class _TextTokenizer:
+    """Decodes a completion given as a list of one-character "ids" (no model needed)."""
+
+    def decode(self, ids: list[str], skip_special_tokens: bool = False) -> str:
+        return "".join(ids)
+
+
+def test_rewards_truncated_is_zero_and_overlong_ramps():
+    from slingshot.rollout import Rollout
+
+    entry = {"family": "basic_arithmetic", "question": "Calculate 2 + 3.", "answer": "5", "math": True}
+    right = list("<think>2 + 3 = 5</think>\\boxed{5}")
+    wrong = list("<think>2 + 3 = 6</think>\\boxed{6}")
+    rollouts = [
+        Rollout([1], right, finished=True),
+        Rollout([1], wrong, finished=True),
+        Rollout([1], right, finished=False),  # cut by the length limit after a boxed answer
+    ]
+    cfg = ProRLConfig(phases=[{"name": "p", "steps": 1, "max_response_tokens": 64}])
+    group = prorl.score_group(entry, rollouts, _TextTokenizer(), cfg, max_tokens=64)
+    assert group.rewards == [1.0, 0.0, 0.0] and group.correct == [True, False, False]
+    ramp = cfg.model_copy(update={"overlong_penalty_tokens": 32})
+    length = len(right)  # 33 characters: just past the start of the ramp at 64 - 32
+    group = prorl.score_group(entry, rollouts, _TextTokenizer(), ramp, max_tokens=64)
+    assert group.rewards[0] == pytest.approx(1.0 - (length - 32) / 32)
+
+
 def test_rl_batch_masks_exactly_the_completion_tokens():
     from transformers import LlamaConfig, LlamaForCausalLM
 
