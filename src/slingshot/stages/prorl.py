@@ -14,7 +14,10 @@ Each step:
 
 Everything a resume needs is in the checkpoint: policy, reference, optimizer, scheduler,
 entropy controller, reset bookkeeping, prompt-stream position and RNG. A resume never
-re-anchors the reference to the resumed weights (that silently zeroes the KL).
+re-anchors the reference to the resumed weights (that silently zeroes the KL). A new
+length-schedule phase is a new job that starts from the previous phase's HF model, so
+its reference starts there too: the phase boundary acts as a reference reset.
+Single process: rollouts and updates share one device (world_size > 1 is refused).
 """
 
 from __future__ import annotations
