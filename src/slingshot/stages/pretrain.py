@@ -11,10 +11,14 @@ Outputs of a phase: ``mcore_checkpoint`` (sharded dist_checkpointing directory t
 phase starts from) and ``model_dir`` (the exact HF Llama/Qwen2 export for RLP,
 evaluation and the rest of the chain).
 
+Data (``slingshot.models.megatron_data``): each corpus is one GPTDataset stream for the
+whole stage; a phase's BlendedDataset picks which corpus each sample comes from, and
+phase 2 continues every stream at the samples phase 1 consumed of it.
+
 Exact resume: a checkpoint holds the sharded model and optimizer (Adam moments and
 step), the global step (which is the lr schedule's state), the phase's data position
-(the dataset is a pure function of the config, so the next sample index is enough),
-samples consumed per corpus, and every rank's RNG streams.
+(the datasets are pure functions of the config, so the step and the per-corpus counts
+are enough), samples consumed per corpus, and every rank's RNG streams.
 """
 
 from __future__ import annotations
@@ -253,10 +257,11 @@ def _train(ctx: StageContext, cfg: PretrainConfig) -> StageResult:
 
     from slingshot.data.tokenizer import load_tokenizer
     from slingshot.models.flops import mfu
-    from slingshot.models.megatron_data import build_phase_data
+    from slingshot.models.megatron_data import build_phase_data, corpus_budgets
     from slingshot.models.megatron_gpt import build_gpt
     from slingshot.models.megatron_train import wrap_for_training
 
+    plans = plan_phases(cfg)
     plan = phase_plan(cfg, ctx.phase)
     phase = cfg.phases[plan.index]
     data = ctx.upstream_of_kind("data")
@@ -294,6 +299,8 @@ def _train(ctx: StageContext, cfg: PretrainConfig) -> StageResult:
             "global_step": plan.offset,
             "phase_step": 0,  # = data position: next sample is phase_step * global_batch_size
             "samples": dict.fromkeys(all_corpora, 0),
+            # Consumed before this phase: where each corpus stream continues from.
+            "phase_start_samples": dict.fromkeys(all_corpora, 0),
             "first_loss": None,
             "last_loss": None,
         },
@@ -303,7 +310,11 @@ def _train(ctx: StageContext, cfg: PretrainConfig) -> StageResult:
         _start_from_previous_phase(ctx, state, plan, all_corpora)
     state.expect = {"phase": phase.name, "blend": blend}
 
-    # The phase's data: Megatron's BlendedDataset; phase i draws with seed + i so phases differ.
+    # The phase's data: its BlendedDataset order over stage-long corpus streams (the same
+    # streams in every phase, continued from what earlier phases consumed).
+    budgets = corpus_budgets(
+        [(p.blend, pl.steps * cfg.global_batch_size) for p, pl in zip(cfg.phases, plans, strict=True)]
+    )
     phase_data = build_phase_data(
         tokenizer,
         {
@@ -315,7 +326,8 @@ def _train(ctx: StageContext, cfg: PretrainConfig) -> StageResult:
         sequence_length=seq,
         num_samples=plan.steps * cfg.global_batch_size,
         global_batch_size=cfg.global_batch_size,
-        seed=ctx.pipeline.pipeline.seed + plan.index,
+        seed=ctx.pipeline.pipeline.seed,
+        budgets=budgets,
     )
     if ctx.dist.is_main:
         _log_inputs(ctx, data, blend)
@@ -342,7 +354,9 @@ def _train(ctx: StageContext, cfg: PretrainConfig) -> StageResult:
         assert counters["phase_step"] == step_index, "data position out of step with the loop"
         global_index = counters["global_step"]  # steps already taken by the whole stage
         lr = cfg.optimizer.lr * lr_factor(global_index, cfg.optimizer, plan.total_steps)
-        batches = phase_data.micro_batches(step_index, dp_rank, dp_size, cfg.micro_batch_size)
+        batches = phase_data.micro_batches(
+            step_index, dp_rank, dp_size, cfg.micro_batch_size, counters["phase_start_samples"]
+        )
         loss, grad_norm = train_step(ddp, optimizer, batches, lr)
         loss = _dp_mean(loss)
         for name, n in phase_data.corpus_counts(step_index).items():
@@ -399,6 +413,7 @@ def _train(ctx: StageContext, cfg: PretrainConfig) -> StageResult:
                 "global_step": counters["global_step"],
                 "total_steps": plan.total_steps,
                 "consumed_samples": dict(counters["samples"]),
+                "phase_start_samples": dict(counters["phase_start_samples"]),
                 "consumed_tokens": consumed_tokens,
                 "vocab_size": len(tokenizer),
                 "world_size": ctx.dist.world_size,
@@ -431,6 +446,7 @@ def _start_from_previous_phase(
         **fresh_counters,
         "global_step": loaded["global_step"],
         "samples": samples,
+        "phase_start_samples": dict(samples),
     }
     if ctx.dist.is_main:
         ctx.tracker.set_tags({"slingshot.pretrain_from_checkpoint": str(checkpoint)})

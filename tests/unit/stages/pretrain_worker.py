@@ -138,7 +138,8 @@ def megatron_probe(cfg: Any, manifest: dict[str, Any], data: dict[str, Any], out
             num_samples=4,
             global_batch_size=4,
             seed=99,
-        ).micro_batches(0, 0, 1, 4)[0]
+            budgets={"general": 8},
+        ).micro_batches(0, 0, 1, 4, start={"general": 0})[0]
         model.eval()
         with torch.no_grad():
             loss = float(model(batch["tokens"], None, None, labels=batch["labels"]).mean())

@@ -23,9 +23,8 @@ pytest.importorskip("megatron.core")
 from pretrain_worker import run_jobs  # noqa: E402
 
 from slingshot.config import PretrainConfig  # noqa: E402
+from slingshot.models.megatron_data import build_phase_data, corpus_budgets  # noqa: E402
 from slingshot.stages.pretrain import phase_plan, plan_phases  # noqa: E402
-
-pytestmark = pytest.mark.slow
 
 # 2 layers, seq 64, 8 sequences per step: phase1 = 6 steps, phase2 = 4 steps.
 PRETRAIN = {
@@ -103,6 +102,52 @@ def clean(tmp_path_factory: pytest.TempPathFactory, small_data: dict[str, Any]) 
     return root
 
 
+def test_corpus_streams_continue_across_phases(small_data: dict[str, Any]) -> None:
+    """Phase 2 continues each corpus stream where phase 1 stopped; DP ranks split a batch."""
+    from slingshot.data.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(small_data["outputs"]["tokenizer_dir"])
+    prefixes = {n: small_data["outputs"][f"indexed_{n}"] for n in ("general", "reasoning")}
+    phases = [({"general": 1.0}, 48), ({"general": 0.8, "reasoning": 0.2}, 32)]
+    budgets = corpus_budgets(phases)
+    d1, d2 = (
+        build_phase_data(
+            tokenizer,
+            prefixes,
+            blend,
+            sequence_length=64,
+            num_samples=n,
+            global_batch_size=8,
+            seed=3,
+            budgets=budgets,
+        )
+        for blend, n in phases
+    )
+    consumed = {"general": 0, "reasoning": 0}
+    for step in range(6):
+        for name, n in d1.corpus_counts(step).items():
+            consumed[name] += n
+    assert consumed == {"general": 48, "reasoning": 0}
+    where = [d1.locate(i, {}) for i in range(48)] + [d2.locate(i, consumed) for i in range(32)]
+    for name in ("general", "reasoning"):
+        positions = [p for c, p in where if c == name]
+        assert positions == list(range(len(positions)))  # one stream: nothing repeated or skipped
+    assert 4 <= sum(c == "reasoning" for c, _ in where) <= 8  # 20% of phase 2's 32 samples
+    # Both phases read the same stream (same shuffle), and the batches hold those samples.
+    assert torch.equal(
+        torch.as_tensor(d1.streams["general"][50]["tokens"]),
+        torch.as_tensor(d2.streams["general"][50]["tokens"]),
+    )
+    full = d2.micro_batches(1, 0, 1, 8, consumed)[0]
+    for j in range(8):
+        corpus, position = d2.locate(8 + j, consumed)
+        assert torch.equal(full["tokens"][j], torch.as_tensor(d2.streams[corpus][position]["tokens"]).long())
+    assert torch.equal(full["labels"][:, :-1], full["tokens"][:, 1:])
+    # Data parallel: rank slices of 4 concatenate to the global batch of 8.
+    halves = [d2.micro_batches(1, r, 2, 4, consumed)[0]["tokens"] for r in (0, 1)]
+    assert torch.equal(torch.cat(halves), full["tokens"])
+
+
 def test_phase_plan_splits_tokens_and_spans_the_schedule() -> None:
     cfg = PretrainConfig.model_validate(PRETRAIN)
     p1, p2 = plan_phases(cfg)
@@ -113,6 +158,7 @@ def test_phase_plan_splits_tokens_and_spans_the_schedule() -> None:
         phase_plan(cfg, "nope")
 
 
+@pytest.mark.slow
 def test_two_phases_continue_from_the_megatron_checkpoint(clean: Path, small_data: dict[str, Any]) -> None:
     p1, p2 = _read(clean, "p1"), _read(clean, "p2")
     m1, m2 = p1["manifest"], p2["manifest"]
@@ -132,6 +178,8 @@ def test_two_phases_continue_from_the_megatron_checkpoint(clean: Path, small_dat
     assert c1 == {"general": 6 * 8 * 64, "reasoning": 0}
     assert c2["general"] >= c1["general"] and c2["reasoning"] > 0
     assert c2["general"] + c2["reasoning"] == 10 * 8 * 64
+    # Phase 2's corpus streams continue where phase 1 stopped.
+    assert m2["pretrain"]["phase_start_samples"] == m1["pretrain"]["consumed_samples"]
     phase2 = {
         n: s - m1["pretrain"]["consumed_samples"][n] for n, s in m2["pretrain"]["consumed_samples"].items()
     }
@@ -148,6 +196,7 @@ def test_two_phases_continue_from_the_megatron_checkpoint(clean: Path, small_dat
         assert record["models"] == [m["outputs"]["model_dir"]]
 
 
+@pytest.mark.slow
 def test_hf_export_loads_and_matches_megatron_loss(clean: Path) -> None:
     from slingshot.models.hf import load_model_and_tokenizer
 
@@ -162,6 +211,7 @@ def test_hf_export_loads_and_matches_megatron_loss(clean: Path) -> None:
     assert hf_loss < 6.0  # trained: well below ln(512) = 6.24 of a uniform guess
 
 
+@pytest.mark.slow
 def test_stop_and_resume_in_fresh_processes_matches_uninterrupted(
     clean: Path, tmp_path: Path, small_data: dict[str, Any]
 ) -> None:
@@ -215,6 +265,7 @@ def test_stop_and_resume_in_fresh_processes_matches_uninterrupted(
     )
 
 
+@pytest.mark.slow
 def test_tensor_parallel_2_matches_1_process(clean: Path, tmp_path: Path, small_data: dict[str, Any]) -> None:
     """TP=2 (two gloo processes, DP=1): the same losses as TP=1, and an export that loads."""
     tp2 = {"stages": {"pretrain": {**PRETRAIN, "parallel": {"tensor_parallel_size": 2}}}}
