@@ -22,6 +22,7 @@ import argparse
 import itertools
 import os
 import platform
+import statistics
 import tempfile
 import time
 import warnings
@@ -122,15 +123,15 @@ def main() -> None:
     for step in range(1, args.warmup + 1):
         trainer.train_step(step)
     sync()
-    start = time.perf_counter()
+    ours_times: list[float] = []
     ours_loss = 0.0
     for step in range(args.warmup + 1, total + 1):
+        start = time.perf_counter()
         ours_loss = trainer.train_step(step)["train/loss"]
-    sync()
-    ours_s = time.perf_counter() - start
+        sync()
+        ours_times.append(time.perf_counter() - start)
+    ours_s = sum(ours_times)
     timed_tokens = sum(real_tokens(s) for s in range(args.warmup + 1, total + 1))
-
-    print(f"slingshot: {ours_s:.1f}s for {args.steps} steps", flush=True)
 
     # transformers.Trainer on the same rows, in the same order (no shuffling)
     rows = []
@@ -146,18 +147,20 @@ def main() -> None:
     )
 
     class Timer(TrainerCallback):
+        """Per-step wall time of the steps after the warm-up."""
+
         def __init__(self) -> None:
-            self.start: float | None = None
-            self.end = 0.0
+            self.begin = 0.0
+            self.times: list[float] = []
 
         def on_step_begin(self, targs, state, control, **kw):  # noqa: ANN001
-            if state.global_step == args.warmup:
-                sync()
-                self.start = time.perf_counter()
+            sync()
+            self.begin = time.perf_counter()
 
         def on_step_end(self, targs, state, control, **kw):  # noqa: ANN001
             sync()
-            self.end = time.perf_counter()
+            if state.global_step > args.warmup:
+                self.times.append(time.perf_counter() - self.begin)
 
     timer = Timer()
     with tempfile.TemporaryDirectory() as out:
@@ -191,10 +194,14 @@ def main() -> None:
         )
         hf._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(rows)  # same order
         hf.train()
-    hf_s = timer.end - (timer.start or timer.end)
+    hf_s = sum(timer.times)
+    assert len(timer.times) == args.steps, timer.times
 
+    # The machine may be shared: the median step is the steadier comparison; the sum is shown too.
     ours_tps = timed_tokens / ours_s
-    hf_tps = timed_tokens / hf_s if hf_s > 0 else float("nan")
+    hf_tps = timed_tokens / hf_s
+    ours_med = timed_tokens / (statistics.median(ours_times) * args.steps)
+    hf_med = timed_tokens / (statistics.median(timer.times) * args.steps)
     name = (
         torch.cuda.get_device_name(device)
         if device.type == "cuda"
@@ -206,10 +213,16 @@ def main() -> None:
         f"batch={args.batch} rows x seq={args.seq}; timed steps={args.steps} ({timed_tokens} real tokens)"
     )
     print(
-        f"slingshot SFT step : {ours_tps:10.0f} tokens/s  ({ours_s / args.steps * 1000:.1f} ms/step, last loss {ours_loss:.3f})"
+        f"slingshot SFT step  : {ours_med:8.0f} tokens/s median step ({ours_tps:8.0f} over all timed steps; "
+        f"{ours_s / args.steps * 1000:.1f} ms/step mean, last loss {ours_loss:.3f})"
     )
-    print(f"transformers.Trainer: {hf_tps:10.0f} tokens/s  ({hf_s / args.steps * 1000:.1f} ms/step)")
-    print(f"ratio slingshot / Trainer: {ours_tps / hf_tps:.2f}x")
+    print(
+        f"transformers.Trainer: {hf_med:8.0f} tokens/s median step ({hf_tps:8.0f} over all timed steps; "
+        f"{hf_s / args.steps * 1000:.1f} ms/step mean)"
+    )
+    print(
+        f"ratio slingshot / Trainer: {ours_med / hf_med:.2f}x (median step), {ours_tps / hf_tps:.2f}x (total)"
+    )
 
 
 class _ListDataset:

@@ -197,8 +197,9 @@ def collate(
     """Model inputs for rows of examples: ids, shifted targets and the attention inputs.
 
     ``seq_len=None`` pads to the longest row (the padding fallback). ``targets[t]`` is the
-    label of token ``t+1``, IGNORE_INDEX where token ``t+1`` starts an example, so a
-    packed row never trains on predicting one example from the end of another.
+    label of token ``t+1``, IGNORE_INDEX where token ``t+1`` starts an example (so a
+    packed row never trains on predicting one example from the end of another) and at
+    the last position.
     """
     rows = []
     for group in examples:
@@ -212,8 +213,10 @@ def collate(
     input_ids = torch.tensor([r.input_ids for r in rows], dtype=torch.long)
     labels = torch.tensor([r.labels for r in rows], dtype=torch.long)
     position_ids = torch.tensor([r.position_ids for r in rows], dtype=torch.long)
-    targets = labels[:, 1:].clone()
-    targets[position_ids[:, 1:] == 0] = IGNORE_INDEX
+    # Shift the targets, not the logits: the [B, T, V] logits are used as they are (no copy).
+    targets = torch.full_like(labels, IGNORE_INDEX)
+    targets[:, :-1] = labels[:, 1:]
+    targets[:, :-1][position_ids[:, 1:] == 0] = IGNORE_INDEX
     batch = {"input_ids": input_ids, "position_ids": position_ids, "targets": targets}
     if layout != "position_ids":
         allowed = torch.from_numpy(
@@ -235,7 +238,7 @@ def token_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tu
         attention_mask=batch.get("attention_mask"),
         position_ids=batch["position_ids"],
         use_cache=False,
-    ).logits[:, :-1]
+    ).logits
     targets = batch["targets"]
     loss = torch.nn.functional.cross_entropy(
         logits.float().reshape(-1, logits.shape[-1]),
@@ -264,7 +267,7 @@ def per_example_loss(
             attention_mask=batch.get("attention_mask"),
             position_ids=batch["position_ids"],
             use_cache=False,
-        ).logits[0, :-1]
+        ).logits[0]
         token_losses = torch.nn.functional.cross_entropy(
             logits.float(), batch["targets"][0], ignore_index=IGNORE_INDEX, reduction="none"
         )

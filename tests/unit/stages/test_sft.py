@@ -121,9 +121,7 @@ def test_prompt_tokens_contribute_zero_gradient(env):
 
             def hook(_module, _inputs, out):
                 noise = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)) * 5.0
-                mask = torch.zeros(out.shape[:2], dtype=torch.bool)
-                mask[0, :-1] = prompt_targets
-                return out + noise * mask.unsqueeze(-1)
+                return out + noise * prompt_targets.view(1, -1, 1)
 
             handle = model.lm_head.register_forward_hook(hook)
         loss, count = token_loss_sum(model, batch)
@@ -139,8 +137,9 @@ def test_prompt_tokens_contribute_zero_gradient(env):
         assert torch.equal(a, b)
 
     # Control: perturbing a response position does change the gradient.
+    last_supervised = (batch["targets"][0] != IGNORE_INDEX).nonzero()[-1]
     prompt_targets[:] = False
-    prompt_targets[-1] = True
+    prompt_targets[last_supervised] = True
     changed = grads(True)
     assert any(not torch.equal(a, b) for a, b in zip(base, changed, strict=True))
 
