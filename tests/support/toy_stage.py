@@ -3,7 +3,8 @@ real stages: a tiny torch regression model, real optimizer steps, real checkpoin
 through slingshot's loop, metrics to MLflow, a model directory and a manifest.
 
 Knobs (environment, so they reach Slurm jobs): TOY_STEPS (default 6), TOY_STEP_SECONDS
-(sleep per step, default 0), TOY_FAIL_AT (raise at that step).
+(sleep per step, default 0), TOY_FAIL_AT (raise at that step), TOY_FAIL_KIND (only in
+stages of that kind; default every kind).
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ def run(ctx: StageContext) -> StageResult:
     steps = int(os.environ.get("TOY_STEPS", "6"))
     step_seconds = float(os.environ.get("TOY_STEP_SECONDS", "0"))
     fail_at = int(os.environ.get("TOY_FAIL_AT", "0"))
+    if os.environ.get("TOY_FAIL_KIND", ctx.kind) != ctx.kind:
+        fail_at = 0
     state = ToyState(ctx.pipeline.pipeline.seed, ctx.dist.world_size)
     true_w = torch.linspace(-1, 1, 8)
     events = ctx.work_dir / f"events.rank{ctx.dist.rank}.jsonl"

@@ -127,7 +127,9 @@ def test_usr2_requeues_and_a_killed_job_is_resubmitted_both_resume(tmp_path):
 
 def test_a_failing_stage_fails_the_rule_with_its_error_and_is_not_resubmitted(tmp_path):
     config = write_config(tmp_path, {"pipeline": {"name": "failing"}})
-    out = run_snakemake(tmp_path, config, "--until", "pretrain", env=pipeline_env(TOY_FAIL_AT="2"))
+    out = run_snakemake(
+        tmp_path, config, "--until", "pretrain", env=pipeline_env(TOY_FAIL_AT="2", TOY_FAIL_KIND="pretrain")
+    )
     assert out.returncode != 0
     log = (tmp_path / "results" / "logs" / "main.pretrain-p1.log").read_text()
     assert "main/pretrain-p1 FAILED" in log and "toy stage failing on purpose at step 2" in log

@@ -100,8 +100,14 @@ class Tracker:
         run_name: str,
         parent_run_id: str | None = None,
         tags: Mapping[str, str] | None = None,
+        artifact_root: str | None = None,
     ) -> Tracker:
-        """Open the run whose id is in ``run_id_file``, creating it (once, under a lock) if absent."""
+        """Open the run whose id is in ``run_id_file``, creating it (once, under a lock) if absent.
+
+        ``artifact_root``: where a newly created experiment keeps artifacts (a file store
+        beside a SQLite database; MLflow's default is ./mlruns in whatever directory the
+        job runs in). A tracking server decides for itself when None.
+        """
         from mlflow import MlflowClient
 
         client = MlflowClient(tracking_uri=uri)
@@ -111,7 +117,11 @@ class Tracker:
                 client.update_run(run_id, status="RUNNING")
             else:
                 exp = client.get_experiment_by_name(experiment)
-                exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+                exp_id = (
+                    exp.experiment_id
+                    if exp
+                    else client.create_experiment(experiment, artifact_location=artifact_root)
+                )
                 all_tags = dict(tags or {})
                 if parent_run_id:
                     all_tags["mlflow.parentRunId"] = parent_run_id
