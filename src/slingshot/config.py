@@ -127,6 +127,16 @@ class ModelStageConfig(StageConfig):
     def _expand(cls, value: str | None) -> str | None:
         return expand_path(value) if value is not None else None
 
+    @field_validator("optimizer", mode="before")
+    @classmethod
+    def _partial_optimizer(cls, value: Any) -> Any:
+        # A partial `optimizer:` section (e.g. only lr) keeps THIS stage's defaults for the
+        # keys it omits (RL stages: constant lr, no decay), not OptimizerConfig's pretraining ones.
+        if isinstance(value, dict):
+            default = cls.model_fields["optimizer"].default_factory()  # type: ignore[misc]
+            return {**default.model_dump(), **value}
+        return value
+
 
 class PretrainPhase(StrictModel):
     name: Name
@@ -358,13 +368,6 @@ class ProRLConfig(ModelStageConfig):
     phases: list[ProRLPhase] = Field(
         default_factory=lambda: [ProRLPhase(name="len8k", steps=100, max_response_tokens=8192)], min_length=1
     )
-
-    @field_validator("optimizer", mode="before")
-    @classmethod
-    def _optimizer_defaults(cls, value: Any) -> Any:
-        # A partial section (e.g. only ``lr``) keeps ProRL's constant, no-decay schedule for
-        # the rest, not OptimizerConfig's pretraining defaults (warmup, cosine, decay).
-        return {**_PRORL_OPTIMIZER, **value} if isinstance(value, dict) else value
 
     @model_validator(mode="after")
     def _check(self) -> ProRLConfig:

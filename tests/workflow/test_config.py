@@ -134,3 +134,15 @@ def test_schema_file_matches_the_typed_config():
     assert committed == PipelineConfig.model_json_schema(), (
         "regenerate: slingshot schema > workflow/schemas/config.schema.json"
     )
+
+
+def test_a_partial_optimizer_section_keeps_the_stage_defaults(tmp_path):
+    path = write(tmp_path, "stages:\n  rlp:\n    optimizer: {lr: 0.001}\n  sft:\n    optimizer: {lr: 0.01}\n")
+    stages = load_pipeline_config(path).stages
+    assert stages.rlp.optimizer.lr == 0.001
+    assert (
+        stages.rlp.optimizer.schedule,
+        stages.rlp.optimizer.warmup_steps,
+        stages.rlp.optimizer.weight_decay,
+    ) == ("constant", 0, 0.0)
+    assert stages.sft.optimizer.weight_decay == 0.0 and stages.sft.optimizer.lr == 0.01

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from slingshot.checkpoint import CheckpointManager, SaveTriggers, StageInterrupted, time_budget_seconds
 from slingshot.config import CheckpointConfig, PipelineConfig, load_pipeline_config
 from slingshot.context import StageContext, StageResult, read_manifest
@@ -105,6 +107,9 @@ class StageJob:
             time_budget_s=time_budget_seconds(resources.time_min, checkpointing.time_budget_min),
         )
         triggers.install_signal_handler()
+        # Use exactly the CPUs the job asked for: oversubscribed torch threads are far
+        # slower than fewer threads (and the scheduler reserved only these).
+        torch.set_num_threads(resources.cpus_per_task)
         dist = init_distributed()
         work_dir, output_dir = node.work_dir(cfg), node.output_dir(cfg)
         private_dir(work_dir)
