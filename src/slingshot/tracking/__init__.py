@@ -229,10 +229,20 @@ class Tracker:
 
 
 def open_parent_run(
-    uri: str, experiment: str, variant_work_dir: Path, variant: str, tags: Mapping[str, str]
+    uri: str,
+    experiment: str,
+    variant_work_dir: Path,
+    variant: str,
+    tags: Mapping[str, str],
+    artifact_root: str | None = None,
 ) -> str:
     """The variant's parent run id, created once (several stage jobs may race to create it)."""
     tracker = Tracker.open_run(
-        uri, experiment, variant_work_dir / "mlflow_parent_run_id", run_name=variant, tags=tags
+        uri,
+        experiment,
+        variant_work_dir / "mlflow_parent_run_id",
+        run_name=variant,
+        tags=tags,
+        artifact_root=artifact_root,
     )
     return tracker.run_id  # type: ignore[return-value]
