@@ -43,7 +43,7 @@ def test_tiny_recipe_runs_end_to_end(tmp_path):
             model_dir = tmp_path / manifest["outputs"]["model_dir"]
             assert (model_dir / "config.json").is_file() and (model_dir / "tokenizer.json").is_file()
     for variant in ("flr", "noreason"):
-        assert 0.0 <= manifests[f"{variant}/evaluate-sft"]["metrics"]["pass@1"] <= 1.0
+        assert 0.0 <= manifests[f"{variant}/evaluate-sft"]["metrics"]["pass_at_1"] <= 1.0
     assert (tmp_path / "results" / "report" / "table.csv").is_file()
 
     client = MlflowClient(f"sqlite:///{tmp_path}/results/mlflow.db")

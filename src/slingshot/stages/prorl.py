@@ -245,7 +245,7 @@ def run(ctx: StageContext) -> StageResult:
     logger = StepLogger(ctx, cfg.log_every)
     if ctx.checkpoints.latest() is None:  # fresh start: the curve's step-0 point
         val = validate(backend, val_entries, prompt_ids, tokenizer, cfg, phase, seed)
-        _track_validation(book, val["val/pass@1"])
+        _track_validation(book, val["val/pass_at_1"])
         ctx.tracker.log_metrics(val, step=0)
         _print(ctx, 0, val)
 
@@ -274,7 +274,7 @@ def run(ctx: StageContext) -> StageResult:
         if step % cfg.val_every == 0 or step == phase.steps:
             last_val = validate(backend, val_entries, prompt_ids, tokenizer, cfg, phase, seed)
             metrics.update(last_val)
-            if _track_validation(book, last_val["val/pass@1"]) and _plateaued(cfg, book):
+            if _track_validation(book, last_val["val/pass_at_1"]) and _plateaued(cfg, book):
                 reset_reason = "plateau"
         every = cfg.reference_reset.every_steps
         if every and step % every == 0 and step < phase.steps:
@@ -287,7 +287,9 @@ def run(ctx: StageContext) -> StageResult:
         metrics["ref_reset"] = 1.0 if reset_reason else 0.0
         metrics["resets"] = float(book["resets"])
         metrics["tokens"] = float(book["tokens"])
-        logger.log(step, metrics, force=step == phase.steps or bool(reset_reason) or "val/pass@1" in metrics)
+        logger.log(
+            step, metrics, force=step == phase.steps or bool(reset_reason) or "val/pass_at_1" in metrics
+        )
 
     model_dir = ctx.output_dir / "model"
     if ctx.dist.is_main:
@@ -516,6 +518,6 @@ def validate(
         by_family[entry["family"]] += [float(c) for c in grp.correct]
         lengths += [len(r.completion_ids) for r in rs]
     every = [c for cs in by_family.values() for c in cs]
-    out = {"val/pass@1": sum(every) / len(every), "val/response_length": sum(lengths) / len(lengths)}
-    out.update({f"val/pass@1/{fam}": sum(cs) / len(cs) for fam, cs in sorted(by_family.items())})
+    out = {"val/pass_at_1": sum(every) / len(every), "val/response_length": sum(lengths) / len(lengths)}
+    out.update({f"val/pass_at_1/{fam}": sum(cs) / len(cs) for fam, cs in sorted(by_family.items())})
     return out

@@ -32,6 +32,8 @@ SECRET_VALUE = re.compile(
 REDACTED = "***"
 
 # MLflow limits: params values 6000 chars, 100 params per batch, 1000 metrics per batch.
+# Metric names may hold only alphanumerics, _ - . space : /; "pass@1" becomes "pass_at_1".
+_METRIC_NAME_BAD = re.compile(r"[^\w\-. :/]")
 _PARAM_MAX = 6000
 _BATCH = 100
 
@@ -53,6 +55,11 @@ def flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+def metric_name(key: str) -> str:
+    """A name MLflow accepts for ``key`` (a bad name would fail the whole batch, and the job)."""
+    return _METRIC_NAME_BAD.sub("_", key.replace("@", "_at_"))
 
 
 def redact(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -173,7 +180,8 @@ class Tracker:
 
         now = int(time.time() * 1000)
         items = []
-        for key, value in metrics.items():
+        for raw_key, value in metrics.items():
+            key = metric_name(raw_key)
             if step <= self._floor.get(key, -1) or value is None:
                 continue
             items.append(Metric(key, float(value), now, step))

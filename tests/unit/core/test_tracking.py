@@ -56,3 +56,11 @@ def test_disabled_tracker_logs_nothing():
     tracker.log_metrics({"x": 1.0}, step=1)
     tracker.log_params({"a": 1})
     assert not tracker.enabled
+
+
+def test_metric_names_mlflow_would_refuse_are_made_valid(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = Tracker.open_run(uri, "exp", tmp_path / "r", run_name="stage")
+    tracker.log_metrics({"val/pass@1": 0.5, "eval/gcd pass@k!": 1.0}, step=1)
+    metrics = MlflowClient(uri).get_run(tracker.run_id).data.metrics
+    assert metrics == {"val/pass_at_1": 0.5, "eval/gcd pass_at_k_": 1.0}
