@@ -10,13 +10,11 @@ the turn so a model learns to stop.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from slingshot.io import fsync_dir
+from slingshot.io import atomic_dir
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -88,22 +86,9 @@ def train_bpe(
 
 def save_tokenizer(tokenizer: PreTrainedTokenizerBase, out_dir: str | os.PathLike[str]) -> Path:
     """``save_pretrained`` into a temp dir beside ``out_dir``, then swap it in whole."""
-    target = Path(out_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         tokenizer.save_pretrained(str(tmp))
-        for f in tmp.iterdir():
-            with open(f, "rb+") as handle:
-                os.fsync(handle.fileno())
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-        fsync_dir(target.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+    return Path(out_dir)
 
 
 def load_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerBase:

@@ -26,9 +26,6 @@ against random same-size subsets of the unfiltered candidates.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +42,7 @@ from slingshot.config import SynthConfig
 from slingshot.context import StageContext, StageResult
 from slingshot.data.tasks import derive_seed, load_entries
 from slingshot.data.teacher import render_trace
-from slingshot.io import atomic_write_text, fsync_dir, sha256_file
+from slingshot.io import atomic_dir, atomic_path, atomic_write_text, sha256_file
 from slingshot.launch.array import run_array
 from slingshot.loop import resume_step, save_checkpoint
 from slingshot.rewards import is_correct
@@ -297,21 +294,8 @@ def save_dataset(records: list[dict[str, Any]], clusters: list[int], out: Path) 
         "round": [int(r["round"]) for r in records],
         "cluster": [int(c) for c in clusters],
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         Dataset.from_dict(table).save_to_disk(str(tmp))
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                with open(f, "rb") as handle:
-                    os.fsync(handle.fileno())
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-        fsync_dir(out.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -338,11 +322,9 @@ def plot_clusters(records: list[dict[str, Any]], clusters: list[int], k: int, pa
     ax.set_title(f"Final pool: {len(records)} samples in {k} gradient-feature clusters")
     ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

@@ -21,16 +21,23 @@ class HasState(Protocol):
 
 
 class TrainState:
-    """``TrainState(model=m, optimizer=o, scheduler=s, ema=e, data=d)``: save/load them together."""
+    """``TrainState(model=m, optimizer=o, scheduler=s, ema=e, data=d)``: save/load them together.
 
-    def __init__(self, **parts: HasState):
+    ``is_main``: whether this rank writes the file. Every rank calls ``save`` (gathering a
+    full state under FSDP is collective); only the main rank writes, so the checkpoint
+    does not depend on the world size.
+    """
+
+    def __init__(self, is_main: bool = True, **parts: HasState):
+        self.is_main = is_main
         self.parts = parts
         self.step = 0
 
     def save(self, directory: Path) -> None:
         payload = {name: part.state_dict() for name, part in self.parts.items()}
-        payload["_rng"] = rng_state()
-        save_torch(directory / STATE_FILE, payload)
+        if self.is_main:
+            payload["_rng"] = rng_state()
+            save_torch(directory / STATE_FILE, payload)
 
     def load(self, directory: Path) -> None:
         payload = load_torch(directory / STATE_FILE)

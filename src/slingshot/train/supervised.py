@@ -29,19 +29,17 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 
-from slingshot.checkpoint import load_torch, rng_state, save_torch, set_rng_state
 from slingshot.config import OptimizerConfig
 from slingshot.data.packing import IGNORE_INDEX, PackedSFT, SFTExample, block_causal_mask
 from slingshot.launch.distributed import DistEnv
 from slingshot.train.logging import StepLogger
 from slingshot.train.optim import build_optimizer, build_scheduler
-from slingshot.train.state import STATE_FILE, Counter
+from slingshot.train.state import Counter, TrainState
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -372,35 +370,6 @@ class _FullModelOptim:
         )
 
 
-class SupervisedState:
-    """One ``train_state.pt`` (like :class:`slingshot.train.state.TrainState`), written by rank 0.
-
-    Under FSDP every rank takes part in gathering the full state (``all_ranks_write``),
-    and rank 0 alone writes it, so the checkpoint does not depend on the world size.
-    """
-
-    def __init__(self, is_main: bool, **parts: Any):
-        self.is_main = is_main
-        self.parts = parts
-
-    def save(self, directory: Path) -> None:
-        payload = {name: part.state_dict() for name, part in self.parts.items()}
-        if self.is_main:
-            payload["_rng"] = rng_state()
-            save_torch(directory / STATE_FILE, payload)
-
-    def load(self, directory: Path) -> None:
-        payload = load_torch(directory / STATE_FILE)
-        missing = set(self.parts) - set(payload)
-        if missing:
-            raise KeyError(
-                f"checkpoint {directory} lacks {sorted(missing)}: written by another stage version"
-            )
-        for name, part in self.parts.items():
-            part.load_state_dict(payload[name])
-        set_rng_state(payload["_rng"])
-
-
 # --------------------------------------------------------------------------- the trainer
 
 
@@ -443,9 +412,7 @@ class SupervisedTrainer:
             if self.mode == "fsdp"
             else _Parts(model=model, optimizer=self.optimizer)
         )
-        self.state = SupervisedState(
-            dist.is_main, core=core, scheduler=self.scheduler, progress=self.progress
-        )
+        self.state = TrainState(dist.is_main, core=core, scheduler=self.scheduler, progress=self.progress)
         self.autocast = self.device.type == "cuda" and self.mode != "fsdp"
 
     @property
