@@ -53,7 +53,7 @@ class LaunchError(RuntimeError):
 
 
 def say(message: str) -> None:
-    print(f"[slingshot launch] {message}", flush=True)
+    print(f"[slingshot launch {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 # --------------------------------------------------------------------------- executors
