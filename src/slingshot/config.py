@@ -463,13 +463,6 @@ class PipelineConfig(StrictModel):
         return self.tracking.uri or f"sqlite:///{(self.results_dir / 'mlflow.db').resolve()}"
 
     @property
-    def artifact_root(self) -> str | None:
-        """Artifacts beside a SQLite store (results/mlartifacts); a tracking server keeps its own."""
-        if self.tracking_uri.startswith("sqlite:"):
-            return (self.results_dir / "mlartifacts").resolve().as_uri()
-        return None
-
-    @property
     def experiment_name(self) -> str:
         return self.tracking.experiment or self.pipeline.name
 

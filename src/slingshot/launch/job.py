@@ -71,7 +71,6 @@ def open_stage_tracker(cfg: PipelineConfig, plan: Plan, node: Node, dist: DistEn
             "slingshot.pipeline": cfg.pipeline.name,
             "slingshot.git_commit": commit,
         },
-        artifact_root=cfg.artifact_root,
     )
     return Tracker.open_run(
         cfg.tracking_uri,
@@ -80,7 +79,6 @@ def open_stage_tracker(cfg: PipelineConfig, plan: Plan, node: Node, dist: DistEn
         run_name=node.stage if not node.owner else f"{node.owner}/{node.stage}",
         parent_run_id=parent,
         tags={"slingshot.stage": node.stage, "slingshot.kind": node.kind, "slingshot.variant": owner},
-        artifact_root=cfg.artifact_root,
     )
 
 

@@ -111,13 +111,15 @@ class Tracker:
     ) -> Tracker:
         """Open the run whose id is in ``run_id_file``, creating it (once, under a lock) if absent.
 
-        ``artifact_root``: where a newly created experiment keeps artifacts (a file store
-        beside a SQLite database; MLflow's default is ./mlruns in whatever directory the
-        job runs in). A tracking server decides for itself when None.
+        ``artifact_root``: where a newly created experiment keeps artifacts. None: beside
+        a SQLite database (``<db dir>/mlartifacts``; MLflow's own default is ./mlruns in
+        whatever directory the job runs in); a tracking server decides for itself.
         """
         from mlflow import MlflowClient
 
         client = MlflowClient(tracking_uri=uri)
+        if artifact_root is None and uri.startswith("sqlite:///"):
+            artifact_root = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
         with _file_lock(run_id_file.with_name(run_id_file.name + ".lock")):
             if run_id_file.is_file():
                 run_id = run_id_file.read_text().strip()

@@ -64,3 +64,11 @@ def test_metric_names_mlflow_would_refuse_are_made_valid(tmp_path):
     tracker.log_metrics({"val/pass@1": 0.5, "eval/gcd pass@k!": 1.0}, step=1)
     metrics = MlflowClient(uri).get_run(tracker.run_id).data.metrics
     assert metrics == {"val/pass_at_1": 0.5, "eval/gcd pass_at_k_": 1.0}
+
+
+def test_artifacts_of_a_sqlite_store_live_beside_it(tmp_path):
+    uri = f"sqlite:///{tmp_path}/store/mlflow.db"
+    (tmp_path / "store").mkdir()
+    tracker = Tracker.open_run(uri, "exp", tmp_path / "r", run_name="stage")
+    artifact_uri = MlflowClient(uri).get_run(tracker.run_id).info.artifact_uri
+    assert artifact_uri.startswith((tmp_path / "store" / "mlartifacts").as_uri())
