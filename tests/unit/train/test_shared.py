@@ -104,3 +104,11 @@ def test_tokenizer_that_does_not_fit_the_model_is_refused(tmp_path):
     save_model_dir(tiny_llama(vocab=64), tokenizer, tmp_path / "m")
     with pytest.raises(ModelDirError, match="do not belong together"):
         load_model_and_tokenizer(tmp_path / "m")
+
+
+def test_the_unwritten_vllm_backend_says_so():
+    from slingshot.config import RolloutConfig
+    from slingshot.rollout import make_rollout
+
+    with pytest.raises(NotImplementedError, match="rollout.backend 'vllm' is not implemented yet"):
+        make_rollout(RolloutConfig(backend="vllm"), tiny_llama(), None, [])
