@@ -114,5 +114,18 @@ def tiny_model_dir(out: Path, tokenizer_dir: Path, arch: str = "llama", seed: in
     return save_model_dir(model, tokenizer, out)
 
 
+class StopAfter(SaveTriggers):
+    """Save triggers that ask the loop to stop (as USR2 would) once step ``stop_after`` is done."""
+
+    def __init__(self, interval_steps: int, stop_after: int | None):
+        super().__init__(interval_steps=interval_steps)
+        self.stop_after = stop_after
+
+    def check(self, step: int) -> tuple[bool, bool]:
+        if self.stop_after is not None and step == self.stop_after:
+            self.request_stop("test-stop")
+        return super().check(step)
+
+
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from slingshot.checkpoint import SaveTriggers, StageInterrupted
+from slingshot.checkpoint import StageInterrupted
 from slingshot.tracking import Tracker
 
 
@@ -36,19 +36,6 @@ class RecordingTracker(Tracker):
         return None
 
 
-class StopAfter(SaveTriggers):
-    """Asks the loop to stop (as USR2 would) once ``stop_after`` steps of this job are done."""
-
-    def __init__(self, interval_steps: int, stop_after: int | None):
-        super().__init__(interval_steps=interval_steps)
-        self.stop_after = stop_after
-
-    def check(self, step: int) -> tuple[bool, bool]:
-        if self.stop_after is not None and step == self.stop_after:
-            self.request_stop("test-stop")
-        return super().check(step)
-
-
 def run_jobs(
     index: int,
     root: str,
@@ -62,7 +49,7 @@ def run_jobs(
     job wrapper would set up); rank 0 writes ``<root>/<name>.json`` for each."""
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
-    from stages import as_manifest, make_ctx, pipeline_config
+    from stages import StopAfter, as_manifest, make_ctx, pipeline_config
 
     from slingshot.launch.distributed import DistEnv
     from slingshot.stages import pretrain

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from slingshot.checkpoint import SaveTriggers, StageInterrupted
+from slingshot.checkpoint import StageInterrupted
 from slingshot.tracking import Tracker
 
 # Small enough for 2 shared cores: ~4 optimizer steps of a 2-layer, 64-wide model.
@@ -74,24 +74,11 @@ class RecordingTracker(Tracker):
         return None
 
 
-class StopAfter(SaveTriggers):
-    """Asks the loop to stop (as USR2 would) once step ``stop_after`` is done."""
-
-    def __init__(self, interval_steps: int, stop_after: int | None):
-        super().__init__(interval_steps=interval_steps)
-        self.stop_after = stop_after
-
-    def check(self, step: int) -> tuple[bool, bool]:
-        if self.stop_after is not None and step == self.stop_after:
-            self.request_stop("test-stop")
-        return super().check(step)
-
-
 def run_stage(spec: dict[str, Any], dist: Any = None) -> dict[str, Any]:
     """One SFT run from ``spec`` (root, overrides, upstream, init_model, stop_after, interval, out)."""
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
-    from stages import make_ctx, pipeline_config
+    from stages import StopAfter, make_ctx, pipeline_config
 
     from slingshot.stages import sft
 

@@ -371,7 +371,9 @@ def test_short_run_raises_validation_pass_at_1(tmp_path, sft_setup):
         "val_samples": 8,
     }
     prorl.run(_ctx(tmp_path, sft_setup, rec, steps=30, **over))
-    curve = {s: round(rec.rows[s]["val/pass_at_1"], 4) for s in sorted(rec.rows) if "val/pass_at_1" in rec.rows[s]}
+    curve = {
+        s: round(rec.rows[s]["val/pass_at_1"], 4) for s in sorted(rec.rows) if "val/pass_at_1" in rec.rows[s]
+    }
     train = [round(rec.rows[s]["pass_rate"], 3) for s in range(1, 31)]
     print(f"validation pass@1 by step: {curve}; training pass rate by step: {train}")
     # 320 validation samples per point (same sampling seed each time): a rise of 0.05 over

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from stages import make_ctx, pipeline_config, tiny_model_dir
+from stages import StopAfter, make_ctx, pipeline_config, tiny_model_dir
 
 from slingshot.algorithms.gvendi import rademacher_project
-from slingshot.checkpoint import SaveTriggers, StageInterrupted
+from slingshot.checkpoint import StageInterrupted
 from slingshot.data.tasks import load_entries
 from slingshot.data.teacher import ProceduralTeacher
 from slingshot.rewards.extract import extract_answer
@@ -196,15 +196,6 @@ def test_sharded_features_equal_one_shard_and_are_reused(tiny_model, train_entri
 
 
 # --------------------------------------------------------------------------- the stage
-class StopAfter(SaveTriggers):
-    def __init__(self, round_index: int):
-        super().__init__(interval_steps=1000)
-        self.round_index = round_index
-
-    def check(self, step: int) -> tuple[bool, bool]:
-        if step == self.round_index:
-            self.request_stop("test")
-        return super().check(step)
 
 
 @pytest.fixture(scope="module")
@@ -280,7 +271,7 @@ def test_resume_per_round_gives_the_same_pool(uninterrupted, small_data, tiny_mo
     def tracker() -> Tracker:  # the same run across the restart, as the job wrapper does
         return Tracker.open_run(uri, "synth", tmp_path / "run_id", run_name="synth")
 
-    first = _synth_ctx(tmp_path, small_data, tiny_model, triggers=StopAfter(2))
+    first = _synth_ctx(tmp_path, small_data, tiny_model, triggers=StopAfter(1000, stop_after=2))
     first.tracker = tracker()
     with pytest.raises(StageInterrupted) as stopped:
         synth.run(first)
