@@ -48,7 +48,7 @@ def build_tiny_corpora(cfg: DataConfig, out_dir: str | os.PathLike[str]) -> dict
     out = Path(out_dir)
     manifest: dict[str, Any] = {"config_sha256": sha256_json(cfg.model_dump(mode="json"))}
 
-    splits = make_splits(cfg.families, cfg.splits, cfg.seed)
+    splits = make_splits(cfg.families, cfg.splits, cfg.seed, settings=cfg.task_settings)
     manifest["tasks"] = {
         name: write_jsonl(out / "tasks" / f"{name}.jsonl", entries).model_dump()
         for name, entries in splits.items()

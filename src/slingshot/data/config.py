@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from slingshot.data.corpora import CorpusSpec
-from slingshot.data.tasks import BUILTIN_FAMILIES, SplitSizes, get_family
+from slingshot.data.tasks import BUILTIN_FAMILIES, SplitSizes, check_settings, get_family
 
 # The default suite: every built-in family (all have teacher renderers).
 DEFAULT_FAMILIES: tuple[str, ...] = BUILTIN_FAMILIES
@@ -31,6 +33,11 @@ class DataConfig(BaseModel):
 
     seed: int = 0
     families: list[str] = Field(default_factory=lambda: list(DEFAULT_FAMILIES))
+    task_settings: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="reasoning-gym kwargs per family over its built-in setting, e.g. "
+        "{basic_arithmetic: {max_terms: 2, max_digits: 1}}",
+    )
     splits: SplitSizes = Field(
         default_factory=SplitSizes,
         description="instances PER FAMILY; held-out (validation, test) drawn first",
@@ -57,4 +64,14 @@ class DataConfig(BaseModel):
             get_family(name)  # unknown names fail listing the valid ones
         if len(set(value)) != len(value):
             raise ValueError(f"duplicate task families: {value}")
+        return value
+
+    @field_validator("task_settings")
+    @classmethod
+    def _settings_of_used_families(cls, value: dict[str, dict[str, Any]], info: ValidationInfo) -> dict:
+        families = info.data.get("families", [])
+        for name, kwargs in value.items():
+            if name not in families:
+                raise ValueError(f"{name!r} is not in data.families {families}")
+            check_settings(name, kwargs)
         return value

@@ -20,7 +20,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -177,6 +177,15 @@ def get_family(name: str | TaskFamily) -> TaskFamily:
         ) from None
 
 
+def check_settings(family: str, kwargs: dict[str, Any]) -> None:
+    """Fail with reasoning-gym's own reason if ``kwargs`` is not a valid setting of ``family``."""
+    fam = get_family(family)
+    try:
+        _dataset(fam.dataset, _freeze({**fam.kwargs, **kwargs}), 0, 1)
+    except (TypeError, ValueError, AssertionError) as err:
+        raise ValueError(f"invalid reasoning-gym settings for {family!r}: {err or type(err).__name__}") from None
+
+
 def register_family(family: TaskFamily) -> None:
     """Add a family (e.g. a harder setting) at runtime; the dataset must exist in reasoning-gym."""
     from reasoning_gym.factory import DATASETS
@@ -314,19 +323,22 @@ def make_splits(
     sizes: SplitSizes,
     seed: int,
     max_draw_factor: int = 20,
+    settings: Mapping[str, dict[str, Any]] | None = None,
 ) -> dict[str, list[dict]]:
     """Per-family train/validation/test entries; held-out hashes never appear in train.
 
     Test is drawn first, then validation (excluding test), then train (excluding both).
-    Within a split, duplicates (same hash) are dropped too.
+    Within a split, duplicates (same hash) are dropped too. ``settings`` overrides a
+    family's reasoning-gym kwargs (its difficulty) by family name.
     """
     out: dict[str, list[dict]] = {s: [] for s in SPLITS}
     for family in families:
         fam = get_family(family)
+        kwargs = (settings or {}).get(fam.name)
         excluded: set[str] = set()
         for split in ("test", "validation", "train"):
             n = getattr(sizes, split)
-            stream = iter_instances(fam, seed, split)
+            stream = iter_instances(fam, seed, split, kwargs)
             got = _take_unique(stream, n, excluded, max(n * max_draw_factor, 100), fam.name, split)
             if split != "train":
                 excluded |= {e["hash"] for e in got}

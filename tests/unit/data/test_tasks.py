@@ -90,3 +90,25 @@ def test_every_family_scores_its_own_answer_after_json_round_trip(family: str) -
         back = json.loads(json.dumps(entry))
         assert rg_score(back, back["answer"]) == 1.0
         assert rg_score(back, None) == 0.0
+
+
+def test_task_settings_set_a_family_difficulty() -> None:
+    easy = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}
+    splits = make_splits(
+        ["chain_sum"], SplitSizes(train=30, validation=5, test=5), 0, settings={"chain_sum": easy}
+    )
+    for entry in (e for split in splits.values() for e in split):
+        assert entry["dataset_kwargs"] == {**get_family("chain_sum").kwargs, **easy}
+        terms = [int(t) for t in entry["metadata"]["expression"].replace("-", "+").split("+")]
+        assert len(terms) == 2 and all(0 <= t <= 9 for t in terms)
+
+
+def test_task_settings_are_checked_against_reasoning_gym() -> None:
+    from pydantic import ValidationError
+
+    from slingshot.data.config import DataConfig
+
+    with pytest.raises(ValidationError, match="(?s)task_settings.*max_digits must be >= min_digits"):
+        DataConfig(families=["chain_sum"], task_settings={"chain_sum": {"max_digits": 0}})
+    with pytest.raises(ValidationError, match="'gcd' is not in data.families"):
+        DataConfig(families=["chain_sum"], task_settings={"gcd": {"max_value": 10}})
