@@ -4,7 +4,8 @@
   places. Document ``i`` depends only on (seed, i), so any slice is reproducible.
   Sentences that state arithmetic state it correctly, so the text never teaches wrong
   facts to the model it pretrains.
-- Reasoning text: task prompts followed by the procedural teacher's traces, the
+- Reasoning text: task prompts followed by the procedural teacher's traces, rendered as
+  a chat turn (the format every later stage prompts with), the
   "reasoning data" that FLR pretraining front-loads, and the SFT/synthesis seed set.
 """
 
@@ -16,6 +17,7 @@ from typing import Any
 
 from slingshot.data.tasks import derive_seed
 from slingshot.data.teacher import ProceduralTeacher
+from slingshot.data.tokenizer import render_turn
 
 NAMES = [
     "Ana",
@@ -140,7 +142,7 @@ def reasoning_records(
                 "family": entry["family"],
                 "prompt": entry["question"],
                 "response": trace.completion,
-                "text": f"{entry['question']}\n{trace.completion}",
+                "text": render_turn(entry["question"], trace.completion),
                 "correct": trace.correct,
                 "hash": entry["hash"],
             }

@@ -46,6 +46,16 @@ CHAT_TEMPLATE = (
 )
 
 
+def render_turn(prompt: str, response: str) -> str:
+    """One user turn and its assistant answer as CHAT_TEMPLATE renders them, minus the
+    closing end-of-text (the pretraining packer appends it to every document).
+
+    Reasoning text in pretraining uses this form so that a pretrained model has seen the
+    exact prompt format that SFT, RL and evaluation condition on.
+    """
+    return f"<|user|>\n{prompt}\n<|assistant|>\n{response}"
+
+
 def _wrap(tok_obj: Tokenizer) -> PreTrainedTokenizerFast:
     from transformers import PreTrainedTokenizerFast
 

@@ -117,5 +117,5 @@ def test_reasoning_records_are_verified_prompt_plus_trace() -> None:
     by_id = {e["id"]: e for e in entries}
     for r in recs:
         entry = by_id[r["id"].split("#")[0]]
-        assert r["text"] == f"{r['prompt']}\n{r['response']}"
+        assert r["text"] == f"<|user|>\n{r['prompt']}\n<|assistant|>\n{r['response']}"
         assert is_correct(entry, r["response"])

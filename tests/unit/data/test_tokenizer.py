@@ -13,6 +13,7 @@ from slingshot.data.tokenizer import (
     THINK_CLOSE,
     THINK_OPEN,
     load_tokenizer,
+    render_turn,
     save_tokenizer,
     special_token_ids,
 )
@@ -80,3 +81,16 @@ def test_chat_template_renders_think_then_answer(small_tokenizer) -> None:  # no
     assert small_tokenizer.apply_chat_template(inline, tokenize=False).endswith(
         "<|assistant|>\n<think>\nx\n</think>\n\\boxed{5}<|endoftext|>"
     )
+
+
+def test_pretraining_turn_is_the_chat_template_without_its_end_of_text(small_tokenizer) -> None:  # noqa: ANN001
+    msgs = [
+        {"role": "user", "content": "Calculate 3 + 4."},
+        {"role": "assistant", "content": "<think>\n3 + 4\n= 7\n</think>\n\\boxed{7}"},
+    ]
+    templated = small_tokenizer.apply_chat_template(msgs, tokenize=False)
+    turn = render_turn(msgs[0]["content"], msgs[1]["content"])
+    assert templated == turn + "<|endoftext|>"
+    # What evaluation prompts with is a prefix of what pretraining saw.
+    prompt = small_tokenizer.apply_chat_template(msgs[:1], tokenize=False, add_generation_prompt=True)
+    assert turn.startswith(prompt)
