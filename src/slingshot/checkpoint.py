@@ -11,7 +11,17 @@ Layout under a stage's work dir::
 A checkpoint is written into a temp directory, every file fsynced, then COMPLETE is
 written and the directory renamed into place, then ``latest`` is replaced
 atomically. Discovery trusts only directories with COMPLETE, so a job killed while
-saving leaves the previous checkpoint in charge.
+saving leaves the previous checkpoint in charge. A save that fails (a full disk: a
+CheckpointWriteError naming the directory and the free space) removes its temp directory
+and leaves the previous checkpoints as they were.
+
+Test hook (fault-injection tests only; unset in real runs): with
+``SLINGSHOT_TEST_HOLD_SAVE=<step>`` the save of that step, once the stage has written its
+files and before COMPLETE, writes ``checkpoints/.held-step-<step>`` (naming the temp
+directory) and waits there (up to SLINGSHOT_TEST_HOLD_SAVE_S seconds, default 600, or
+until ``checkpoints/.release-step-<step>`` appears), so a test can kill the job in the
+middle of a save. It holds once per work dir: the marker stays, so the resumed job saves
+that step without waiting.
 """
 
 from __future__ import annotations
@@ -31,10 +41,14 @@ from typing import Any
 
 import torch
 
-from slingshot.io import atomic_write_text, fsync_dir
+from slingshot.io import atomic_write_text, disk_full, fsync_dir
 
 COMPLETE = "COMPLETE"
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (its temp directory is removed; older ones are intact)."""
 
 
 class StageInterrupted(Exception):
@@ -92,6 +106,7 @@ class CheckpointManager:
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step-{step:08d}-", dir=self.root))
         try:
             yield tmp
+            self._test_hold(step, tmp)
             _fsync_tree(tmp)
             record = {"step": step, "time": time.time(), **(meta or {})}
             atomic_write_text(tmp / COMPLETE, json.dumps(record, sort_keys=True, default=str))
@@ -101,10 +116,34 @@ class CheckpointManager:
             os.rename(tmp, final)
             fsync_dir(self.root)
             atomic_write_text(self.root / "latest", final.name + "\n")
-        except BaseException:
+        except BaseException as error:
+            full = disk_full(error, tmp) if isinstance(error, Exception) else None
             shutil.rmtree(tmp, ignore_errors=True)
+            if full is not None:
+                latest = self.latest()
+                raise CheckpointWriteError(
+                    full.errno,
+                    f"no space left on device while writing checkpoint step {step} into {self.root} "
+                    f"({full.space}); the partial checkpoint was removed and "
+                    f"the last complete checkpoint ({latest.path if latest else 'none'}) is intact: "
+                    "free space there, then rerun to resume from it",
+                ) from error
             raise
         self._prune()
+
+    def _test_hold(self, step: int, tmp: Path) -> None:
+        """The fault-injection hook described in the module docstring (a no-op unless set)."""
+        wanted = os.environ.get("SLINGSHOT_TEST_HOLD_SAVE")
+        if not wanted or int(wanted) != step:
+            return
+        marker = self.root / f".held-step-{step}"
+        if marker.exists():
+            return
+        marker.write_text(f"{tmp.resolve()}\n{os.getpid()}\n")
+        release = self.root / f".release-step-{step}"
+        deadline = time.monotonic() + float(os.environ.get("SLINGSHOT_TEST_HOLD_SAVE_S", "600"))
+        while time.monotonic() < deadline and not release.exists():
+            time.sleep(0.1)
 
     def _prune(self) -> None:
         for old in self.complete()[: -self.keep]:

@@ -6,6 +6,7 @@ Every output and checkpoint in slingshot is written through these helpers
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -26,6 +27,43 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+class DiskFullError(OSError):
+    """A write failed because the filesystem holding ``path`` is full (or over quota)."""
+
+    def __init__(self, path: str | os.PathLike[str], space: str):
+        self.space = space  # "N of M bytes free"
+        super().__init__(errno.ENOSPC, f"no space left on device ({space}) while writing {path}")
+
+
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def disk_full(error: BaseException, path: str | os.PathLike[str]) -> DiskFullError | None:
+    """A DiskFullError naming ``path`` and its filesystem's free space if ``error`` came from
+    a full disk, else None. Writers wrap the errno (ENOSPC, EDQUOT) in their own exceptions
+    (torch.save raises a RuntimeError without one), so a failure while the filesystem has
+    less than 1 MiB free counts too. Call it before cleaning up what the failed write left."""
+    if isinstance(error, DiskFullError):
+        return error
+    by_errno = any(isinstance(e, OSError) and e.errno in _FULL_ERRNOS for e in _chain(error))
+    try:
+        usage = shutil.disk_usage(path if os.path.exists(path) else os.path.dirname(os.fspath(path)) or ".")
+    except OSError:
+        usage = None
+    if not by_errno and (usage is None or usage.free >= 1 << 20):
+        return None
+    return DiskFullError(path, f"{usage.free} of {usage.total} bytes free" if usage else "free space unknown")
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success fsync it and rename it over ``path``.
@@ -43,8 +81,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             os.fsync(handle.fileno())
         os.replace(tmp, target)
         fsync_dir(target.parent)
-    except BaseException:
+    except BaseException as error:
+        full = disk_full(error, target) if isinstance(error, Exception) else None
         tmp.unlink(missing_ok=True)
+        if full is not None and full is not error:
+            raise full from error
         raise
 
 
@@ -66,8 +107,11 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
             shutil.rmtree(target)
         os.replace(tmp, target)
         fsync_dir(target.parent)
-    except BaseException:
+    except BaseException as error:
+        full = disk_full(error, target) if isinstance(error, Exception) else None
         shutil.rmtree(tmp, ignore_errors=True)
+        if full is not None and full is not error:
+            raise full from error
         raise
 
 

@@ -63,3 +63,50 @@ def test_time_budget_leaves_a_margin_before_the_limit():
     assert time_budget_seconds(10, None) == 600 - 120  # at least two minutes
     assert time_budget_seconds(1000, None) == 1000 * 60 - 900  # at most fifteen
     assert time_budget_seconds(60, 5) == 300
+
+
+def test_a_save_on_a_full_disk_names_the_directory_and_keeps_the_last_checkpoint(tmp_path):
+    import errno
+
+    from slingshot.checkpoint import CheckpointWriteError
+
+    manager = CheckpointManager(tmp_path / "ckpt")
+    with manager.saving(1) as directory:
+        (directory / "state.pt").write_bytes(b"one")
+
+    with pytest.raises(CheckpointWriteError) as err, manager.saving(2) as directory:
+        (directory / "state.pt").write_bytes(b"tw")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    text = str(err.value)
+    assert f"no space left on device while writing checkpoint step 2 into {tmp_path / 'ckpt'}" in text
+    assert f"the last complete checkpoint ({tmp_path / 'ckpt' / 'step-00000001'}) is intact" in text
+    assert [c.step for c in manager.complete()] == [1]
+    assert not list((tmp_path / "ckpt").glob(".tmp-*"))
+
+
+def test_a_writer_error_without_errno_on_a_full_filesystem_counts_as_disk_full(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from slingshot.checkpoint import CheckpointWriteError
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(4096, 4096, 0))
+    manager = CheckpointManager(tmp_path / "ckpt")
+    with pytest.raises(CheckpointWriteError, match="0 of 4096 bytes free"), manager.saving(1):
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+    monkeypatch.undo()
+    # With room left, an error stays itself.
+    with pytest.raises(RuntimeError, match="unrelated"), manager.saving(1):
+        raise RuntimeError("unrelated")
+
+
+def test_the_hold_hook_pauses_one_save_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLINGSHOT_TEST_HOLD_SAVE", "2")
+    monkeypatch.setenv("SLINGSHOT_TEST_HOLD_SAVE_S", "0.2")
+    manager = CheckpointManager(tmp_path / "ckpt")
+    with manager.saving(2) as directory:
+        (directory / "a").write_text("x")
+    held, pid = (tmp_path / "ckpt" / ".held-step-2").read_text().split()
+    assert held.startswith(str(tmp_path / "ckpt" / ".tmp-step-00000002-")) and int(pid) > 0
+    assert [c.step for c in manager.complete()] == [2]
