@@ -44,6 +44,7 @@ import torch
 from slingshot.io import atomic_write_text, disk_full, fsync_dir
 
 COMPLETE = "COMPLETE"
+_NOT_ERRORS = (KeyboardInterrupt, SystemExit, GeneratorExit)
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 
 
@@ -117,7 +118,9 @@ class CheckpointManager:
             fsync_dir(self.root)
             atomic_write_text(self.root / "latest", final.name + "\n")
         except BaseException as error:
-            full = disk_full(error, tmp) if isinstance(error, Exception) else None
+            # Not isinstance(error, Exception): torch.distributed.checkpoint's CheckpointException
+            # (Megatron's sharded saves) derives from BaseException.
+            full = None if isinstance(error, _NOT_ERRORS) else disk_full(error, tmp)
             shutil.rmtree(tmp, ignore_errors=True)
             if full is not None:
                 latest = self.latest()

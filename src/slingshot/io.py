@@ -36,6 +36,7 @@ class DiskFullError(OSError):
 
 
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_NOT_ERRORS = (KeyboardInterrupt, SystemExit, GeneratorExit)  # never a write failure
 
 
 def _chain(error: BaseException) -> list[BaseException]:
@@ -82,7 +83,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp, target)
         fsync_dir(target.parent)
     except BaseException as error:
-        full = disk_full(error, target) if isinstance(error, Exception) else None
+        full = None if isinstance(error, _NOT_ERRORS) else disk_full(error, target)
         tmp.unlink(missing_ok=True)
         if full is not None and full is not error:
             raise full from error
@@ -108,7 +109,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp, target)
         fsync_dir(target.parent)
     except BaseException as error:
-        full = disk_full(error, target) if isinstance(error, Exception) else None
+        full = None if isinstance(error, _NOT_ERRORS) else disk_full(error, target)
         shutil.rmtree(tmp, ignore_errors=True)
         if full is not None and full is not error:
             raise full from error
