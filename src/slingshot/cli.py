@@ -26,11 +26,14 @@ def _cmd_launch(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from slingshot.config import ConfigError, load_pipeline_config
+    from slingshot.config import ConfigError, load_pipeline_config, tracking_problems
     from slingshot.plan import build_plan
 
     try:
         cfg = load_pipeline_config(args.config)
+        problems = tracking_problems(cfg, [Path(args.config)])
+        if problems:
+            raise ConfigError(problems)
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 2

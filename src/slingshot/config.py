@@ -544,9 +544,29 @@ def _problems(error: ValidationError, prefix: tuple[str, ...], sources: list[Pat
     return problems
 
 
+def _unknown_families(raw: dict[str, Any], sources: list[Path]) -> list[str]:
+    """data.families names the registry does not know, by index and file:line (the registry
+    raises a KeyError, which pydantic would let through as a bare traceback)."""
+    from slingshot.data.tasks import get_family
+
+    data = raw.get("data") if isinstance(raw, dict) else None
+    families = data.get("families") if isinstance(data, dict) else None
+    problems = []
+    for i, name in enumerate(families if isinstance(families, list) else []):
+        try:
+            get_family(str(name))
+        except KeyError as error:
+            loc = ("data", "families", str(i))
+            problems.append(f"data.families.{i}: {error} [{_locate(loc, sources)}]")
+    return problems
+
+
 def validate_config(raw: dict[str, Any], sources: list[Path] | None = None) -> PipelineConfig:
     """Validate a raw config dict (as Snakemake loads it); raise ConfigError naming every problem."""
     sources = [Path(s) for s in sources or []]
+    problems = _unknown_families(raw, sources)
+    if problems:
+        raise ConfigError(problems)
     try:
         cfg = PipelineConfig.model_validate(raw)
     except ValidationError as error:
@@ -561,10 +581,45 @@ def validate_config(raw: dict[str, Any], sources: list[Path] | None = None) -> P
         raise ConfigError(problems)
     from slingshot.plan import check_plan  # the DAG-level checks (chain, model paths, corpora)
 
-    problems = check_plan(cfg)
+    problems = [_with_location(p, sources) for p in check_plan(cfg)]
     if problems:
         raise ConfigError(problems)
     return cfg
+
+
+_KEY_PATH = re.compile(r"^([a-z_]+(?:\.[\w-]+)+)[: ]")
+
+
+def _with_location(problem: str, sources: list[Path]) -> str:
+    """A DAG-level problem that starts with a key path gets the file:line that key came from."""
+    match = _KEY_PATH.match(problem)
+    if not match or not sources:
+        return problem
+    where = _locate(tuple(match.group(1).split(".")), sources)
+    return problem if where.startswith("(") else f"{problem} [{where}]"
+
+
+def tracking_problems(
+    cfg: PipelineConfig, sources: list[Path] | None = None, wait_s: float = 0.0
+) -> list[str]:
+    """The tracking server of an http(s) ``tracking.uri`` must answer before any stage runs
+    (checked when the DAG is built, by `slingshot validate` and by each launch). ``wait_s``:
+    keep trying that long first (a launch rides out a server restart; the DAG check does not wait)."""
+    import time
+
+    from slingshot.tracking import server_problem
+
+    if not cfg.tracking.uri:
+        return []
+    deadline = time.monotonic() + wait_s
+    while (problem := server_problem(cfg.tracking_uri)) is not None and time.monotonic() < deadline:
+        time.sleep(2.0)
+    if problem is None:
+        return []
+    where = _locate(("tracking", "uri"), [Path(s) for s in sources or []])
+    return [
+        f"tracking.uri: {problem}; start the server (cluster/mlflow/serve.sh) or fix tracking.uri [{where}]"
+    ]
 
 
 def load_pipeline_config(

@@ -239,11 +239,65 @@ def _synth_node(plan: Plan, variant: str, stages: StagesConfig, data: Node, mode
 
 # --------------------------------------------------------------------------- DAG checks
 def _model_dir_problem(path: str) -> str | None:
+    from slingshot.models.hf import TOKENIZER_FILES, WEIGHT_FILES
+
     p = Path(path)
     if not p.is_dir():
         return f"'{path}' is not a directory"
     if not (p / "config.json").is_file():
         return f"'{path}' has no config.json (not a Hugging Face model directory)"
+    if not any((p / name).is_file() for name in WEIGHT_FILES):
+        return f"'{path}' has no weights (expected one of {', '.join(WEIGHT_FILES)})"
+    if not any((p / name).is_file() for name in TOKENIZER_FILES):
+        return f"'{path}' has no tokenizer ({' or '.join(TOKENIZER_FILES)})"
+    return _vocab_mismatch(p)
+
+
+def _vocab_mismatch(model_dir: Path) -> str | None:
+    """A tokenizer with more tokens than the model has embedding rows does not belong to it
+    (read from config.json and tokenizer.json without loading either; None if unreadable)."""
+    import json
+
+    try:
+        rows = json.loads((model_dir / "config.json").read_text()).get("vocab_size")
+        tok = json.loads((model_dir / "tokenizer.json").read_text())
+        vocab = tok["model"]["vocab"]
+        ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))
+        ids += [t["id"] for t in tok.get("added_tokens", [])]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if not isinstance(rows, int) or not ids or max(ids) + 1 <= rows:
+        return None
+    return (
+        f"the tokenizer in '{model_dir}' has {max(ids) + 1} tokens but config.json's vocab_size is {rows}: "
+        "they do not belong together"
+    )
+
+
+def _data_file_problem(path: str, fmt: str) -> str | None:
+    """A data file that is missing or holds no records (cheap: the first record or the
+    Parquet footer, never the whole file; a malformed record fails the stage that reads
+    it, naming the file and line)."""
+    p = Path(path)
+    if not p.exists():
+        return f"'{path}' does not exist"
+    if p.is_dir():
+        return None if any(p.iterdir()) else f"'{path}' is an empty directory"
+    if fmt in ("jsonl", "auto") and p.suffix in (".jsonl", ".json", ".ndjson", ""):
+        with open(p, "rb") as handle:
+            if not any(line.strip() for line in handle):
+                return f"'{path}' is empty (no records)"
+    elif fmt in ("parquet", "auto") and p.suffix in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        try:
+            rows = pq.ParquetFile(p).metadata.num_rows
+        except Exception as error:  # noqa: BLE001 - any unreadable footer is the same problem
+            return f"'{path}' is not a readable Parquet file ({error})"
+        if rows == 0:
+            return f"'{path}' is empty (no records)"
+    elif p.stat().st_size == 0:
+        return f"'{path}' is empty (no records)"
     return None
 
 
@@ -294,8 +348,13 @@ def check_plan(cfg: PipelineConfig) -> list[str]:
                 f"{where}stages.sft: no training data (enable synth with use_synth, or add extra_datasets)"
             )
         for i, dataset in enumerate(stages.sft.extra_datasets):
-            if not Path(dataset.path).exists():
-                problems.append(f"{where}stages.sft.extra_datasets.{i}.path: '{dataset.path}' does not exist")
+            problem = _data_file_problem(dataset.path, dataset.format)
+            if problem:
+                problems.append(f"{where}stages.sft.extra_datasets.{i}.path: {problem}")
+    for i, corpus in enumerate(cfg.data.extra_corpora):
+        problem = _data_file_problem(corpus.path, corpus.format)
+        if problem:
+            problems.append(f"data.extra_corpora.{i}.path: {problem}")
     problems += _site_problems(cfg)
     return problems
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from slingshot.config import ConfigError, validate_config
+from slingshot.config import ConfigError, tracking_problems, validate_config
 from slingshot.plan import build_plan
 from slingshot.workflow import write_resolved_config
 
@@ -16,6 +16,10 @@ os.environ.setdefault("SLINGSHOT_SITE_DIR", str(Path(workflow.basedir) / "cluste
 
 try:
     CFG = validate_config(config, workflow.configfiles)
+    # Before any job: an unreachable tracking server would fail every stage, minutes in.
+    _tracking = tracking_problems(CFG, workflow.configfiles)
+    if _tracking:
+        raise ConfigError(_tracking)
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import submitit
 
-from slingshot.config import PipelineConfig, Resources, load_pipeline_config
+from slingshot.config import PipelineConfig, Resources, load_pipeline_config, tracking_problems
 from slingshot.io import atomic_write_text, private_dir
 from slingshot.launch.job import DONE, REQUEUE, StageJob
 from slingshot.launch.site import load_site
@@ -225,7 +225,31 @@ def _wait(running: RunningJob, poll_s: float) -> Outcome:
     kind, value = submitit.core.utils.pickle_load(paths.result_pickle)
     if kind == "success":
         return Outcome(value["status"], str(value))
+    if running.backend == "slurm":
+        # A stage that raised while Slurm was stopping its job (scancel, node failure,
+        # preemption: SIGTERM reaches helper processes, e.g. dist_checkpointing's writers,
+        # and the save in progress breaks) was stopped, not failed: resubmit it.
+        state = _settled_slurm_state(running.job_id)
+        if state in STOPPED:
+            last = str(value).strip().splitlines()[-1:] or [""]
+            return Outcome(
+                "lost", f"job {running.job_id} was stopped ({state}); the stage then raised: {last[0]}"
+            )
     return Outcome("failed", str(value))
+
+
+# Slurm states of a job stopped from outside (not by its own error).
+STOPPED = {"CANCELLED", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
+
+
+def _settled_slurm_state(job_id: str, timeout_s: float = 30.0) -> str:
+    """The job's state once Slurm has finished ending it (COMPLETING passes in seconds)."""
+    deadline = time.monotonic() + timeout_s
+    state = slurm_state(job_id)
+    while state in ("COMPLETING", "RUNNING", "UNKNOWN") and time.monotonic() < deadline:
+        time.sleep(1.0)
+        state = slurm_state(job_id)
+    return state
 
 
 def _check_work_dir(cfg: PipelineConfig, node: Node) -> None:
@@ -249,6 +273,11 @@ def launch(config_path: str | os.PathLike[str], variant: str, stage: str) -> int
     if manifest.is_file():
         say(f"{node.key} is already done ({manifest})")
         return 0
+    # The server went away after the DAG was built: wait out a restart, then fail here
+    # rather than minutes into the job (MLflow's client retries for about 4 minutes).
+    problems = tracking_problems(cfg, [Path(config_path)], wait_s=60.0)
+    if problems:
+        raise LaunchError("; ".join(problems))
     _check_work_dir(cfg, node)
     work_dir = node.work_dir(cfg)
     folder = work_dir / "submitit"

@@ -12,6 +12,7 @@ import fcntl
 import json
 import os
 import re
+import socket
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -36,6 +37,29 @@ REDACTED = "***"
 _METRIC_NAME_BAD = re.compile(r"[^\w\-. :/]")
 _PARAM_MAX = 6000
 _BATCH = 100
+
+
+def server_problem(uri: str, timeout_s: float = 5.0) -> str | None:
+    """Why the tracking server at an http(s) ``uri`` cannot be reached (None: it accepts
+    connections, or the URI is not a server). Checked before any stage runs: MLflow's client
+    would otherwise retry for minutes inside the first job before failing."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return None
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as error:
+        return f"'{uri}' is not a valid URL ({error})"
+    if not parts.hostname:
+        return f"'{uri}' names no host"
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout_s):
+            return None
+    except OSError as error:
+        reason = error.strerror or str(error) or type(error).__name__
+        return f"no MLflow tracking server answers at {uri} ({reason})"
 
 
 def is_secret(key: str, value: Any) -> bool:
