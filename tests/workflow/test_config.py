@@ -33,6 +33,8 @@ def fake_models(tmp_path, monkeypatch):
     for name in ("Qwen3-1.7B-Base", "Qwen3-32B"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.json").write_text("{}")
+        (tmp_path / name / "model.safetensors").write_bytes(b"")
+        (tmp_path / name / "tokenizer.json").write_text("{}")
     monkeypatch.setenv("SLINGSHOT_MODELS", str(tmp_path))
     monkeypatch.setenv("SLINGSHOT_SITE_DIR", str(REPO / "cluster"))
     monkeypatch.setenv("SLINGSHOT_SITE", "example-site")

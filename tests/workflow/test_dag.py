@@ -81,7 +81,8 @@ def test_identical_variants_share_every_stage(tmp_path):
 def test_mid_recipe_entry_has_no_upstream_stage(tmp_path, monkeypatch):
     model = tmp_path / "base"
     model.mkdir()
-    (model / "config.json").write_text("{}")
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        (model / name).write_text("{}")
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
         "stages:\n  pretrain: {enabled: false}\n"
@@ -131,7 +132,8 @@ def test_real_recipe_dry_runs(tmp_path):
 
     for name in ("Qwen3-1.7B-Base", "Qwen3-32B"):
         (tmp_path / "models" / name).mkdir(parents=True)
-        (tmp_path / "models" / name / "config.json").write_text("{}")
+        for file in ("config.json", "model.safetensors", "tokenizer.json"):
+            (tmp_path / "models" / name / file).write_text("{}")
     env = {**os.environ, "SLINGSHOT_MODELS": str(tmp_path / "models"), "SLINGSHOT_SITE": "example-site"}
     out = dry_run(
         tmp_path, "--configfile", str(REPO / "workflow/config/recipes/qwen3-1.7b-rlp-sft-prorl.yaml"), env=env

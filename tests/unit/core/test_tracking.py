@@ -72,3 +72,20 @@ def test_artifacts_of_a_sqlite_store_live_beside_it(tmp_path):
     tracker = Tracker.open_run(uri, "exp", tmp_path / "r", run_name="stage")
     artifact_uri = MlflowClient(uri).get_run(tracker.run_id).info.artifact_uri
     assert artifact_uri.startswith((tmp_path / "store" / "mlartifacts").as_uri())
+
+
+def test_server_problem_names_an_unreachable_server():
+    import socket
+
+    from slingshot.tracking import server_problem
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    problem = server_problem(f"http://127.0.0.1:{port}", timeout_s=2)
+    assert problem == f"no MLflow tracking server answers at http://127.0.0.1:{port} (Connection refused)"
+    assert server_problem("sqlite:////tmp/x.db") is None
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        assert server_problem(f"http://127.0.0.1:{s.getsockname()[1]}") is None
