@@ -17,7 +17,14 @@ os.environ.setdefault("SLINGSHOT_SITE_DIR", str(Path(workflow.basedir) / "cluste
 try:
     CFG = validate_config(config, workflow.configfiles)
     # Before any job: an unreachable tracking server would fail every stage, minutes in.
-    _tracking = tracking_problems(CFG, workflow.configfiles)
+    # Not in a dry run, which starts no job (planning needs no server); Snakemake only
+    # knows it is one after parsing the Snakefile, so read its command line.
+    _dry_run = any(
+        a in ("--dry-run", "--dryrun", "--dry_run")
+        or (a[:1] == "-" and a[1:2] != "-" and a[1:].isalpha() and "n" in a[1:])
+        for a in sys.argv[1:]
+    )
+    _tracking = [] if _dry_run else tracking_problems(CFG, workflow.configfiles)
     if _tracking:
         raise ConfigError(_tracking)
 except ConfigError as error:
