@@ -19,3 +19,12 @@ def small_data(tmp_path_factory):
     from stages import build_small_data
 
     return build_small_data(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="session")
+def pretrain_baseline(tmp_path_factory):
+    """The real data -> pretrain pipeline of tests/support/real_pipeline.py run once,
+    uninterrupted: the losses the fault-injection tests must reproduce."""
+    from real_pipeline import baseline_losses
+
+    return baseline_losses(tmp_path_factory.mktemp("pretrain-baseline"))
