@@ -12,7 +12,7 @@ has fetched and rendered, within a virtual time budget; ``--screenshot``):
 
 What each page should show comes from the REST API of the SAME server (runs/search:
 parents, their stage runs via ``mlflow.parentRunId``, dataset inputs). The report stage
-calls it when ``SLINGSHOT_REPORT_MLFLOW_UI=1``; by hand:
+calls it when ``ui_wanted()`` (by default: whenever Chromium is installed); by hand:
 ``python -m slingshot.report_ui TRACKING_URI EXPERIMENT OUT.png`` (exit 1 if a page differs).
 
 Needs the ``chromium`` executable (Debian package ``chromium``; override with
@@ -33,7 +33,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +50,24 @@ CHROMIUM_FLAGS = (
 )
 
 
+UI_ENV = "SLINGSHOT_REPORT_MLFLOW_UI"
+
+
 class UIError(RuntimeError):
     pass
+
+
+def ui_wanted(env: Mapping[str, str] = os.environ) -> bool:
+    """Whether the report shows the MLflow UI: ``SLINGSHOT_REPORT_MLFLOW_UI=1`` always (an
+    error without Chromium), ``0`` never, unset: when a Chromium executable is found."""
+    value = env.get(UI_ENV, "")
+    if value == "":
+        try:
+            chromium_path()
+        except UIError:
+            return False
+        return True
+    return value != "0"
 
 
 def chromium_path() -> str:

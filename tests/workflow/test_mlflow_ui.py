@@ -1,6 +1,7 @@
 """The pipeline's lineage as the MLflow UI shows it: a finished toy pipeline whose report
 stage serves the store, renders the React UI in headless Chromium and checks it
-(slingshot.report_ui), leaving a screenshot in results/report/."""
+(slingshot.report_ui), leaving screenshots in results/report/ and in `snakemake --report`.
+With Chromium installed this is the report's default: the test sets nothing."""
 
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ pytestmark = [
 def test_report_renders_parent_stage_runs_and_datasets_in_the_ui(tmp_path):
     config = write_config(tmp_path, {"pipeline": {"name": "ui"}})
     config.write_text(config.read_text().replace("  report: toy_stage:run\n", ""))  # the real report
-    out = run_snakemake(tmp_path, config, env=pipeline_env(SLINGSHOT_REPORT_MLFLOW_UI="1"), timeout=900)
+    env = pipeline_env()
+    env.pop("SLINGSHOT_REPORT_MLFLOW_UI", None)
+    out = run_snakemake(tmp_path, config, env=env, timeout=900)
     log = tmp_path / "results" / "logs" / "report.log"
     assert out.returncode == 0, (out.stderr[-3000:], log.read_text()[-3000:] if log.is_file() else "")
 
@@ -56,3 +59,11 @@ def test_report_renders_parent_stage_runs_and_datasets_in_the_ui(tmp_path):
     report_run = json.loads((report_dir / "manifest.json").read_text())["mlflow_run_id"]
     assert "report/mlflow-ui.png" in {f.path for f in client.list_artifacts(report_run, "report")}
     assert "report/mlflow-ui.png" in {f.path for f in client.list_artifacts(parent.info.run_id, "report")}
+
+    # snakemake --report holds both screenshots with their captions.
+    html = tmp_path / "report.html"
+    built = run_snakemake(tmp_path, config, "--report", str(html), env=env)
+    assert built.returncode == 0, built.stderr[-3000:]
+    text = html.read_text(errors="replace")
+    assert "mlflow-ui.png" in text and "mlflow-ui-run.png" in text
+    assert "The MLflow UI as a user sees it" in text

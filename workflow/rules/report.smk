@@ -3,6 +3,9 @@
 # node done; the table and plots are written by the same job before it and are declared
 # here so `snakemake --report` shows them. A replaced report entrypoint
 # (`entrypoints: {report: ...}`, e.g. the test pipelines' toy stage) owes only the manifest.
+from slingshot.report_ui import UI_ENV, ui_wanted
+
+
 report: "../report/workflow.rst"
 
 
@@ -31,6 +34,24 @@ else:
             labels={"figure": "learning curves"},
         ),
     )
+# The MLflow UI screenshots: decided here (the report runs on this host) and handed to the
+# job, so the rule declares exactly what the job writes.
+MLFLOW_UI = "report" not in CFG.entrypoints and ui_wanted()
+if MLFLOW_UI:
+    REPORT_FILES.update(
+        mlflow_ui=report(
+            f"{REPORT_DIR}/mlflow-ui.png",
+            caption="../report/mlflow_ui.rst",
+            category="Tracking",
+            labels={"figure": "MLflow UI: runs"},
+        ),
+        mlflow_ui_run=report(
+            f"{REPORT_DIR}/mlflow-ui-run.png",
+            caption="../report/mlflow_ui_run.rst",
+            category="Tracking",
+            labels={"figure": "MLflow UI: a stage run"},
+        ),
+    )
 
 
 rule report:
@@ -46,4 +67,4 @@ rule report:
     threads: stage_threads("report")
     localrule: True
     shell:
-        LAUNCH
+        f"{UI_ENV}={int(MLFLOW_UI)} " + LAUNCH

@@ -8,8 +8,10 @@ Reads every evaluation manifest (its upstream) and writes to ``results/report/``
 - ``curves.png``: each training stage's key metric over its steps, read from MLflow via
   the run ids in the stage manifests (metric names are looked up, not assumed: a stage
   that logs no known key metric shows its first one);
-- ``mlflow-ui.png`` (optional, ``SLINGSHOT_REPORT_MLFLOW_UI=1``): a screenshot of the
-  MLflow UI's runs page (slingshot.report_ui; needs Chromium).
+- ``mlflow-ui.png`` / ``mlflow-ui-run.png``: screenshots of the MLflow UI's runs page and
+  of a stage run's page, after checking that the UI shows each stage run under its parent
+  with its dataset inputs (slingshot.report_ui; by default when Chromium is installed,
+  ``SLINGSHOT_REPORT_MLFLOW_UI=0`` turns it off, ``=1`` requires it).
 
 Everything is logged as artifacts of the report run and of EVERY variant's parent run,
 and each parent run gets ``eval.<metric>`` metrics at step = the stage's index in the
@@ -29,11 +31,11 @@ from slingshot.config import MODEL_CHAIN, PipelineConfig
 from slingshot.context import StageContext, StageResult, read_manifest
 from slingshot.io import atomic_path, atomic_write_text
 from slingshot.plan import Plan, build_plan
+from slingshot.report_ui import screenshot_runs_page, ui_wanted
 
 TRAINING_KINDS = ("pretrain", "rlp", "sft", "prorl")
 # Variants that share a node draw the same line: styles keep the lower one visible.
 LINE_STYLES = ("-", "--", ":", "-.")
-UI_ENV = "SLINGSHOT_REPORT_MLFLOW_UI"
 BASE_COLUMNS = ("variant", "stage", "model", "prompts")
 TAIL_COLUMNS = ("response_tokens", "parse_rate")
 
@@ -269,9 +271,7 @@ def run(ctx: StageContext) -> StageResult:
     curves = fetch_curves(client, training_runs(cfg, plan))
     plot_curves(curves, files["curves_png"])
 
-    if os.environ.get(UI_ENV, "") not in ("", "0"):
-        from slingshot.report_ui import screenshot_runs_page
-
+    if ui_wanted():
         ui = screenshot_runs_page(cfg.tracking_uri, cfg.experiment_name, out / "mlflow-ui.png", out)
         files["mlflow_ui_png"] = Path(ui["screenshot"])
         run_png = files["mlflow_ui_png"].with_name(f"{files['mlflow_ui_png'].stem}-run.png")
