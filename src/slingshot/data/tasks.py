@@ -183,7 +183,9 @@ def check_settings(family: str, kwargs: dict[str, Any]) -> None:
     try:
         _dataset(fam.dataset, _freeze({**fam.kwargs, **kwargs}), 0, 1)
     except (TypeError, ValueError, AssertionError) as err:
-        raise ValueError(f"invalid reasoning-gym settings for {family!r}: {err or type(err).__name__}") from None
+        raise ValueError(
+            f"invalid reasoning-gym settings for {family!r}: {err or type(err).__name__}"
+        ) from None
 
 
 def register_family(family: TaskFamily) -> None:
