@@ -38,7 +38,10 @@ def _run(directory: Path, name: str, nodes: int) -> tuple[dict[str, Any], dict[i
     overrides = {
         "pipeline": {"name": name},
         "launcher": {"backend": "slurm", "site": "dev", "poll_interval_s": 1.0},
-        "data": SMALL_DATA,
+        "data": {
+            **SMALL_DATA,
+            "families": [*SMALL_DATA["families"], "letter_counting"],
+        },  # + the base task_settings
         "stages": {
             "pretrain": {
                 **PRETRAIN,
