@@ -1,5 +1,6 @@
 """Tests on the real dev Slurm cluster (cluster/dev): brought up once per session (idempotent)."""
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -22,3 +23,16 @@ def dev_cluster():
     if up.returncode != 0:
         pytest.fail(f"the dev Slurm cluster did not come up:\n{up.stdout[-2000:]}\n{up.stderr[-2000:]}")
     yield
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_jobs(tmp_path):
+    yield
+    # A failed test must not leave its jobs running into the next one (only its own jobs:
+    # others may be using the cluster).
+    for state in tmp_path.glob("work/**/launch.json"):
+        key = state.parent.relative_to(tmp_path / "work")
+        if (tmp_path / "results" / key / "manifest.json").is_file():
+            continue  # finished (its job may still be completing)
+        for sub in json.loads(state.read_text())["submissions"]:
+            subprocess.run(["scancel", sub["job_id"]], check=False)

@@ -3,11 +3,9 @@
 All run the toy stage (tests/support/toy_stage.py) as pretraining phase 'p1' of a toy
 pipeline, through Snakemake and `slingshot launch`, with real sbatch jobs."""
 
-import json
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 from mlflow import MlflowClient
 from pipeline import (
@@ -146,16 +144,3 @@ def _snakemake(directory, config):
     from pipeline import snakemake_cmd
 
     return snakemake_cmd(directory, config)
-
-
-@pytest.fixture(autouse=True)
-def _no_stray_jobs(tmp_path):
-    yield
-    # A failed test must not leave its jobs running into the next one (only its own jobs:
-    # others may be using the cluster).
-    for state in tmp_path.glob("work/**/launch.json"):
-        key = state.parent.relative_to(tmp_path / "work")
-        if (tmp_path / "results" / key / "manifest.json").is_file():
-            continue  # finished (its job may still be completing)
-        for sub in json.loads(state.read_text())["submissions"]:
-            subprocess.run(["scancel", sub["job_id"]], check=False)

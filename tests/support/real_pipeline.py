@@ -21,21 +21,13 @@ from typing import Any
 
 import yaml
 from pipeline import pipeline_env, run_snakemake, snakemake_cmd
-from stages import SMALL_DATA
+from stages import SMALL_DATA, TINY_GPT
 
 KEY = "main/pretrain-p1"
 STEPS = 96
 INTERVAL = 4
 PRETRAIN: dict[str, Any] = {
-    "model": {
-        "num_layers": 2,
-        "hidden_size": 64,
-        "ffn_hidden_size": 128,
-        "num_attention_heads": 4,
-        "num_query_groups": 2,
-        "vocab_size": 512,
-        "seq_length": 64,
-    },
+    "model": TINY_GPT,
     "total_tokens": STEPS * 8 * 64,
     "micro_batch_size": 4,
     "global_batch_size": 8,

@@ -23,6 +23,18 @@ SMALL_DATA = {
 }
 
 
+# The smallest Megatron GPT the pretraining tests train (vocab of SMALL_DATA's tokenizer).
+TINY_GPT: dict[str, int] = {
+    "num_layers": 2,
+    "hidden_size": 64,
+    "ffn_hidden_size": 128,
+    "num_attention_heads": 4,
+    "num_query_groups": 2,
+    "vocab_size": 512,
+    "seq_length": 64,
+}
+
+
 def pipeline_config(tmp: Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
     raw = {
         "pipeline": {"name": "unit", "results_dir": str(tmp / "results"), "work_dir": str(tmp / "work")},

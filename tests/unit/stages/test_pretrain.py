@@ -21,6 +21,7 @@ import torch.multiprocessing as mp
 pytest.importorskip("megatron.core")
 
 from pretrain_worker import run_jobs  # noqa: E402
+from stages import TINY_GPT  # noqa: E402
 
 from slingshot.config import PretrainConfig  # noqa: E402
 from slingshot.models.megatron_data import build_phase_data, corpus_budgets  # noqa: E402
@@ -28,15 +29,7 @@ from slingshot.stages.pretrain import phase_plan, plan_phases  # noqa: E402
 
 # 2 layers, seq 64, 8 sequences per step: phase1 = 6 steps, phase2 = 4 steps.
 PRETRAIN = {
-    "model": {
-        "num_layers": 2,
-        "hidden_size": 64,
-        "ffn_hidden_size": 128,
-        "num_attention_heads": 4,
-        "num_query_groups": 2,
-        "vocab_size": 512,
-        "seq_length": 64,
-    },
+    "model": TINY_GPT,
     "total_tokens": 5120,
     "micro_batch_size": 4,
     "global_batch_size": 8,
