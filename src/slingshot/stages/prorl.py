@@ -23,6 +23,7 @@ Single process: rollouts and updates share one device (world_size > 1 is refused
 from __future__ import annotations
 
 import copy
+import itertools
 import random
 import time
 from collections import defaultdict
@@ -177,6 +178,17 @@ def _restrict(entries: list[dict], families: list[str] | None, split: str) -> li
     return [e for e in entries if e["family"] in families]
 
 
+def validation_prompts(entries: list[dict], n: int) -> list[dict]:
+    """The first ``n`` of a round robin over families (each family's entries in id order):
+    validation covers every family, not only the one whose ids sort first."""
+    by_family: dict[str, list[dict]] = defaultdict(list)
+    for entry in sorted(entries, key=lambda e: e["id"]):
+        by_family[entry["family"]].append(entry)
+    columns = [by_family[family] for family in sorted(by_family)]
+    interleaved = [e for row in itertools.zip_longest(*columns) for e in row if e is not None]
+    return interleaved[:n]
+
+
 def run(ctx: StageContext) -> StageResult:
     cfg = ctx.config
     assert isinstance(cfg, ProRLConfig)
@@ -195,7 +207,7 @@ def run(ctx: StageContext) -> StageResult:
     train_path, val_path = data["outputs"]["tasks_train"], data["outputs"]["tasks_validation"]
     train_entries = _restrict(load_entries(train_path), cfg.tasks, "train")
     val_entries = _restrict(load_entries(val_path), cfg.tasks, "validation")
-    val_entries = sorted(val_entries, key=lambda e: e["id"])[: cfg.val_prompts]
+    val_entries = validation_prompts(val_entries, cfg.val_prompts)
     for name, path in (("tasks-train", train_path), ("tasks-validation", val_path)):
         ctx.tracker.log_input(
             name, path, sha256_file(path), context="training" if "train" in name else "validation"

@@ -379,3 +379,11 @@ def test_short_run_raises_validation_pass_at_1(tmp_path, sft_setup):
     # 320 validation samples per point (same sampling seed each time): a rise of 0.05 over
     # the last two points is well beyond the noise of one point (~0.025).
     assert (curve[20] + curve[30]) / 2 >= curve[0] + 0.05, curve
+
+
+def test_validation_prompts_cover_every_family_in_turn():
+    entries = [{"id": f"{family}/{i}", "family": family} for family in ("b", "a") for i in (2, 0, 1)]
+    entries += [{"id": "c/0", "family": "c"}]
+    chosen = [e["id"] for e in prorl.validation_prompts(entries, 5)]
+    assert chosen == ["a/0", "b/0", "c/0", "a/1", "b/1"]
+    assert len(prorl.validation_prompts(entries, 100)) == 7
