@@ -42,8 +42,23 @@ def test_tiny_recipe_runs_end_to_end(tmp_path):
         if manifest["kind"] in ("pretrain", "rlp", "sft", "prorl"):
             model_dir = tmp_path / manifest["outputs"]["model_dir"]
             assert (model_dir / "config.json").is_file() and (model_dir / "tokenizer.json").is_file()
+    # The miniature's claims that hold by a wide margin (README "What the tiny recipe shows
+    # today"; one run there: parse rate 0.37 vs 0 after pretraining, SFT pass@1 0.22 and 0.15,
+    # G-Vendi 34.4 vs 30.0 +- 0.7 and 35.3 vs 25.9 +- 0.9).
+    evals = {key: m["metrics"] for key, m in manifests.items() if m["kind"] == "evaluate"}
+    # Reasoning data in pretraining: only the FLR model answers in the chat format at all.
+    assert evals["flr/evaluate-pretrain"]["parse_rate"] > 0.1
+    assert evals["noreason/evaluate-pretrain"]["parse_rate"] < evals["flr/evaluate-pretrain"]["parse_rate"]
     for variant in ("flr", "noreason"):
-        assert 0.0 <= manifests[f"{variant}/evaluate-sft"]["metrics"]["pass_at_1"] <= 1.0
+        # SFT on the synthesized traces teaches both arms the answer format and some answers.
+        assert evals[f"{variant}/evaluate-sft"]["parse_rate"] > 0.5
+        assert evals[f"{variant}/evaluate-sft"]["pass_at_1"] > 0.05
+        # Prismatic selection is more diverse than random subsets of the pool of its size.
+        synth = manifests[f"{variant}/synth"]["metrics"]
+        assert (
+            synth["gvendi_selected"]
+            > synth["gvendi_random_subset_mean"] + 3 * synth["gvendi_random_subset_std"]
+        )
     assert (tmp_path / "results" / "report" / "table.csv").is_file()
 
     client = MlflowClient(f"sqlite:///{tmp_path}/results/mlflow.db")
