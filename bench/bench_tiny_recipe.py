@@ -15,7 +15,6 @@ Usage: python bench/bench_tiny_recipe.py [--profiles local slurm] [--config PATH
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import platform
 import shutil
@@ -24,6 +23,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -69,13 +70,7 @@ def run_profile(profile: str, config: Path, directory: Path) -> float:
 
 
 def print_table(directory: Path) -> None:
-    table = directory / "results" / "report" / "table.csv"
-    with table.open() as f:
-        rows = list(csv.DictReader(f))
-    columns = list(rows[0])
-    print("  " + " | ".join(columns))
-    for row in rows:
-        print("  " + " | ".join(row[c] for c in columns))
+    print(pd.read_csv(directory / "results" / "report" / "table.csv").to_string(index=False))
 
 
 def main() -> None:
