@@ -94,7 +94,7 @@ def main() -> None:
 
     from slingshot.config import OptimizerConfig
     from slingshot.data.packing import PackedSFT
-    from slingshot.launch.distributed import DistEnv
+    from slingshot.dist import DistEnv
     from slingshot.train.supervised import SupervisedSettings, SupervisedTrainer
 
     torch.set_num_threads(args.threads)

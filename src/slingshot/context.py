@@ -15,7 +15,7 @@ from typing import Any
 
 from slingshot.checkpoint import CheckpointManager, SaveTriggers
 from slingshot.config import PipelineConfig, StageConfig
-from slingshot.launch.distributed import DistEnv
+from slingshot.dist import DistEnv
 from slingshot.tracking import Tracker
 
 
@@ -55,6 +55,36 @@ class StageContext:
         if self.model_from:
             return Path(self.upstream[self.model_from]["outputs"]["model_dir"])
         return None
+
+    def require_input_model(self) -> Path:
+        """The input model directory; a clear error when the stage has none."""
+        model_dir = self.input_model_dir
+        if model_dir is None:
+            raise ValueError(
+                f"stage {self.stage} needs an input model: an upstream model stage or "
+                f"stages.{self.kind}.init_model"
+            )
+        return model_dir
+
+    @property
+    def model_name(self) -> str:
+        """The stage's model name in MLflow: ``<variant>-<stage>``, the same rule for every stage."""
+        return f"{self.variant}-{self.stage}"
+
+    def log_file_input(
+        self, name: str, path: str | Path, context: str = "training", digest: str | None = None
+    ) -> None:
+        """Record a dataset file this stage reads (its sha256 unless ``digest`` is given)."""
+        from slingshot.io import sha256_file
+
+        self.tracker.log_input(
+            name, path, digest if digest is not None else sha256_file(path), context=context
+        )
+
+    def publish_model(self, model_dir: Path, params: dict[str, Any] | None = None) -> None:
+        """Register the stage's finished HF model directory in MLflow (rank 0)."""
+        if self.dist.is_main:
+            self.tracker.log_model_dir(self.model_name, model_dir, params=params)
 
     def upstream_of_kind(self, kind: str) -> dict[str, Any]:
         found = [m for m in self.upstream.values() if m.get("kind") == kind]

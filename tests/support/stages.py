@@ -12,7 +12,7 @@ import torch
 from slingshot.checkpoint import CheckpointManager, SaveTriggers
 from slingshot.config import PipelineConfig, deep_merge
 from slingshot.context import StageContext, StageResult
-from slingshot.launch.distributed import DistEnv
+from slingshot.dist import DistEnv
 from slingshot.tracking import Tracker
 
 SMALL_DATA = {

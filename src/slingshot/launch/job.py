@@ -23,8 +23,8 @@ import torch
 from slingshot.checkpoint import CheckpointManager, SaveTriggers, StageInterrupted, time_budget_seconds
 from slingshot.config import CheckpointConfig, PipelineConfig, load_pipeline_config
 from slingshot.context import StageContext, StageResult, read_manifest
+from slingshot.dist import DistEnv, init_distributed, shutdown_distributed
 from slingshot.io import private_dir, sha256_json
-from slingshot.launch.distributed import DistEnv, init_distributed, shutdown_distributed
 from slingshot.launch.state import LaunchState
 from slingshot.manifest import git_commit, write_manifest
 from slingshot.plan import Node, Plan, build_plan, stage_config

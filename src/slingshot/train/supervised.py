@@ -36,7 +36,7 @@ import torch
 
 from slingshot.config import OptimizerConfig
 from slingshot.data.packing import IGNORE_INDEX, PackedSFT, SFTExample, block_causal_mask
-from slingshot.launch.distributed import DistEnv
+from slingshot.dist import DistEnv
 from slingshot.train.logging import StepLogger
 from slingshot.train.optim import build_optimizer, build_scheduler
 from slingshot.train.state import Counter, TrainState

@@ -51,7 +51,7 @@ def run_jobs(
     torch.set_num_threads(1)
     from stages import StopAfter, as_manifest, make_ctx, pipeline_config
 
-    from slingshot.launch.distributed import DistEnv
+    from slingshot.dist import DistEnv
     from slingshot.stages import pretrain
 
     env = DistEnv()

@@ -109,7 +109,7 @@ def run_stage(spec: dict[str, Any], dist: Any = None) -> dict[str, Any]:
 
 def run_distributed(spec: dict[str, Any]) -> dict[str, Any]:
     """A rank of a multi-process run: env from Slurm/submitit or from RANK/WORLD_SIZE."""
-    from slingshot.launch.distributed import init_distributed, shutdown_distributed
+    from slingshot.dist import init_distributed, shutdown_distributed
 
     dist = init_distributed(timeout_s=300)
     try:
