@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 
+from slingshot import dist
 from slingshot.io import atomic_write_text, disk_full, fsync_dir
 
 COMPLETE = "COMPLETE"
@@ -207,22 +208,15 @@ class SaveTriggers:
 
         signal.signal(signum, handler)
 
-    def _any_rank(self, flag: bool) -> bool:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            tensor = torch.tensor([1.0 if flag else 0.0])
-            torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
-            return bool(tensor.item())
-        return flag
-
     def check(self, step: int) -> tuple[bool, bool]:
         """(save now, stop after saving) for the step just completed."""
-        stop = self._any_rank(self.stop_signal is not None)
+        stop = dist.any_rank(self.stop_signal is not None)
         budget = (
             self.time_budget_s is not None
             and not self._budget_saved
             and time.monotonic() - self.started_at >= self.time_budget_s
         )
-        budget = self._any_rank(budget)
+        budget = dist.any_rank(budget)
         if budget:
             self._budget_saved = True
         return (stop or budget or step % self.interval_steps == 0), stop

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
-import torch
-
+from slingshot import dist
 from slingshot.checkpoint import StageInterrupted
 from slingshot.context import StageContext
 
@@ -27,20 +26,6 @@ class Stateful(Protocol):
     def save(self, directory: Path) -> None: ...
 
     def load(self, directory: Path) -> None: ...
-
-
-def _barrier() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-
-
-def _broadcast_path(path: Path | None) -> Path:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        box: list[Any] = [str(path) if path else None]
-        torch.distributed.broadcast_object_list(box, src=0)
-        return Path(box[0])
-    assert path is not None
-    return path
 
 
 def resume_step(ctx: StageContext, state: Stateful) -> int:
@@ -59,24 +44,24 @@ def save_checkpoint(ctx: StageContext, step: int, state: Stateful, all_ranks_wri
         if ctx.dist.is_main:
             with ctx.checkpoints.saving(step) as directory:
                 state.save(directory)
-        _barrier()
+        dist.barrier()
         return
     # Sharded state: every rank writes into rank 0's temp dir; rank 0 publishes after a barrier.
     manager = ctx.checkpoints
     if ctx.dist.is_main:
         saving = manager.saving(step)
         directory = saving.__enter__()
-    directory = _broadcast_path(directory if ctx.dist.is_main else None)
+    directory = Path(dist.broadcast_object(str(directory) if ctx.dist.is_main else None))
     try:
         state.save(directory)
-        _barrier()
+        dist.barrier()
     except BaseException as error:
         if ctx.dist.is_main:
             saving.__exit__(type(error), error, error.__traceback__)
         raise
     if ctx.dist.is_main:
         saving.__exit__(None, None, None)
-    _barrier()
+    dist.barrier()
 
 
 def resumable_steps(
