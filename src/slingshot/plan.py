@@ -14,13 +14,11 @@ gathers them.
 
 from __future__ import annotations
 
-import glob
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slingshot.config import MODEL_CHAIN, PipelineConfig, StageConfig, StagesConfig
+from slingshot.config import MODEL_CHAIN, PHASED_STAGES, PipelineConfig, StageConfig, StagesConfig
 from slingshot.io import sha256_json
 
 # Fields that change how a stage runs but not what it computes.
@@ -181,7 +179,7 @@ def _add_variant(plan: Plan, variant: str, stages: StagesConfig, data: Node) -> 
             sft_upstream = [synth.key] if stages.sft.use_synth else []
         else:
             sft_upstream = []
-        if kind in ("pretrain", "prorl"):
+        if kind in PHASED_STAGES:
             phases = section.phases
             for i, phase in enumerate(phases):
                 identity = _identity(section, phases=[p.model_dump(mode="json") for p in phases[: i + 1]])
@@ -235,165 +233,3 @@ def _synth_node(plan: Plan, variant: str, stages: StagesConfig, data: Node, mode
         upstream=upstream,
     )
     return plan._add(variant, node)
-
-
-# --------------------------------------------------------------------------- DAG checks
-def _model_dir_problem(path: str) -> str | None:
-    from slingshot.models.hf import TOKENIZER_FILES, WEIGHT_FILES
-
-    p = Path(path)
-    if not p.is_dir():
-        return f"'{path}' is not a directory"
-    if not (p / "config.json").is_file():
-        return f"'{path}' has no config.json (not a Hugging Face model directory)"
-    if not any((p / name).is_file() for name in WEIGHT_FILES):
-        return f"'{path}' has no weights (expected one of {', '.join(WEIGHT_FILES)})"
-    if not any((p / name).is_file() for name in TOKENIZER_FILES):
-        return f"'{path}' has no tokenizer ({' or '.join(TOKENIZER_FILES)})"
-    return _vocab_mismatch(p)
-
-
-def _vocab_mismatch(model_dir: Path) -> str | None:
-    """A tokenizer with more tokens than the model has embedding rows does not belong to it
-    (read from config.json and tokenizer.json without loading either; None if unreadable)."""
-    import json
-
-    try:
-        rows = json.loads((model_dir / "config.json").read_text()).get("vocab_size")
-        tok = json.loads((model_dir / "tokenizer.json").read_text())
-        vocab = tok["model"]["vocab"]
-        ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))
-        ids += [t["id"] for t in tok.get("added_tokens", [])]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
-    if not isinstance(rows, int) or not ids or max(ids) + 1 <= rows:
-        return None
-    return (
-        f"the tokenizer in '{model_dir}' has {max(ids) + 1} tokens but config.json's vocab_size is {rows}: "
-        "they do not belong together"
-    )
-
-
-def _data_file_problem(path: str, fmt: str) -> str | None:
-    """A data file that is missing or holds no records (cheap: the first record or the
-    Parquet footer, never the whole file; a malformed record fails the stage that reads
-    it, naming the file and line)."""
-    p = Path(path)
-    if not p.exists():
-        return f"'{path}' does not exist"
-    if p.is_dir():
-        return None if any(p.iterdir()) else f"'{path}' is an empty directory"
-    if fmt in ("jsonl", "auto") and p.suffix in (".jsonl", ".json", ".ndjson", ""):
-        with open(p, "rb") as handle:
-            if not any(line.strip() for line in handle):
-                return f"'{path}' is empty (no records)"
-    elif fmt in ("parquet", "auto") and p.suffix in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
-
-        try:
-            rows = pq.ParquetFile(p).metadata.num_rows
-        except Exception as error:  # noqa: BLE001 - any unreadable footer is the same problem
-            return f"'{path}' is not a readable Parquet file ({error})"
-        if rows == 0:
-            return f"'{path}' is empty (no records)"
-    elif p.stat().st_size == 0:
-        return f"'{path}' is empty (no records)"
-    return None
-
-
-def check_plan(cfg: PipelineConfig) -> list[str]:
-    """Problems that only show once the recipe is laid out as a graph, named by key path."""
-    problems: list[str] = []
-    for variant in cfg.variants:
-        where = f"variant '{variant}': " if len(cfg.variants) > 1 else ""
-        stages = cfg.variant_stages(variant)
-        enabled = [k for k in MODEL_CHAIN if getattr(stages, k).enabled]
-        if stages.pretrain.enabled and stages.pretrain.init_model:
-            problems.append(f"{where}stages.pretrain.init_model: pretraining starts from scratch; remove it")
-        for i, kind in enumerate(enabled):
-            section = getattr(stages, kind)
-            if section.init_model:
-                problem = _model_dir_problem(section.init_model)
-                if problem:
-                    problems.append(f"{where}stages.{kind}.init_model: {problem}")
-                if i > 0:
-                    problems.append(
-                        f"{where}stages.{kind}.init_model is set, so stages.{enabled[i - 1]} would feed nothing: "
-                        f"disable it (stages.{enabled[i - 1]}.enabled: false) or remove init_model"
-                    )
-            elif i == 0 and kind != "pretrain":
-                problems.append(
-                    f"{where}stages.{kind}.init_model: required, since no earlier stage is enabled"
-                )
-        if stages.synth.enabled:
-            if stages.synth.proxy_model:
-                problem = _model_dir_problem(stages.synth.proxy_model)
-                if problem:
-                    problems.append(f"{where}stages.synth.proxy_model: {problem}")
-            elif not any(k in enabled for k in ("pretrain", "rlp")):
-                problems.append(
-                    f"{where}stages.synth.proxy_model: required, since no model precedes synthesis"
-                )
-            gen = stages.synth.generator
-            if gen.model:
-                problem = _model_dir_problem(gen.model)
-                if problem:
-                    problems.append(f"{where}stages.synth.generator.model: {problem}")
-        if (
-            stages.sft.enabled
-            and not (stages.sft.use_synth and stages.synth.enabled)
-            and not stages.sft.extra_datasets
-        ):
-            problems.append(
-                f"{where}stages.sft: no training data (enable synth with use_synth, or add extra_datasets)"
-            )
-        for i, dataset in enumerate(stages.sft.extra_datasets):
-            problem = _data_file_problem(dataset.path, dataset.format)
-            if problem:
-                problems.append(f"{where}stages.sft.extra_datasets.{i}.path: {problem}")
-    for i, corpus in enumerate(cfg.data.extra_corpora):
-        problem = _data_file_problem(corpus.path, corpus.format)
-        if problem:
-            problems.append(f"data.extra_corpora.{i}.path: {problem}")
-    problems += _site_problems(cfg)
-    return problems
-
-
-def _local_gpu_problems(cfg: PipelineConfig) -> list[str]:
-    """GPU requests on the local backends must fit this machine (counted without importing torch)."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        gpus = len([d for d in visible.split(",") if d.strip()])
-    else:
-        gpus = len(glob.glob("/dev/nvidia[0-9]*"))
-    problems = []
-    for variant in cfg.variants:
-        stages = cfg.variant_stages(variant)
-        for name in StagesConfig.model_fields:
-            section = getattr(stages, name)
-            wanted = section.resources.gpus_per_node
-            if section.enabled and wanted > gpus:
-                problems.append(
-                    f"stages.{name}.resources.gpus_per_node: {wanted} GPUs requested but this machine has {gpus} "
-                    f"(launcher.backend={cfg.launcher.backend}); use a Slurm site with GPUs or request 0"
-                )
-    return sorted(set(problems))
-
-
-def _site_problems(cfg: PipelineConfig) -> list[str]:
-    from slingshot.launch.site import SiteError, load_site  # launch/ owns the site file format
-
-    if cfg.launcher.backend != "slurm":
-        return _local_gpu_problems(cfg)
-    try:
-        site = load_site(cfg.launcher.site)
-    except SiteError as error:
-        return [f"launcher.site: {error}"]
-    problems = []
-    for variant in cfg.variants:
-        stages = cfg.variant_stages(variant)
-        for name in StagesConfig.model_fields:
-            section = getattr(stages, name)
-            if section.enabled:
-                problems += [f"stages.{name}.resources.{p}" for p in site.check(section.resources)]
-    return sorted(set(problems))

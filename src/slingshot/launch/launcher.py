@@ -26,12 +26,13 @@ from typing import Any
 
 import submitit
 
-from slingshot.config import PipelineConfig, Resources, load_pipeline_config, tracking_problems
+from slingshot.config import PipelineConfig, Resources
 from slingshot.io import atomic_write_text, private_dir
 from slingshot.launch.job import DONE, REQUEUE, StageJob
 from slingshot.launch.site import load_site
 from slingshot.launch.state import LaunchState
 from slingshot.plan import Node, build_plan, stage_config
+from slingshot.validate import load_pipeline_config, tracking_problems
 
 # Slurm states after which a job will not run again by itself.
 ENDED = {
