@@ -2,9 +2,15 @@
 
 The Snakefile, the launcher and `slingshot status` all read this one plan, so they
 agree on paths and on which stages variants share. A node is identified by a digest
-of everything that determines its result (its config minus resources/checkpointing,
-and its upstream digests). Variants whose nodes have the same digest share one node;
-it lives under the first variant (in config order) that uses it.
+of everything in the config that determines its result: its kind and the entrypoint
+that runs it, its stage config minus resources/checkpointing/logging (a phase node: the
+phases up to its own), the pipeline seed every stage derives its randomness from, and
+its upstream digests (the data node: the data config, which has its own seed). The
+synthesis stage also seeds on its variant's name, so a synth node's digest includes
+the variant that owns it; the report's includes the variants and evaluation nodes it
+lists. Variants whose nodes have the same digest share one node; it lives under the
+first variant (in config order) that uses it, and a later variant shares a synth node
+when its digest, taken with that owner's name, is the owner's.
 
 Chain per variant: pretrain phases -> rlp -> synth (dataset) -> sft -> prorl phases,
 skipping disabled stages; a stage with ``init_model`` starts the chain. Every enabled
@@ -68,6 +74,11 @@ def _identity(section: StageConfig, **replace: Any) -> dict[str, Any]:
     return dumped
 
 
+def _digest(cfg: PipelineConfig, kind: str, **parts: Any) -> str:
+    """A node's digest: its kind, the entrypoint that runs it (None: slingshot's own) and ``parts``."""
+    return sha256_json({"kind": kind, "entrypoint": cfg.entrypoints.get(kind), **parts})
+
+
 @dataclass
 class Plan:
     cfg: PipelineConfig
@@ -123,13 +134,20 @@ class Plan:
 
 def build_plan(cfg: PipelineConfig) -> Plan:
     plan = Plan(cfg)
-    data = Node(stage="data", kind="data", owner="", digest=sha256_json(cfg.data.model_dump(mode="json")))
+    data_digest = _digest(cfg, "data", config=cfg.data.model_dump(mode="json"))
+    data = Node(stage="data", kind="data", owner="", digest=data_digest)
     plan.nodes[data.key] = data
     data.variants.extend(cfg.variants)
     evaluations: list[str] = []
     for variant in cfg.variants:
         evaluations += _add_variant(plan, variant, cfg.variant_stages(variant), data)
-    report_digest = sha256_json(sorted(plan.nodes[k].digest for k in evaluations))
+    # The table names each variant (in config order) and the node each row evaluates.
+    report_digest = _digest(
+        cfg,
+        "report",
+        variants=list(cfg.variants),
+        evaluations={key: plan.nodes[key].digest for key in evaluations},
+    )
     report = Node(
         stage="report", kind="report", owner="", digest=report_digest, upstream=sorted(set(evaluations))
     )
@@ -149,14 +167,14 @@ def _add_variant(plan: Plan, variant: str, stages: StagesConfig, data: Node) -> 
         init_model = getattr(section, "init_model", None)
         upstream_model = None if init_model else model
         upstream = [data.key] + ([upstream_model.key] if upstream_model else []) + extra.pop("upstream", [])
-        digest = sha256_json(
-            {
-                "kind": kind,
-                "config": identity,
-                "data": data.digest,
-                "model": upstream_model.digest if upstream_model else init_model,
-                "upstream": [plan.nodes[k].digest for k in upstream],
-            }
+        digest = _digest(
+            plan.cfg,
+            kind,
+            config=identity,
+            seed=plan.cfg.pipeline.seed,
+            data=data.digest,
+            model=upstream_model.digest if upstream_model else init_model,
+            upstream=[plan.nodes[k].digest for k in upstream],
         )
         node = Node(
             stage=stage,
@@ -199,7 +217,9 @@ def _add_variant(plan: Plan, variant: str, stages: StagesConfig, data: Node) -> 
             if kind not in final_of_kind:
                 continue
             target = final_of_kind[kind]
-            digest = sha256_json({"kind": "evaluate", "config": _identity(ev), "model": target.digest})
+            digest = _digest(
+                plan.cfg, "evaluate", config=_identity(ev), seed=plan.cfg.pipeline.seed, model=target.digest
+            )
             node = Node(
                 stage=f"evaluate-{kind}",
                 kind="evaluate",
@@ -216,14 +236,23 @@ def _synth_node(plan: Plan, variant: str, stages: StagesConfig, data: Node, mode
     synth = stages.synth
     proxy = None if synth.proxy_model else model
     upstream = [data.key] + ([proxy.key] if proxy else [])
-    digest = sha256_json(
-        {
-            "kind": "synth",
-            "config": _identity(synth),
-            "data": data.digest,
-            "proxy": proxy.digest if proxy else synth.proxy_model,
-        }
+    identity = {
+        "config": _identity(synth),
+        "seed": plan.cfg.pipeline.seed,
+        "data": data.digest,
+        "proxy": proxy.digest if proxy else synth.proxy_model,
+    }
+    # Synthesis seeds on its variant's name (stages/synth.py), so the owner is part of the
+    # digest: a variant whose synthesis is an earlier one's but for the name shares that node.
+    owner = next(
+        (
+            n.owner
+            for n in plan.nodes.values()
+            if n.stage == "synth" and n.digest == _digest(plan.cfg, "synth", variant=n.owner, **identity)
+        ),
+        variant,
     )
+    digest = _digest(plan.cfg, "synth", variant=owner, **identity)
     node = Node(
         stage="synth",
         kind="synth",
