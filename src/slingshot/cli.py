@@ -26,8 +26,8 @@ def _cmd_launch(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from slingshot.config import ConfigError, load_pipeline_config, tracking_problems
     from slingshot.plan import build_plan
+    from slingshot.validate import ConfigError, load_pipeline_config, tracking_problems
 
     try:
         cfg = load_pipeline_config(args.config)

@@ -1,11 +1,12 @@
-"""Typed configuration: the single source of truth for defaults and validation.
+"""Typed configuration: the single source of truth for defaults (the schemas).
 
 A pipeline config (``workflow/config/config.yaml``) has a shared part (pipeline,
 tracking, launcher, data), the recipe's stage configs under ``stages``, and
 ``variants``: named ablation arms whose overrides are deep-merged onto ``stages``.
-Everything is validated with pydantic (unknown keys are errors); errors are
-reported with the key's full path and, where the key came from a YAML file,
-the file and line (see :func:`load_pipeline_config`).
+Every model here is pydantic with unknown keys forbidden; :mod:`slingshot.validate`
+loads a config file and reports every problem with the key's full path and, where the
+key came from a YAML file, the file and line. This module imports neither torch nor
+the plan or the launcher.
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ import copy
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -25,7 +25,6 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     PrivateAttr,
-    ValidationError,
     field_validator,
     model_validator,
 )
@@ -36,6 +35,14 @@ from slingshot.models.config import GPTModelConfig, ParallelConfig
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+# The stage chain, defined here only: the model stages in recipe order, each starting from the
+# previous one's model. Synthesis (a dataset, not a model) runs just before sft; evaluation
+# and the report follow. The plan, the rules, `evaluate.models` and the report read these.
+ModelStage = Literal["pretrain", "rlp", "sft", "prorl"]
+MODEL_CHAIN: tuple[ModelStage, ...] = get_args(ModelStage)
+# The model stages whose config has ``phases``: each phase is its own node (and job).
+PHASED_STAGES: tuple[ModelStage, ...] = ("pretrain", "prorl")
 
 
 class StrictModel(BaseModel):
@@ -387,9 +394,7 @@ class ProRLConfig(ModelStageConfig):
 
 class EvaluateConfig(StageConfig):
     # Which stages' final models are evaluated (per variant).
-    models: list[Literal["pretrain", "rlp", "sft", "prorl"]] = Field(
-        default_factory=lambda: ["pretrain", "rlp", "sft", "prorl"]
-    )
+    models: list[ModelStage] = Field(default_factory=lambda: list(MODEL_CHAIN))
     n_samples: PositiveInt = 8
     k: list[PositiveInt] = Field(default_factory=lambda: [1, 4, 8])
     temperature: Annotated[float, Field(ge=0)] = 0.7
@@ -411,9 +416,6 @@ class StagesConfig(StrictModel):
     sft: SFTConfig = Field(default_factory=SFTConfig)
     prorl: ProRLConfig = Field(default_factory=ProRLConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
-
-
-MODEL_CHAIN: tuple[str, ...] = ("pretrain", "rlp", "sft", "prorl")
 
 
 class VariantOverrides(StrictModel):
@@ -492,145 +494,3 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
         else:
             merged[key] = copy.deepcopy(value)
     return merged
-
-
-class ConfigError(ValueError):
-    """A config that cannot run, with every problem named by key path (and file:line)."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("invalid slingshot config:\n" + "\n".join(f"  - {p}" for p in problems))
-
-
-def _yaml_line_index(path: Path) -> dict[tuple[str, ...], int]:
-    """Map every key path in a YAML file to its 1-based line number."""
-    index: dict[tuple[str, ...], int] = {}
-
-    def walk(node: yaml.Node, prefix: tuple[str, ...]) -> None:
-        if isinstance(node, yaml.MappingNode):
-            for key_node, value_node in node.value:
-                key = (*prefix, str(key_node.value))
-                index[key] = key_node.start_mark.line + 1
-                walk(value_node, key)
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                index[(*prefix, str(i))] = item.start_mark.line + 1
-                walk(item, (*prefix, str(i)))
-
-    root = yaml.compose(path.read_text())
-    if root is not None:
-        walk(root, ())
-    return index
-
-
-def _locate(loc: tuple[str, ...], sources: list[Path]) -> str:
-    """'file:line' of the deepest prefix of ``loc`` found in the config files (last file wins)."""
-    for source in reversed(sources):
-        index = _yaml_line_index(source)
-        for depth in range(len(loc), 0, -1):
-            if loc[:depth] in index:
-                return f"{source}:{index[loc[:depth]]}"
-    return "(not in a config file: a default or a --config override)"
-
-
-def _problems(error: ValidationError, prefix: tuple[str, ...], sources: list[Path]) -> list[str]:
-    problems = []
-    for item in error.errors():
-        loc = (*prefix, *(str(part) for part in item["loc"]))
-        message = item["msg"]
-        if item["type"] == "extra_forbidden":
-            message = "unknown key"
-        problems.append(f"{'.'.join(loc)}: {message} [{_locate(loc, sources)}]")
-    return problems
-
-
-def _unknown_families(raw: dict[str, Any], sources: list[Path]) -> list[str]:
-    """data.families names the registry does not know, by index and file:line (the registry
-    raises a KeyError, which pydantic would let through as a bare traceback)."""
-    from slingshot.data.tasks import get_family
-
-    data = raw.get("data") if isinstance(raw, dict) else None
-    families = data.get("families") if isinstance(data, dict) else None
-    problems = []
-    for i, name in enumerate(families if isinstance(families, list) else []):
-        try:
-            get_family(str(name))
-        except KeyError as error:
-            loc = ("data", "families", str(i))
-            problems.append(f"data.families.{i}: {error} [{_locate(loc, sources)}]")
-    return problems
-
-
-def validate_config(raw: dict[str, Any], sources: list[Path] | None = None) -> PipelineConfig:
-    """Validate a raw config dict (as Snakemake loads it); raise ConfigError naming every problem."""
-    sources = [Path(s) for s in sources or []]
-    problems = _unknown_families(raw, sources)
-    if problems:
-        raise ConfigError(problems)
-    try:
-        cfg = PipelineConfig.model_validate(raw)
-    except ValidationError as error:
-        raise ConfigError(_problems(error, (), sources)) from None
-    problems: list[str] = []
-    for variant in cfg.variants:
-        try:
-            cfg.variant_stages(variant)
-        except ValidationError as error:
-            problems += _problems(error, ("variants", variant, "stages"), sources)
-    if problems:
-        raise ConfigError(problems)
-    from slingshot.plan import check_plan  # the DAG-level checks (chain, model paths, corpora)
-
-    problems = [_with_location(p, sources) for p in check_plan(cfg)]
-    if problems:
-        raise ConfigError(problems)
-    return cfg
-
-
-_KEY_PATH = re.compile(r"^([a-z_]+(?:\.[\w-]+)+)[: ]")
-
-
-def _with_location(problem: str, sources: list[Path]) -> str:
-    """A DAG-level problem that starts with a key path gets the file:line that key came from."""
-    match = _KEY_PATH.match(problem)
-    if not match or not sources:
-        return problem
-    where = _locate(tuple(match.group(1).split(".")), sources)
-    return problem if where.startswith("(") else f"{problem} [{where}]"
-
-
-def tracking_problems(
-    cfg: PipelineConfig, sources: list[Path] | None = None, wait_s: float = 0.0
-) -> list[str]:
-    """The tracking server of an http(s) ``tracking.uri`` must answer before any stage runs
-    (checked when the DAG is built, by `slingshot validate` and by each launch). ``wait_s``:
-    keep trying that long first (a launch rides out a server restart; the DAG check does not wait)."""
-    import time
-
-    from slingshot.tracking import server_problem
-
-    if not cfg.tracking.uri:
-        return []
-    deadline = time.monotonic() + wait_s
-    while (problem := server_problem(cfg.tracking_uri)) is not None and time.monotonic() < deadline:
-        time.sleep(2.0)
-    if problem is None:
-        return []
-    where = _locate(("tracking", "uri"), [Path(s) for s in sources or []])
-    return [
-        f"tracking.uri: {problem}; start the server (cluster/mlflow/serve.sh) or fix tracking.uri [{where}]"
-    ]
-
-
-def load_pipeline_config(
-    path: str | os.PathLike[str], overrides: dict[str, Any] | None = None
-) -> PipelineConfig:
-    """Read, merge overrides into, and validate a config file."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError([f"{path}: not valid YAML: {error}"]) from None
-    if not isinstance(raw, dict):
-        raise ConfigError([f"{path}: the top level must be a mapping"])
-    return validate_config(deep_merge(raw, overrides or {}), [path])

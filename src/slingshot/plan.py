@@ -2,9 +2,15 @@
 
 The Snakefile, the launcher and `slingshot status` all read this one plan, so they
 agree on paths and on which stages variants share. A node is identified by a digest
-of everything that determines its result (its config minus resources/checkpointing,
-and its upstream digests). Variants whose nodes have the same digest share one node;
-it lives under the first variant (in config order) that uses it.
+of everything in the config that determines its result: its kind and the entrypoint
+that runs it, its stage config minus resources/checkpointing/logging (a phase node: the
+phases up to its own), the pipeline seed every stage derives its randomness from, and
+its upstream digests (the data node: the data config, which has its own seed). The
+synthesis stage also seeds on its variant's name, so a synth node's digest includes
+the variant that owns it; the report's includes the variants and evaluation nodes it
+lists. Variants whose nodes have the same digest share one node; it lives under the
+first variant (in config order) that uses it, and a later variant shares a synth node
+when its digest, taken with that owner's name, is the owner's.
 
 Chain per variant: pretrain phases -> rlp -> synth (dataset) -> sft -> prorl phases,
 skipping disabled stages; a stage with ``init_model`` starts the chain. Every enabled
@@ -14,13 +20,11 @@ gathers them.
 
 from __future__ import annotations
 
-import glob
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slingshot.config import MODEL_CHAIN, PipelineConfig, StageConfig, StagesConfig
+from slingshot.config import MODEL_CHAIN, PHASED_STAGES, PipelineConfig, StageConfig, StagesConfig
 from slingshot.io import sha256_json
 
 # Fields that change how a stage runs but not what it computes.
@@ -68,6 +72,11 @@ def _identity(section: StageConfig, **replace: Any) -> dict[str, Any]:
     dumped = section.model_dump(mode="json", exclude=_NOT_IN_DIGEST)
     dumped.update(replace)
     return dumped
+
+
+def _digest(cfg: PipelineConfig, kind: str, **parts: Any) -> str:
+    """A node's digest: its kind, the entrypoint that runs it (None: slingshot's own) and ``parts``."""
+    return sha256_json({"kind": kind, "entrypoint": cfg.entrypoints.get(kind), **parts})
 
 
 @dataclass
@@ -125,13 +134,20 @@ class Plan:
 
 def build_plan(cfg: PipelineConfig) -> Plan:
     plan = Plan(cfg)
-    data = Node(stage="data", kind="data", owner="", digest=sha256_json(cfg.data.model_dump(mode="json")))
+    data_digest = _digest(cfg, "data", config=cfg.data.model_dump(mode="json"))
+    data = Node(stage="data", kind="data", owner="", digest=data_digest)
     plan.nodes[data.key] = data
     data.variants.extend(cfg.variants)
     evaluations: list[str] = []
     for variant in cfg.variants:
         evaluations += _add_variant(plan, variant, cfg.variant_stages(variant), data)
-    report_digest = sha256_json(sorted(plan.nodes[k].digest for k in evaluations))
+    # The table names each variant (in config order) and the node each row evaluates.
+    report_digest = _digest(
+        cfg,
+        "report",
+        variants=list(cfg.variants),
+        evaluations={key: plan.nodes[key].digest for key in evaluations},
+    )
     report = Node(
         stage="report", kind="report", owner="", digest=report_digest, upstream=sorted(set(evaluations))
     )
@@ -151,14 +167,14 @@ def _add_variant(plan: Plan, variant: str, stages: StagesConfig, data: Node) -> 
         init_model = getattr(section, "init_model", None)
         upstream_model = None if init_model else model
         upstream = [data.key] + ([upstream_model.key] if upstream_model else []) + extra.pop("upstream", [])
-        digest = sha256_json(
-            {
-                "kind": kind,
-                "config": identity,
-                "data": data.digest,
-                "model": upstream_model.digest if upstream_model else init_model,
-                "upstream": [plan.nodes[k].digest for k in upstream],
-            }
+        digest = _digest(
+            plan.cfg,
+            kind,
+            config=identity,
+            seed=plan.cfg.pipeline.seed,
+            data=data.digest,
+            model=upstream_model.digest if upstream_model else init_model,
+            upstream=[plan.nodes[k].digest for k in upstream],
         )
         node = Node(
             stage=stage,
@@ -181,7 +197,7 @@ def _add_variant(plan: Plan, variant: str, stages: StagesConfig, data: Node) -> 
             sft_upstream = [synth.key] if stages.sft.use_synth else []
         else:
             sft_upstream = []
-        if kind in ("pretrain", "prorl"):
+        if kind in PHASED_STAGES:
             phases = section.phases
             for i, phase in enumerate(phases):
                 identity = _identity(section, phases=[p.model_dump(mode="json") for p in phases[: i + 1]])
@@ -201,7 +217,9 @@ def _add_variant(plan: Plan, variant: str, stages: StagesConfig, data: Node) -> 
             if kind not in final_of_kind:
                 continue
             target = final_of_kind[kind]
-            digest = sha256_json({"kind": "evaluate", "config": _identity(ev), "model": target.digest})
+            digest = _digest(
+                plan.cfg, "evaluate", config=_identity(ev), seed=plan.cfg.pipeline.seed, model=target.digest
+            )
             node = Node(
                 stage=f"evaluate-{kind}",
                 kind="evaluate",
@@ -218,14 +236,23 @@ def _synth_node(plan: Plan, variant: str, stages: StagesConfig, data: Node, mode
     synth = stages.synth
     proxy = None if synth.proxy_model else model
     upstream = [data.key] + ([proxy.key] if proxy else [])
-    digest = sha256_json(
-        {
-            "kind": "synth",
-            "config": _identity(synth),
-            "data": data.digest,
-            "proxy": proxy.digest if proxy else synth.proxy_model,
-        }
+    identity = {
+        "config": _identity(synth),
+        "seed": plan.cfg.pipeline.seed,
+        "data": data.digest,
+        "proxy": proxy.digest if proxy else synth.proxy_model,
+    }
+    # Synthesis seeds on its variant's name (stages/synth.py), so the owner is part of the
+    # digest: a variant whose synthesis is an earlier one's but for the name shares that node.
+    owner = next(
+        (
+            n.owner
+            for n in plan.nodes.values()
+            if n.stage == "synth" and n.digest == _digest(plan.cfg, "synth", variant=n.owner, **identity)
+        ),
+        variant,
     )
+    digest = _digest(plan.cfg, "synth", variant=owner, **identity)
     node = Node(
         stage="synth",
         kind="synth",
@@ -235,165 +262,3 @@ def _synth_node(plan: Plan, variant: str, stages: StagesConfig, data: Node, mode
         upstream=upstream,
     )
     return plan._add(variant, node)
-
-
-# --------------------------------------------------------------------------- DAG checks
-def _model_dir_problem(path: str) -> str | None:
-    from slingshot.models.hf import TOKENIZER_FILES, WEIGHT_FILES
-
-    p = Path(path)
-    if not p.is_dir():
-        return f"'{path}' is not a directory"
-    if not (p / "config.json").is_file():
-        return f"'{path}' has no config.json (not a Hugging Face model directory)"
-    if not any((p / name).is_file() for name in WEIGHT_FILES):
-        return f"'{path}' has no weights (expected one of {', '.join(WEIGHT_FILES)})"
-    if not any((p / name).is_file() for name in TOKENIZER_FILES):
-        return f"'{path}' has no tokenizer ({' or '.join(TOKENIZER_FILES)})"
-    return _vocab_mismatch(p)
-
-
-def _vocab_mismatch(model_dir: Path) -> str | None:
-    """A tokenizer with more tokens than the model has embedding rows does not belong to it
-    (read from config.json and tokenizer.json without loading either; None if unreadable)."""
-    import json
-
-    try:
-        rows = json.loads((model_dir / "config.json").read_text()).get("vocab_size")
-        tok = json.loads((model_dir / "tokenizer.json").read_text())
-        vocab = tok["model"]["vocab"]
-        ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))
-        ids += [t["id"] for t in tok.get("added_tokens", [])]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
-    if not isinstance(rows, int) or not ids or max(ids) + 1 <= rows:
-        return None
-    return (
-        f"the tokenizer in '{model_dir}' has {max(ids) + 1} tokens but config.json's vocab_size is {rows}: "
-        "they do not belong together"
-    )
-
-
-def _data_file_problem(path: str, fmt: str) -> str | None:
-    """A data file that is missing or holds no records (cheap: the first record or the
-    Parquet footer, never the whole file; a malformed record fails the stage that reads
-    it, naming the file and line)."""
-    p = Path(path)
-    if not p.exists():
-        return f"'{path}' does not exist"
-    if p.is_dir():
-        return None if any(p.iterdir()) else f"'{path}' is an empty directory"
-    if fmt in ("jsonl", "auto") and p.suffix in (".jsonl", ".json", ".ndjson", ""):
-        with open(p, "rb") as handle:
-            if not any(line.strip() for line in handle):
-                return f"'{path}' is empty (no records)"
-    elif fmt in ("parquet", "auto") and p.suffix in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
-
-        try:
-            rows = pq.ParquetFile(p).metadata.num_rows
-        except Exception as error:  # noqa: BLE001 - any unreadable footer is the same problem
-            return f"'{path}' is not a readable Parquet file ({error})"
-        if rows == 0:
-            return f"'{path}' is empty (no records)"
-    elif p.stat().st_size == 0:
-        return f"'{path}' is empty (no records)"
-    return None
-
-
-def check_plan(cfg: PipelineConfig) -> list[str]:
-    """Problems that only show once the recipe is laid out as a graph, named by key path."""
-    problems: list[str] = []
-    for variant in cfg.variants:
-        where = f"variant '{variant}': " if len(cfg.variants) > 1 else ""
-        stages = cfg.variant_stages(variant)
-        enabled = [k for k in MODEL_CHAIN if getattr(stages, k).enabled]
-        if stages.pretrain.enabled and stages.pretrain.init_model:
-            problems.append(f"{where}stages.pretrain.init_model: pretraining starts from scratch; remove it")
-        for i, kind in enumerate(enabled):
-            section = getattr(stages, kind)
-            if section.init_model:
-                problem = _model_dir_problem(section.init_model)
-                if problem:
-                    problems.append(f"{where}stages.{kind}.init_model: {problem}")
-                if i > 0:
-                    problems.append(
-                        f"{where}stages.{kind}.init_model is set, so stages.{enabled[i - 1]} would feed nothing: "
-                        f"disable it (stages.{enabled[i - 1]}.enabled: false) or remove init_model"
-                    )
-            elif i == 0 and kind != "pretrain":
-                problems.append(
-                    f"{where}stages.{kind}.init_model: required, since no earlier stage is enabled"
-                )
-        if stages.synth.enabled:
-            if stages.synth.proxy_model:
-                problem = _model_dir_problem(stages.synth.proxy_model)
-                if problem:
-                    problems.append(f"{where}stages.synth.proxy_model: {problem}")
-            elif not any(k in enabled for k in ("pretrain", "rlp")):
-                problems.append(
-                    f"{where}stages.synth.proxy_model: required, since no model precedes synthesis"
-                )
-            gen = stages.synth.generator
-            if gen.model:
-                problem = _model_dir_problem(gen.model)
-                if problem:
-                    problems.append(f"{where}stages.synth.generator.model: {problem}")
-        if (
-            stages.sft.enabled
-            and not (stages.sft.use_synth and stages.synth.enabled)
-            and not stages.sft.extra_datasets
-        ):
-            problems.append(
-                f"{where}stages.sft: no training data (enable synth with use_synth, or add extra_datasets)"
-            )
-        for i, dataset in enumerate(stages.sft.extra_datasets):
-            problem = _data_file_problem(dataset.path, dataset.format)
-            if problem:
-                problems.append(f"{where}stages.sft.extra_datasets.{i}.path: {problem}")
-    for i, corpus in enumerate(cfg.data.extra_corpora):
-        problem = _data_file_problem(corpus.path, corpus.format)
-        if problem:
-            problems.append(f"data.extra_corpora.{i}.path: {problem}")
-    problems += _site_problems(cfg)
-    return problems
-
-
-def _local_gpu_problems(cfg: PipelineConfig) -> list[str]:
-    """GPU requests on the local backends must fit this machine (counted without importing torch)."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        gpus = len([d for d in visible.split(",") if d.strip()])
-    else:
-        gpus = len(glob.glob("/dev/nvidia[0-9]*"))
-    problems = []
-    for variant in cfg.variants:
-        stages = cfg.variant_stages(variant)
-        for name in StagesConfig.model_fields:
-            section = getattr(stages, name)
-            wanted = section.resources.gpus_per_node
-            if section.enabled and wanted > gpus:
-                problems.append(
-                    f"stages.{name}.resources.gpus_per_node: {wanted} GPUs requested but this machine has {gpus} "
-                    f"(launcher.backend={cfg.launcher.backend}); use a Slurm site with GPUs or request 0"
-                )
-    return sorted(set(problems))
-
-
-def _site_problems(cfg: PipelineConfig) -> list[str]:
-    from slingshot.launch.site import SiteError, load_site  # launch/ owns the site file format
-
-    if cfg.launcher.backend != "slurm":
-        return _local_gpu_problems(cfg)
-    try:
-        site = load_site(cfg.launcher.site)
-    except SiteError as error:
-        return [f"launcher.site: {error}"]
-    problems = []
-    for variant in cfg.variants:
-        stages = cfg.variant_stages(variant)
-        for name in StagesConfig.model_fields:
-            section = getattr(stages, name)
-            if section.enabled:
-                problems += [f"stages.{name}.resources.{p}" for p in site.check(section.resources)]
-    return sorted(set(problems))

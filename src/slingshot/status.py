@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slingshot.config import ConfigError, PipelineConfig, load_pipeline_config
+from slingshot.config import PipelineConfig
 from slingshot.launch.state import LaunchState
 from slingshot.plan import Node, build_plan
+from slingshot.validate import ConfigError, load_pipeline_config
 from slingshot.workflow import RESOLVED_NAME
 
 DEFAULT_CONFIG = Path("workflow/config/config.yaml")

@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from slingshot.config import ConfigError, PipelineConfig, load_pipeline_config
+from slingshot.config import PipelineConfig
 from slingshot.plan import build_plan
+from slingshot.validate import ConfigError, load_pipeline_config
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT = REPO / "workflow" / "config" / "config.yaml"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from slingshot.config import load_pipeline_config
 from slingshot.plan import build_plan
+from slingshot.validate import load_pipeline_config
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

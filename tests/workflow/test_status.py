@@ -19,8 +19,8 @@ from pipeline import (
     write_config,
 )
 
-from slingshot.config import load_pipeline_config
 from slingshot.status import collect_status, format_elapsed, pick_metric, print_status
+from slingshot.validate import load_pipeline_config
 
 
 def _status(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -20,8 +20,8 @@ import pytest
 from mlflow import MlflowClient
 from pipeline import REPO, pipeline_env, run_snakemake
 
-from slingshot.config import load_pipeline_config
 from slingshot.plan import build_plan
+from slingshot.validate import load_pipeline_config
 
 pytestmark = pytest.mark.slow
 

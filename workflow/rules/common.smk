@@ -7,8 +7,9 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from slingshot.config import ConfigError, tracking_problems, validate_config
+from slingshot.config import MODEL_CHAIN
 from slingshot.plan import build_plan
+from slingshot.validate import ConfigError, tracking_problems, validate_config
 from slingshot.workflow import write_resolved_config
 
 # Site files (cluster/<site>.yaml) are found next to this Snakefile, wherever it runs.

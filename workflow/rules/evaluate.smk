@@ -26,7 +26,7 @@ rule evaluate:
     params:
         **stage_rule_params("evaluate-{model}"),
     wildcard_constraints:
-        model="pretrain|rlp|sft|prorl",
+        model="|".join(MODEL_CHAIN),
     threads: stage_threads("evaluate-{model}")
     localrule: True
     shell:

@@ -13,14 +13,13 @@ so that a resubmitted array or a requeued caller redoes only what is missing.
 
 from __future__ import annotations
 
-import shlex
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from slingshot.config import PipelineConfig, Resources
-from slingshot.launch.site import load_site
+from slingshot.launch.site import load_site, slurm_parameters
 
 T = TypeVar("T")
 
@@ -34,10 +33,6 @@ def _slurm_executor(cfg: PipelineConfig, res: Resources, folder: Path, name: str
 
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
-    site = load_site(cfg.launcher.site)
-    partition, _ = site.partition_for(res)
-    env = {**site.env, "PYTHONUNBUFFERED": "1"}
-    exports = [f"export {key}={shlex.quote(value)}" for key, value in env.items()]
     params: dict[str, Any] = {
         "name": name,
         "timeout_min": res.time_min,
@@ -46,17 +41,10 @@ def _slurm_executor(cfg: PipelineConfig, res: Resources, folder: Path, name: str
         "tasks_per_node": 1,
         "gpus_per_node": res.gpus_per_node,
         "cpus_per_task": res.cpus_per_task,
-        "slurm_partition": partition,
-        "slurm_setup": [*exports, *site.setup, *res.setup],
-        "slurm_additional_parameters": {**site.sbatch, **res.extra_sbatch},
+        **slurm_parameters(load_site(cfg.launcher.site), res),
     }
     if res.mem_gb:
         params["mem_gb"] = res.mem_gb
-    for key, value in (("account", res.account or site.account), ("qos", res.qos or site.qos)):
-        if value:
-            params[f"slurm_{key}"] = value
-    if res.constraint:
-        params["slurm_constraint"] = res.constraint
     executor.update_parameters(**params)
     return executor
 

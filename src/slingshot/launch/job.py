@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from slingshot.checkpoint import CheckpointManager, SaveTriggers, StageInterrupted, time_budget_seconds
-from slingshot.config import CheckpointConfig, PipelineConfig, load_pipeline_config
+from slingshot.config import CheckpointConfig, PipelineConfig
 from slingshot.context import StageContext, StageResult, read_manifest
 from slingshot.dist import DistEnv, init_distributed, shutdown_distributed
 from slingshot.io import private_dir, sha256_json
@@ -29,6 +29,7 @@ from slingshot.launch.state import LaunchState
 from slingshot.manifest import git_commit, write_manifest
 from slingshot.plan import Node, Plan, build_plan, stage_config
 from slingshot.tracking import Tracker, open_parent_run
+from slingshot.validate import load_pipeline_config
 
 REQUEUE = "requeue"
 DONE = "done"

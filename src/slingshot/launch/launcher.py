@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -26,12 +25,13 @@ from typing import Any
 
 import submitit
 
-from slingshot.config import PipelineConfig, Resources, load_pipeline_config, tracking_problems
+from slingshot.config import PipelineConfig, Resources
 from slingshot.io import atomic_write_text, private_dir
 from slingshot.launch.job import DONE, REQUEUE, StageJob
-from slingshot.launch.site import load_site
+from slingshot.launch.site import load_site, slurm_parameters
 from slingshot.launch.state import LaunchState
 from slingshot.plan import Node, build_plan, stage_config
+from slingshot.validate import load_pipeline_config, tracking_problems
 
 # Slurm states after which a job will not run again by itself.
 ENDED = {
@@ -74,22 +74,10 @@ def make_executor(cfg: PipelineConfig, node: Node, folder: Path) -> submitit.Exe
     if res.mem_gb:
         params["mem_gb"] = res.mem_gb
     if backend == "slurm":
-        site = load_site(cfg.launcher.site)
-        partition, _ = site.partition_for(res)
-        env = {**site.env, "PYTHONUNBUFFERED": "1"}
-        # Every value that reaches the batch script's shell is quoted.
-        exports = [f"export {key}={shlex.quote(value)}" for key, value in env.items()]
-        params.update(
-            slurm_partition=partition,
-            slurm_signal_delay_s=cfg.launcher.signal_delay_s,
-            slurm_setup=[*exports, *site.setup, *res.setup],
-            slurm_additional_parameters={"requeue": True, **site.sbatch, **res.extra_sbatch},
-        )
-        for key, value in (("account", res.account or site.account), ("qos", res.qos or site.qos)):
-            if value:
-                params[f"slurm_{key}"] = value
-        if res.constraint:
-            params["slurm_constraint"] = res.constraint
+        params.update(slurm_parameters(load_site(cfg.launcher.site), res))
+        params["slurm_signal_delay_s"] = cfg.launcher.signal_delay_s
+        # --requeue: the job requeues itself after a USR2 checkpoint (a site or stage flag may override it).
+        params["slurm_additional_parameters"] = {"requeue": True, **params["slurm_additional_parameters"]}
     elif backend == "local":
         params["local_setup"] = list(res.setup)
     executor.update_parameters(**params)

@@ -7,7 +7,9 @@ how jobs start there (partition defaults, account, module loads, exported env).
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError
@@ -71,6 +73,26 @@ class Site(BaseModel):
                 f"cpus_per_task: {cpus} CPUs per node requested, partition '{name}' has {part.cpus_per_node}"
             )
         return problems
+
+
+def slurm_parameters(site: Site, resources: Resources) -> dict[str, Any]:
+    """The submitit ``slurm_*`` parameters of a job with ``resources`` on ``site``: the partition,
+    account, QOS and constraint (the stage's over the site's), the setup lines (the site's env
+    exported, then the site's and the stage's own lines) and the extra sbatch flags."""
+    partition, _ = site.partition_for(resources)
+    env = {**site.env, "PYTHONUNBUFFERED": "1"}
+    # Every value that reaches the batch script's shell is quoted.
+    exports = [f"export {key}={shlex.quote(value)}" for key, value in env.items()]
+    params: dict[str, Any] = {
+        "slurm_partition": partition,
+        "slurm_setup": [*exports, *site.setup, *resources.setup],
+        "slurm_additional_parameters": {**site.sbatch, **resources.extra_sbatch},
+    }
+    account, qos = resources.account or site.account, resources.qos or site.qos
+    for key, value in (("account", account), ("qos", qos), ("constraint", resources.constraint)):
+        if value:
+            params[f"slurm_{key}"] = value
+    return params
 
 
 def site_dir() -> Path:

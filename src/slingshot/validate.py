@@ -1,0 +1,328 @@
+"""Validation of a pipeline config: every problem named by key path and file:line.
+
+The schemas and defaults are in :mod:`slingshot.config`; this module turns a raw config
+(a YAML file, or the dict Snakemake loads) into a validated
+:class:`~slingshot.config.PipelineConfig` or a :class:`ConfigError` listing every problem:
+
+1. pydantic errors, with the file and line of the offending key (from the YAML node tree);
+2. the same inside each variant (its overrides merged onto the base stages);
+3. DAG-level checks (:func:`check_plan`): the chain is consistent (mid-recipe entry, a model
+   for synthesis, data for SFT), model directories and data files exist, GPU requests fit
+   the Slurm site or this machine.
+
+The tracking server of an http(s) ``tracking.uri`` is checked separately
+(:func:`tracking_problems`): the DAG build and each launch call it, a dry run does not.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from slingshot.config import MODEL_CHAIN, PipelineConfig, StagesConfig, deep_merge
+from slingshot.data.tasks import get_family
+from slingshot.launch.site import SiteError, load_site
+
+
+class ConfigError(ValueError):
+    """A config that cannot run, with every problem named by key path (and file:line)."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid slingshot config:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def _yaml_line_index(path: Path) -> dict[tuple[str, ...], int]:
+    """Map every key path in a YAML file to its 1-based line number."""
+    index: dict[tuple[str, ...], int] = {}
+
+    def walk(node: yaml.Node, prefix: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                key = (*prefix, str(key_node.value))
+                index[key] = key_node.start_mark.line + 1
+                walk(value_node, key)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                index[(*prefix, str(i))] = item.start_mark.line + 1
+                walk(item, (*prefix, str(i)))
+
+    root = yaml.compose(path.read_text())
+    if root is not None:
+        walk(root, ())
+    return index
+
+
+def _locate(loc: tuple[str, ...], sources: list[Path]) -> str:
+    """'file:line' of the deepest prefix of ``loc`` found in the config files (last file wins)."""
+    for source in reversed(sources):
+        index = _yaml_line_index(source)
+        for depth in range(len(loc), 0, -1):
+            if loc[:depth] in index:
+                return f"{source}:{index[loc[:depth]]}"
+    return "(not in a config file: a default or a --config override)"
+
+
+def _problems(error: ValidationError, prefix: tuple[str, ...], sources: list[Path]) -> list[str]:
+    problems = []
+    for item in error.errors():
+        loc = (*prefix, *(str(part) for part in item["loc"]))
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        problems.append(f"{'.'.join(loc)}: {message} [{_locate(loc, sources)}]")
+    return problems
+
+
+def _unknown_families(raw: dict[str, Any], sources: list[Path]) -> list[str]:
+    """data.families names the registry does not know, by index and file:line (the registry
+    raises a KeyError, which pydantic would let through as a bare traceback)."""
+    data = raw.get("data") if isinstance(raw, dict) else None
+    families = data.get("families") if isinstance(data, dict) else None
+    problems = []
+    for i, name in enumerate(families if isinstance(families, list) else []):
+        try:
+            get_family(str(name))
+        except KeyError as error:
+            loc = ("data", "families", str(i))
+            problems.append(f"data.families.{i}: {error} [{_locate(loc, sources)}]")
+    return problems
+
+
+def validate_config(raw: dict[str, Any], sources: list[Path] | None = None) -> PipelineConfig:
+    """Validate a raw config dict (as Snakemake loads it); raise ConfigError naming every problem."""
+    sources = [Path(s) for s in sources or []]
+    problems = _unknown_families(raw, sources)
+    if problems:
+        raise ConfigError(problems)
+    try:
+        cfg = PipelineConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_problems(error, (), sources)) from None
+    problems: list[str] = []
+    for variant in cfg.variants:
+        try:
+            cfg.variant_stages(variant)
+        except ValidationError as error:
+            problems += _problems(error, ("variants", variant, "stages"), sources)
+    if problems:
+        raise ConfigError(problems)
+    problems = [_with_location(p, sources) for p in check_plan(cfg)]
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+_KEY_PATH = re.compile(r"^([a-z_]+(?:\.[\w-]+)+)[: ]")
+
+
+def _with_location(problem: str, sources: list[Path]) -> str:
+    """A DAG-level problem that starts with a key path gets the file:line that key came from."""
+    match = _KEY_PATH.match(problem)
+    if not match or not sources:
+        return problem
+    where = _locate(tuple(match.group(1).split(".")), sources)
+    return problem if where.startswith("(") else f"{problem} [{where}]"
+
+
+def tracking_problems(
+    cfg: PipelineConfig, sources: list[Path] | None = None, wait_s: float = 0.0
+) -> list[str]:
+    """The tracking server of an http(s) ``tracking.uri`` must answer before any stage runs
+    (checked when the DAG is built, by `slingshot validate` and by each launch). ``wait_s``:
+    keep trying that long first (a launch rides out a server restart; the DAG check does not wait)."""
+    from slingshot.tracking import server_problem  # mlflow: only for a config with a tracking server
+
+    if not cfg.tracking.uri:
+        return []
+    deadline = time.monotonic() + wait_s
+    while (problem := server_problem(cfg.tracking_uri)) is not None and time.monotonic() < deadline:
+        time.sleep(2.0)
+    if problem is None:
+        return []
+    where = _locate(("tracking", "uri"), [Path(s) for s in sources or []])
+    return [
+        f"tracking.uri: {problem}; start the server (cluster/mlflow/serve.sh) or fix tracking.uri [{where}]"
+    ]
+
+
+def load_pipeline_config(
+    path: str | os.PathLike[str], overrides: dict[str, Any] | None = None
+) -> PipelineConfig:
+    """Read, merge overrides into, and validate a config file."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError([f"{path}: not valid YAML: {error}"]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping"])
+    return validate_config(deep_merge(raw, overrides or {}), [path])
+
+
+# --------------------------------------------------------------------------- DAG checks
+def _model_dir_problem(path: str) -> str | None:
+    from slingshot.models.hf import TOKENIZER_FILES, WEIGHT_FILES  # torch: only when a model path is set
+
+    p = Path(path)
+    if not p.is_dir():
+        return f"'{path}' is not a directory"
+    if not (p / "config.json").is_file():
+        return f"'{path}' has no config.json (not a Hugging Face model directory)"
+    if not any((p / name).is_file() for name in WEIGHT_FILES):
+        return f"'{path}' has no weights (expected one of {', '.join(WEIGHT_FILES)})"
+    if not any((p / name).is_file() for name in TOKENIZER_FILES):
+        return f"'{path}' has no tokenizer ({' or '.join(TOKENIZER_FILES)})"
+    return _vocab_mismatch(p)
+
+
+def _vocab_mismatch(model_dir: Path) -> str | None:
+    """A tokenizer with more tokens than the model has embedding rows does not belong to it
+    (read from config.json and tokenizer.json without loading either; None if unreadable)."""
+    try:
+        rows = json.loads((model_dir / "config.json").read_text()).get("vocab_size")
+        tok = json.loads((model_dir / "tokenizer.json").read_text())
+        vocab = tok["model"]["vocab"]
+        ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))
+        ids += [t["id"] for t in tok.get("added_tokens", [])]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if not isinstance(rows, int) or not ids or max(ids) + 1 <= rows:
+        return None
+    return (
+        f"the tokenizer in '{model_dir}' has {max(ids) + 1} tokens but config.json's vocab_size is {rows}: "
+        "they do not belong together"
+    )
+
+
+def _data_file_problem(path: str, fmt: str) -> str | None:
+    """A data file that is missing or holds no records (cheap: the first record or the
+    Parquet footer, never the whole file; a malformed record fails the stage that reads
+    it, naming the file and line)."""
+    p = Path(path)
+    if not p.exists():
+        return f"'{path}' does not exist"
+    if p.is_dir():
+        return None if any(p.iterdir()) else f"'{path}' is an empty directory"
+    if fmt in ("jsonl", "auto") and p.suffix in (".jsonl", ".json", ".ndjson", ""):
+        with open(p, "rb") as handle:
+            if not any(line.strip() for line in handle):
+                return f"'{path}' is empty (no records)"
+    elif fmt in ("parquet", "auto") and p.suffix in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        try:
+            rows = pq.ParquetFile(p).metadata.num_rows
+        except Exception as error:  # noqa: BLE001 - any unreadable footer is the same problem
+            return f"'{path}' is not a readable Parquet file ({error})"
+        if rows == 0:
+            return f"'{path}' is empty (no records)"
+    elif p.stat().st_size == 0:
+        return f"'{path}' is empty (no records)"
+    return None
+
+
+def check_plan(cfg: PipelineConfig) -> list[str]:
+    """Problems that only show once the recipe is laid out as a graph, named by key path."""
+    problems: list[str] = []
+    for variant in cfg.variants:
+        where = f"variant '{variant}': " if len(cfg.variants) > 1 else ""
+        stages = cfg.variant_stages(variant)
+        enabled = [k for k in MODEL_CHAIN if getattr(stages, k).enabled]
+        if stages.pretrain.enabled and stages.pretrain.init_model:
+            problems.append(f"{where}stages.pretrain.init_model: pretraining starts from scratch; remove it")
+        for i, kind in enumerate(enabled):
+            section = getattr(stages, kind)
+            if section.init_model:
+                problem = _model_dir_problem(section.init_model)
+                if problem:
+                    problems.append(f"{where}stages.{kind}.init_model: {problem}")
+                if i > 0:
+                    problems.append(
+                        f"{where}stages.{kind}.init_model is set, so stages.{enabled[i - 1]} would feed nothing: "
+                        f"disable it (stages.{enabled[i - 1]}.enabled: false) or remove init_model"
+                    )
+            elif i == 0 and kind != "pretrain":
+                problems.append(
+                    f"{where}stages.{kind}.init_model: required, since no earlier stage is enabled"
+                )
+        if stages.synth.enabled:
+            if stages.synth.proxy_model:
+                problem = _model_dir_problem(stages.synth.proxy_model)
+                if problem:
+                    problems.append(f"{where}stages.synth.proxy_model: {problem}")
+            elif not any(
+                k in enabled for k in MODEL_CHAIN[: MODEL_CHAIN.index("sft")]
+            ):  # synth runs before sft
+                problems.append(
+                    f"{where}stages.synth.proxy_model: required, since no model precedes synthesis"
+                )
+            gen = stages.synth.generator
+            if gen.model:
+                problem = _model_dir_problem(gen.model)
+                if problem:
+                    problems.append(f"{where}stages.synth.generator.model: {problem}")
+        if (
+            stages.sft.enabled
+            and not (stages.sft.use_synth and stages.synth.enabled)
+            and not stages.sft.extra_datasets
+        ):
+            problems.append(
+                f"{where}stages.sft: no training data (enable synth with use_synth, or add extra_datasets)"
+            )
+        for i, dataset in enumerate(stages.sft.extra_datasets):
+            problem = _data_file_problem(dataset.path, dataset.format)
+            if problem:
+                problems.append(f"{where}stages.sft.extra_datasets.{i}.path: {problem}")
+    for i, corpus in enumerate(cfg.data.extra_corpora):
+        problem = _data_file_problem(corpus.path, corpus.format)
+        if problem:
+            problems.append(f"data.extra_corpora.{i}.path: {problem}")
+    problems += _site_problems(cfg)
+    return problems
+
+
+def _local_gpu_problems(cfg: PipelineConfig) -> list[str]:
+    """GPU requests on the local backends must fit this machine (counted without importing torch)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        gpus = len([d for d in visible.split(",") if d.strip()])
+    else:
+        gpus = len(glob.glob("/dev/nvidia[0-9]*"))
+    problems = []
+    for variant in cfg.variants:
+        stages = cfg.variant_stages(variant)
+        for name in StagesConfig.model_fields:
+            section = getattr(stages, name)
+            wanted = section.resources.gpus_per_node
+            if section.enabled and wanted > gpus:
+                problems.append(
+                    f"stages.{name}.resources.gpus_per_node: {wanted} GPUs requested but this machine has {gpus} "
+                    f"(launcher.backend={cfg.launcher.backend}); use a Slurm site with GPUs or request 0"
+                )
+    return sorted(set(problems))
+
+
+def _site_problems(cfg: PipelineConfig) -> list[str]:
+    if cfg.launcher.backend != "slurm":
+        return _local_gpu_problems(cfg)
+    try:
+        site = load_site(cfg.launcher.site)
+    except SiteError as error:
+        return [f"launcher.site: {error}"]
+    problems = []
+    for variant in cfg.variants:
+        stages = cfg.variant_stages(variant)
+        for name in StagesConfig.model_fields:
+            section = getattr(stages, name)
+            if section.enabled:
+                problems += [f"stages.{name}.resources.{p}" for p in site.check(section.resources)]
+    return sorted(set(problems))
