@@ -20,12 +20,13 @@ import pytest
 from mlflow import MlflowClient
 from pipeline import REPO, pipeline_env, run_snakemake
 
+from slingshot.config import MODEL_CHAIN
 from slingshot.plan import build_plan
 from slingshot.validate import load_pipeline_config
 
 pytestmark = pytest.mark.slow
 
-MODEL_KINDS = ("pretrain", "rlp", "sft", "prorl")
+MODEL_KINDS = MODEL_CHAIN
 # The stage rerun from scratch to check exactness: a training stage that reads a
 # synthesized dataset and a model, so the check covers data loading, seeding and training.
 RERUN_KEY = "noreason/sft"
