@@ -91,6 +91,7 @@ def run_prorl(a: argparse.Namespace, setup: dict[str, Any], root: Path) -> list[
 
     from slingshot.stages import prorl
     from slingshot.tracking import Tracker
+    from slingshot.train import rl_sampling
 
     times: dict[int, float] = {}
 
@@ -106,9 +107,11 @@ def run_prorl(a: argparse.Namespace, setup: dict[str, Any], root: Path) -> list[
         # TRL's reward: the same function, on the text TRL decodes (special tokens dropped),
         # truncated responses included (TRL's default), so both sides train on every group.
         texts = [tokenizer.decode(r.completion_ids, skip_special_tokens=True) for r in rollouts]
-        return prorl.ScoredGroup(entry, list(rollouts), [digit_share(t) for t in texts], [False] * len(texts))
+        return rl_sampling.ScoredGroup(
+            entry, list(rollouts), [digit_share(t) for t in texts], [False] * len(texts)
+        )
 
-    prorl.score_group = score_group  # type: ignore[assignment]
+    rl_sampling.score_group = score_group  # type: ignore[assignment]
     cfg = pipeline_config(
         root,
         {

@@ -4,7 +4,7 @@ One RLP step (SPEC §2) = sample G thoughts for each of B positions, score all B
 ``context <think> c </think> target`` sequences teacher-forced (S_pred and the old
 log-probs) plus the EMA teacher's B no-thought sequences (S_ema), then the clipped
 policy update on the thought tokens. The stage scores in one padded batch
-(``slingshot.stages.rlp.score_thoughts``); the peer here is the naive loop that runs the
+(``slingshot.train.rlp_scoring.score_thoughts``); the peer here is the naive loop that runs the
 model once per thought (and once per position for S_ema), which is what a per-sample
 implementation does. Both must give the same numbers (checked) and the ratio is printed.
 
@@ -28,10 +28,11 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from slingshot.algorithms.rlp import information_gain_reward, rlp_group_advantages
 from slingshot.config import RLPConfig
 from slingshot.rollout.hf import HFRollout
-from slingshot.stages.rlp import policy_update, score_baseline, score_thoughts
 from slingshot.train.logprobs import token_logprobs
 from slingshot.train.optim import build_optimizer, build_scheduler
+from slingshot.train.policy_update import UpdateSettings, ema_teacher_hook, update_on_thoughts
 from slingshot.train.rlp_batch import Position, build_thought_batch, prompt_ids
+from slingshot.train.rlp_scoring import score_baseline, score_thoughts
 
 PAD, EOS, OPEN, CLOSE = 0, 1, 5, 6
 
@@ -99,6 +100,8 @@ def bench_shape(b: int, g: int, args: argparse.Namespace, device: torch.device) 
     )
     optimizer = build_optimizer(model, cfg.optimizer)
     scheduler = build_scheduler(optimizer, cfg.optimizer, args.steps + 1)
+    settings = UpdateSettings.from_config(cfg)
+    follow_policy = ema_teacher_hook(ema, model, cfg.ema_tau)
     # At random weights </think> is sampled with p ~ 1/vocab per token, so thoughts nearly
     # always run to the length limit (tokens/s counts what was actually generated).
     backend = HFRollout(model, pad_token_id=PAD, stop_token_ids=[CLOSE], batch_size=b * g)
@@ -128,7 +131,9 @@ def bench_shape(b: int, g: int, args: argparse.Namespace, device: torch.device) 
         t2 = time.perf_counter()
         naive_pred, naive_ema = naive_scores(model, ema, batch, positions, device)
         t3 = time.perf_counter()
-        policy_update(model, ema, optimizer, scheduler, batch, scores.old_logp, advantages, cfg, device)
+        update_on_thoughts(
+            model, optimizer, scheduler, batch, scores.old_logp, advantages, settings, device, follow_policy
+        )
         t4 = time.perf_counter()
         max_diff = max(
             max_diff,

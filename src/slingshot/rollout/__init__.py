@@ -1,5 +1,33 @@
-"""Generation backends behind one interface: HF generate (CPU and GPU) and vLLM (GPU)."""
+"""Generation backends behind one interface: HF generate (CPU and GPU) and vLLM (GPU).
 
-from slingshot.rollout.base import Rollout, RolloutBackend, make_rollout
+``base`` holds the interface (``Rollout``, ``RolloutBackend``); each backend module
+imports only ``base``, and ``make_rollout`` here picks one, so no module imports back.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from slingshot.rollout.base import Rollout, RolloutBackend
+
+if TYPE_CHECKING:
+    import torch
+
+    from slingshot.config import RolloutConfig
 
 __all__ = ["Rollout", "RolloutBackend", "make_rollout"]
+
+
+def make_rollout(
+    cfg: RolloutConfig, model: torch.nn.Module, tokenizer: object, stop_token_ids: list[int]
+) -> RolloutBackend:
+    """The backend ``cfg.backend`` names, generating with ``model`` until a stop token."""
+    if cfg.backend == "vllm":
+        # Not written yet: it needs a GPU machine to build and test (issue #11).
+        raise NotImplementedError(
+            "rollout.backend 'vllm' is not implemented yet (needs a GPU to build and test); "
+            "use rollout.backend: hf"
+        )
+    from slingshot.rollout.hf import HFRollout  # imports torch: only when a backend is made
+
+    return HFRollout(model, pad_token_id=tokenizer.pad_token_id, stop_token_ids=stop_token_ids)

@@ -8,8 +8,6 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     import torch
 
-    from slingshot.config import RolloutConfig
-
 
 @dataclass
 class Rollout:
@@ -34,17 +32,3 @@ class RolloutBackend(Protocol):
     def sync_weights(self, model: torch.nn.Module) -> None:
         """Make generation use ``model``'s current weights (after an optimizer step)."""
         ...
-
-
-def make_rollout(
-    cfg: RolloutConfig, model: torch.nn.Module, tokenizer: object, stop_token_ids: list[int]
-) -> RolloutBackend:
-    if cfg.backend == "vllm":
-        # Not written yet: it needs a GPU machine to build and test (issue #11).
-        raise NotImplementedError(
-            "rollout.backend 'vllm' is not implemented yet (needs a GPU to build and test); "
-            "use rollout.backend: hf"
-        )
-    from slingshot.rollout.hf import HFRollout
-
-    return HFRollout(model, pad_token_id=tokenizer.pad_token_id, stop_token_ids=stop_token_ids)

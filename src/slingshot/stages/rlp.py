@@ -22,7 +22,9 @@ scheduler, φ, the position stream and the RNG, so a resumed run continues exact
 Log-probs are those of the untempered model for both θ_old and θ (the policy being
 trained is the model itself; sampling at ``temperature`` is the behaviour policy).
 With several ranks, each takes its slice of the B positions (B must divide evenly) and
-gradients are averaged.
+gradients are averaged. The position stream and batches are ``slingshot.train.rlp_batch``,
+the scoring passes ``slingshot.train.rlp_scoring``, the update
+``slingshot.train.policy_update.update_on_thoughts`` (shared with ProRL).
 """
 
 from __future__ import annotations
@@ -31,19 +33,11 @@ import copy
 import hashlib
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from slingshot.algorithms.policy_loss import clipped_policy_loss
-from slingshot.algorithms.rlp import (
-    ema_update_,
-    information_gain_reward,
-    parameter_distance,
-    rlp_group_advantages,
-)
+from slingshot import dist
+from slingshot.algorithms.rlp import information_gain_reward, parameter_distance, rlp_group_advantages
 from slingshot.config import RLPConfig
 from slingshot.context import StageContext, StageResult
 from slingshot.data.corpora import CorpusSpec, read_corpus, record_text
@@ -54,30 +48,11 @@ from slingshot.loop import resumable_steps
 from slingshot.models.hf import load_causal_lm, load_model_and_tokenizer, save_model_dir
 from slingshot.rollout import RolloutBackend, make_rollout
 from slingshot.train.logging import StepLogger
-from slingshot.train.logprobs import token_logprobs
-from slingshot.train.optim import build_optimizer, build_scheduler, clip_grad_norm
-from slingshot.train.rlp_batch import (
-    PositionStream,
-    ThoughtBatch,
-    build_baseline_batch,
-    build_thought_batch,
-    prompt_ids,
-    proxy_entropy_fn,
-)
+from slingshot.train.optim import build_optimizer, build_scheduler
+from slingshot.train.policy_update import UpdateSettings, ema_teacher_hook, update_on_thoughts
+from slingshot.train.rlp_batch import PositionStream, build_thought_batch, prompt_ids, proxy_entropy_fn
+from slingshot.train.rlp_scoring import score_baseline, score_thoughts
 from slingshot.train.state import Counter, TrainState
-
-LOSS_AGG = "seq-mean-token-mean"  # SPEC §2: mean over thoughts of the per-thought token mean
-
-
-@dataclass
-class ThoughtScores:
-    old_logp: torch.Tensor  # [N, L-1] θ_old log-probs (only the thought mask is meaningful)
-    s_pred: torch.Tensor  # [N, k] log p_θ(target | context, thought)
-    entropy_sum: float  # Σ policy entropy over sampled thought tokens
-    thought_tokens: int
-
-
-# --------------------------------------------------------------------------- pieces of a step
 
 
 def special_ids(tokenizer: Any) -> tuple[int, int]:
@@ -93,132 +68,6 @@ def sample_seed(seed: int, step: int, rank: int) -> int:
     # Sampling depends only on (seed, step, rank): a resumed step draws the same thoughts.
     digest = hashlib.sha256(f"rlp-sample:{seed}:{step}:{rank}".encode()).digest()
     return int.from_bytes(digest[:4], "little")
-
-
-@torch.no_grad()
-def score_thoughts(
-    model: torch.nn.Module, batch: ThoughtBatch, micro_batch_size: int, device: torch.device
-) -> ThoughtScores:
-    """One teacher-forced pass (in micro-batches) over all B·G thought sequences."""
-    n, width = batch.input_ids.shape
-    old_logp = torch.zeros((n, width - 1))
-    s_pred = torch.empty(batch.target_index.shape)
-    entropy_sum = 0.0
-    for start in range(0, n, micro_batch_size):
-        stop = min(start + micro_batch_size, n)
-        sub = batch.rows(start, stop)
-        logp, entropy = token_logprobs(
-            model, sub.input_ids.to(device), sub.attention_mask.to(device), with_entropy=True
-        )
-        assert entropy is not None
-        mask = sub.thought_mask.to(device)
-        old_logp[start:stop, : logp.shape[1]] = logp.cpu()
-        s_pred[start:stop] = logp.gather(1, sub.target_index.to(device)).cpu()
-        entropy_sum += float((entropy * mask).sum())
-    return ThoughtScores(old_logp, s_pred, entropy_sum, int(batch.thought_mask.sum()))
-
-
-@torch.no_grad()
-def score_baseline(
-    ema: torch.nn.Module, positions: list[Any], pad_id: int, micro_batch_size: int, device: torch.device
-) -> torch.Tensor:
-    """S_ema = log p_φ(target | context), no thought: [B, k]."""
-    batch = build_baseline_batch(positions, pad_id)
-    out = []
-    for start in range(0, len(positions), micro_batch_size):
-        ids = batch.input_ids[start : start + micro_batch_size].to(device)
-        attention = batch.attention_mask[start : start + micro_batch_size].to(device)
-        logp, _ = token_logprobs(ema, ids, attention)
-        out.append(logp.gather(1, batch.target_index[start : start + micro_batch_size].to(device)).cpu())
-    return torch.cat(out)
-
-
-def _all_reduce_grads(model: torch.nn.Module, world_size: int) -> None:
-    if world_size <= 1:
-        return
-    for param in model.parameters():
-        if param.grad is not None:
-            torch.distributed.all_reduce(param.grad)
-            param.grad /= world_size
-
-
-def policy_update(
-    policy: torch.nn.Module,
-    ema: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    batch: ThoughtBatch,
-    old_logp: torch.Tensor,
-    advantages: torch.Tensor,
-    cfg: RLPConfig,
-    device: torch.device,
-    world_size: int = 1,
-) -> dict[str, float]:
-    """Clipped policy-gradient steps on the thought tokens; the EMA teacher follows each one.
-
-    ``advantages``: [N] (one per thought). Each of the ``mini_batches`` optimizer steps
-    covers whole groups; its loss is the mean over its thoughts of the per-thought token
-    mean, accumulated over micro-batches with weight (thoughts in micro)/(thoughts in mini).
-    """
-    n = batch.input_ids.shape[0]
-    rows_per_mini = n // cfg.mini_batches
-    has_thought = batch.thought_mask.any(dim=1)
-    sums = {"loss": 0.0, "clip_frac": 0.0, "clip_frac_low": 0.0, "clip_frac_high": 0.0, "ratio_mean": 0.0}
-    tokens_seen = 0
-    grad_norms: list[float] = []
-    for _ in range(cfg.ppo_epochs):
-        for mini in range(0, n, rows_per_mini):
-            mini_stop = mini + rows_per_mini
-            n_thoughts = int(has_thought[mini:mini_stop].sum())
-            optimizer.zero_grad(set_to_none=True)
-            mini_loss = 0.0
-            for start in range(mini, mini_stop, cfg.micro_batch_size):
-                stop = min(start + cfg.micro_batch_size, mini_stop)
-                sub = batch.rows(start, stop)
-                logp, _ = token_logprobs(policy, sub.input_ids.to(device), sub.attention_mask.to(device))
-                mask = sub.thought_mask.to(device)
-                out = clipped_policy_loss(
-                    logp,
-                    old_logp[start:stop, : logp.shape[1]].to(device),
-                    advantages[start:stop].to(device),
-                    mask,
-                    cfg.eps_low,
-                    cfg.eps_high,
-                    agg=LOSS_AGG,
-                )
-                weight = int(has_thought[start:stop].sum()) / max(n_thoughts, 1)
-                (out.loss * weight).backward()
-                mini_loss += out.loss.item() * weight
-                # Clip statistics are per valid token: weight each micro-batch by its tokens.
-                n_tok = int(mask.sum())
-                for key in ("clip_frac", "clip_frac_low", "clip_frac_high", "ratio_mean"):
-                    sums[key] += float(getattr(out, key)) * n_tok
-                tokens_seen += n_tok
-            _all_reduce_grads(policy, world_size)
-            grad_norms.append(clip_grad_norm(policy, cfg.optimizer.grad_clip))
-            optimizer.step()
-            scheduler.step()
-            # SPEC: φ is updated after EVERY optimizer step.
-            ema_update_(ema.parameters(), policy.parameters(), cfg.ema_tau)
-            sums["loss"] += mini_loss
-    n_updates = cfg.ppo_epochs * cfg.mini_batches
-    metrics = {key: value / max(tokens_seen, 1) for key, value in sums.items() if key != "loss"}
-    metrics["loss"] = sums["loss"] / n_updates
-    metrics["grad_norm"] = sum(grad_norms) / len(grad_norms)
-    metrics["lr"] = float(optimizer.param_groups[0]["lr"])
-    return metrics
-
-
-def _all_reduce_mean(metrics: dict[str, float], world_size: int) -> dict[str, float]:
-    if world_size <= 1:
-        return metrics
-    keys = sorted(metrics)
-    values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64)
-    torch.distributed.all_reduce(values)
-    return {k: float(v) / world_size for k, v in zip(keys, values.tolist(), strict=True)}
-
-
-# --------------------------------------------------------------------------- the stage
 
 
 def _corpus(ctx: StageContext, name: str) -> tuple[CorpusSpec, str]:
@@ -246,10 +95,9 @@ def run(ctx: StageContext) -> StageResult:
     world, rank = ctx.dist.world_size, ctx.dist.rank
     if cfg.positions_per_step % world:
         raise ValueError(f"positions_per_step ({cfg.positions_per_step}) must divide over {world} ranks")
-    if ctx.input_model_dir is None:
-        raise ValueError("RLP needs an input model (a previous stage's output or stages.rlp.init_model)")
+    input_model = ctx.require_input_model()
 
-    policy, tokenizer = load_model_and_tokenizer(ctx.input_model_dir, device=device)
+    policy, tokenizer = load_model_and_tokenizer(input_model, device=device)
     policy.eval()  # no dropout: θ_old and θ log-probs agree exactly on-policy (ratio 1)
     think_open, think_close = special_ids(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -264,24 +112,18 @@ def run(ctx: StageContext) -> StageResult:
         entropy_fn = proxy_entropy_fn(proxy, pad_id, cfg.micro_batch_size, device)
 
     spec, digest = _corpus(ctx, cfg.corpus)
-    ctx.tracker.log_input(f"corpus-{spec.name}", spec.path, digest, context="training")
+    ctx.log_file_input(f"corpus-{spec.name}", spec.path, context="training", digest=digest)
 
     def documents() -> Iterator[str]:
         return (record_text(r) for r in read_corpus(spec))
 
-    stream = PositionStream(
+    stream = PositionStream.from_config(
+        cfg,
         documents,
         lambda texts: tokenize_documents(tokenizer, texts),
         seed=ctx.pipeline.pipeline.seed,
-        context_tokens=cfg.context_tokens,
-        target_tokens=cfg.target_tokens,
-        min_context=cfg.min_context_tokens,
-        per_document=cfg.positions_per_document,
         bos_id=tokenizer.bos_token_id,
-        selection=cfg.position_selection,
         entropy_fn=entropy_fn,
-        entropy_threshold=cfg.entropy_threshold,
-        proxy_batch=cfg.micro_batch_size,
     )
     optimizer = build_optimizer(policy, cfg.optimizer)
     updates = cfg.steps * cfg.ppo_epochs * cfg.mini_batches
@@ -291,6 +133,8 @@ def run(ctx: StageContext) -> StageResult:
         model=policy, optimizer=optimizer, scheduler=scheduler, ema=ema, stream=stream, progress=progress
     )
     backend: RolloutBackend = make_rollout(cfg.rollout, policy, tokenizer, [think_close])
+    settings = UpdateSettings.from_config(cfg)
+    follow_policy = ema_teacher_hook(ema, policy, cfg.ema_tau)  # SPEC: after EVERY optimizer step
     logger = StepLogger(ctx, cfg.log_every)
     per_rank = cfg.positions_per_step // world
 
@@ -319,8 +163,8 @@ def run(ctx: StageContext) -> StageResult:
         rewards = information_gain_reward(s_pred, s_ema_bg, multi_token=True)  # [B, G]
         advantages = rlp_group_advantages(rewards).reshape(-1)
         t2 = time.perf_counter()
-        update = policy_update(
-            policy, ema, optimizer, scheduler, batch, scores.old_logp, advantages, cfg, device, world
+        update = update_on_thoughts(
+            policy, optimizer, scheduler, batch, scores.old_logp, advantages, settings, device, follow_policy
         )
         backend.sync_weights(policy)
         t3 = time.perf_counter()
@@ -344,7 +188,7 @@ def run(ctx: StageContext) -> StageResult:
         }
         if cfg.position_selection == "entropy":
             metrics["selected_frac"] = stream.selected / max(stream.candidates, 1)
-        metrics = _all_reduce_mean(metrics, world)
+        metrics = dist.all_reduce_mean(metrics)
         progress["tokens"] += batch.tokens * world
         progress["thought_tokens"] += generated * world
         progress["last_metrics"] = metrics
@@ -353,9 +197,8 @@ def run(ctx: StageContext) -> StageResult:
     model_dir = ctx.output_dir / "model"
     if ctx.dist.is_main:
         save_model_dir(policy, tokenizer, model_dir)
-        ctx.tracker.log_model_dir(f"{ctx.variant}-{ctx.stage}", model_dir, params={"steps": cfg.steps})
-    if world > 1:
-        torch.distributed.barrier()
+    ctx.publish_model(model_dir, {"steps": cfg.steps})
+    dist.barrier()
     final = dict(progress["last_metrics"])
     keys = ("reward_mean", "gain_positive_frac", "s_pred", "s_ema", "thought_len", "ema_distance")
     return StageResult(

@@ -30,11 +30,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from slingshot.rollout.base import Rollout
+
+if TYPE_CHECKING:
+    from slingshot.config import RLPConfig
 
 
 @dataclass(frozen=True)
@@ -228,6 +231,33 @@ class PositionStream:
         self.candidates = 0
         self.selected = 0
         self._iter: Iterator[str] | None = None
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: RLPConfig,
+        documents: Callable[[], Iterator[str]],
+        encode: Callable[[list[str]], list[list[int]]],
+        *,
+        seed: int,
+        bos_id: int | None,
+        entropy_fn: EntropyFn | None = None,
+    ) -> PositionStream:
+        """The stream ``stages.rlp`` describes; the proxy scores ``micro_batch_size`` documents at a time."""
+        return cls(
+            documents,
+            encode,
+            seed=seed,
+            context_tokens=cfg.context_tokens,
+            target_tokens=cfg.target_tokens,
+            min_context=cfg.min_context_tokens,
+            per_document=cfg.positions_per_document,
+            bos_id=bos_id,
+            selection=cfg.position_selection,
+            entropy_fn=entropy_fn,
+            entropy_threshold=cfg.entropy_threshold,
+            proxy_batch=cfg.micro_batch_size,
+        )
 
     # ---- checkpoint
     def state_dict(self) -> dict[str, Any]:

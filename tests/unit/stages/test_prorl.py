@@ -13,13 +13,12 @@ import torch
 from stages import make_ctx, pipeline_config
 
 from slingshot.checkpoint import CheckpointManager, load_torch
-from slingshot.config import ProRLConfig
 from slingshot.data.tasks import SplitSizes, TaskFamily, make_splits, register_family
 from slingshot.stages import prorl
 from slingshot.tracking import Tracker
 from slingshot.train.logprobs import token_logprobs
 from slingshot.train.rl_batch import build_rl_batch, masked_mean
-from slingshot.train.state import STATE_FILE, Counter
+from slingshot.train.state import STATE_FILE
 
 # Three one-digit addends, "+" only: a validation sum is unseen, but its two sub-steps
 # (a + b, then s + c) are each seen many times in training, so what RL sharpens on
@@ -165,41 +164,6 @@ def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------- pure pieces
 
 
-def test_overlong_penalty_ramps_over_the_last_tokens():
-    assert prorl.overlong_penalty(100, 128, 0) == 0.0
-    assert prorl.overlong_penalty(96, 128, 32) == 0.0
-    assert prorl.overlong_penalty(112, 128, 32) == pytest.approx(-0.5)
-    assert prorl.overlong_penalty(128, 128, 32) == -1.0
-    assert prorl.overlong_penalty(140, 128, 32) == -1.0
-
-
-class _TextTokenizer:
-    """Decodes a completion given as a list of one-character "ids" (no model needed)."""
-
-    def decode(self, ids: list[str], skip_special_tokens: bool = False) -> str:
-        return "".join(ids)
-
-
-def test_rewards_truncated_is_zero_and_overlong_ramps():
-    from slingshot.rollout import Rollout
-
-    entry = {"family": "basic_arithmetic", "question": "Calculate 2 + 3.", "answer": "5", "math": True}
-    right = list("<think>2 + 3 = 5</think>\\boxed{5}")
-    wrong = list("<think>2 + 3 = 6</think>\\boxed{6}")
-    rollouts = [
-        Rollout([1], right, finished=True),
-        Rollout([1], wrong, finished=True),
-        Rollout([1], right, finished=False),  # cut by the length limit after a boxed answer
-    ]
-    cfg = ProRLConfig(phases=[{"name": "p", "steps": 1, "max_response_tokens": 64}])
-    group = prorl.score_group(entry, rollouts, _TextTokenizer(), cfg, max_tokens=64)
-    assert group.rewards == [1.0, 0.0, 0.0] and group.correct == [True, False, False]
-    ramp = cfg.model_copy(update={"overlong_penalty_tokens": 32})
-    length = len(right)  # 33 characters: just past the start of the ramp at 64 - 32
-    group = prorl.score_group(entry, rollouts, _TextTokenizer(), ramp, max_tokens=64)
-    assert group.rewards[0] == pytest.approx(1.0 - (length - 32) / 32)
-
-
 def test_rl_batch_masks_exactly_the_completion_tokens():
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -232,45 +196,19 @@ def test_rl_batch_masks_exactly_the_completion_tokens():
     assert float(masked_mean(torch.ones(3, 4), batch.response_mask)) == 1.0
 
 
-def test_prompt_stream_resumes_at_the_same_prompt():
-    entries = [{"id": str(i)} for i in range(7)]
-    a = prorl.PromptStream(entries, seed=3)
-    first = [e["id"] for e in a.take(10)]  # crosses an epoch boundary
-    saved = a.state_dict()
-    rest = [e["id"] for e in a.take(9)]
-    b = prorl.PromptStream(entries, seed=3)
-    b.load_state_dict(saved)
-    assert [e["id"] for e in b.take(9)] == rest
-    assert sorted(first[:7]) == sorted(str(i) for i in range(7))  # an epoch is a permutation
-
-
-def test_plateau_bookkeeping_and_optimizer_reset():
-    cfg = ProRLConfig(reference_reset={"plateau_evals": 2})
-    book = Counter(best_val=float("-inf"), evals_since_best=0)
-    assert not prorl._track_validation(book, 0.3)  # improved
-    assert prorl._track_validation(book, 0.3) and not prorl._plateaued(cfg, book)
-    assert prorl._track_validation(book, 0.2) and prorl._plateaued(cfg, book)
-    policy, reference = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
-    opt = torch.optim.AdamW(policy.parameters())
-    policy(torch.ones(1, 2)).sum().backward()
-    opt.step()
-    prorl.reset_reference(policy, reference, opt, reset_optimizer=True)
-    assert torch.equal(policy.weight, reference.weight) and len(opt.state) == 0
-
-
 # --------------------------------------------------------------------------- the stage
 
 
 def test_dynamic_sampling_never_trains_on_all_equal_groups(tmp_path, sft_setup, monkeypatch):
     trained: list[torch.Tensor] = []
-    original = prorl._train_on_batch
+    original = prorl.update_on_groups
 
     def spy(policy, reference, optimizer, scheduler, train, *args):
         trained.append(train.rewards.clone())
         assert train.batch.size == train.rewards.numel()
         return original(policy, reference, optimizer, scheduler, train, *args)
 
-    monkeypatch.setattr(prorl, "_train_on_batch", spy)
+    monkeypatch.setattr(prorl, "update_on_groups", spy)
     rec = Recorder()
     prorl.run(_ctx(tmp_path, sft_setup, rec, steps=3))
     assert trained, "no update ran"
@@ -311,7 +249,7 @@ def test_resume_restores_the_reference_and_the_kl(tmp_path, sft_setup, monkeypat
     assert kl_before > 1e-7, "the policy never moved away from its reference: the test cannot tell"
 
     seen: dict[str, Any] = {}
-    original = prorl._train_on_batch
+    original = prorl.update_on_groups
 
     def spy(policy, reference, *args):
         if not seen:
@@ -319,7 +257,7 @@ def test_resume_restores_the_reference_and_the_kl(tmp_path, sft_setup, monkeypat
             seen["kl"] = _probe_kl(policy, reference, probe)
         return original(policy, reference, *args)
 
-    monkeypatch.setattr(prorl, "_train_on_batch", spy)
+    monkeypatch.setattr(prorl, "update_on_groups", spy)
     resumed = Recorder()
     prorl.run(_ctx(tmp_path / "cut", sft_setup, resumed, steps=4, interval=2))
 
@@ -346,13 +284,13 @@ def test_reference_reset_zeroes_the_kl(tmp_path, sft_setup):
 
 def test_kl_coef_zero_runs_without_a_reference(tmp_path, sft_setup, monkeypatch):
     refs: list[Any] = []
-    original = prorl._train_on_batch
+    original = prorl.update_on_groups
 
     def spy(policy, reference, *args):
         refs.append(reference)
         return original(policy, reference, *args)
 
-    monkeypatch.setattr(prorl, "_train_on_batch", spy)
+    monkeypatch.setattr(prorl, "update_on_groups", spy)
     rec = Recorder()
     result = prorl.run(_ctx(tmp_path, sft_setup, rec, steps=1, kl_coef=0.0, top_entropy_q=0.2))
     assert refs == [None] and "kl" not in rec.rows[1]
@@ -379,11 +317,3 @@ def test_short_run_raises_validation_pass_at_1(tmp_path, sft_setup):
     # 320 validation samples per point (same sampling seed each time): a rise of 0.05 over
     # the last two points is well beyond the noise of one point (~0.025).
     assert (curve[20] + curve[30]) / 2 >= curve[0] + 0.05, curve
-
-
-def test_validation_prompts_cover_every_family_in_turn():
-    entries = [{"id": f"{family}/{i}", "family": family} for family in ("b", "a") for i in (2, 0, 1)]
-    entries += [{"id": "c/0", "family": "c"}]
-    chosen = [e["id"] for e in prorl.validation_prompts(entries, 5)]
-    assert chosen == ["a/0", "b/0", "c/0", "a/1", "b/1"]
-    assert len(prorl.validation_prompts(entries, 100)) == 7

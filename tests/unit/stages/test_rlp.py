@@ -15,16 +15,18 @@ from stages import make_ctx, pipeline_config, tiny_model_dir
 from slingshot.checkpoint import StageInterrupted, load_torch
 from slingshot.config import RLPConfig
 from slingshot.models.hf import load_model_and_tokenizer, save_model_dir
-from slingshot.rollout.base import Rollout
+from slingshot.rollout import Rollout
 from slingshot.stages import rlp
 from slingshot.tracking import Tracker
 from slingshot.train.optim import build_scheduler
+from slingshot.train.policy_update import UpdateSettings, ema_teacher_hook, update_on_thoughts
 from slingshot.train.rlp_batch import (
     Position,
     PositionStream,
     build_baseline_batch,
     build_thought_batch,
 )
+from slingshot.train.rlp_scoring import score_thoughts
 from slingshot.train.state import STATE_FILE
 
 OPEN, CLOSE, PAD = 5, 6, 0
@@ -153,10 +155,18 @@ def test_only_thought_tokens_receive_gradient_through_the_real_update():
     )
     optimizer = torch.optim.SGD(policy.parameters(), lr=0.0)
     scheduler = build_scheduler(optimizer, cfg.optimizer, 1)
-    scores = rlp.score_thoughts(policy, batch, cfg.micro_batch_size, torch.device("cpu"))
+    scores = score_thoughts(policy, batch, cfg.micro_batch_size, torch.device("cpu"))
     advantages = torch.tensor([1.0, -2.0, 0.5, -0.5])
-    metrics = rlp.policy_update(
-        policy, ema, optimizer, scheduler, batch, scores.old_logp, advantages, cfg, torch.device("cpu")
+    metrics = update_on_thoughts(
+        policy,
+        optimizer,
+        scheduler,
+        batch,
+        scores.old_logp,
+        advantages,
+        UpdateSettings.from_config(cfg),
+        torch.device("cpu"),
+        ema_teacher_hook(ema, policy, cfg.ema_tau),
     )
     touched = policy.table.grad.abs().sum(-1) > 0  # [N, L]: positions whose logits got gradient
     assert torch.equal(touched[:, :-1], batch.thought_mask)

@@ -1,0 +1,309 @@
+"""ProRL's group sampler (SPEC §5): prompts in, scored response groups and train batches out.
+
+A *group* is one prompt's ``n_samples`` responses with their rewards. Each step draws
+prompts from a seeded, resumable :class:`PromptStream`, generates and scores groups
+until ``batch_prompts`` of them carry a learning signal (rewards not all equal: DAPO's
+dynamic sampling) and turns the kept groups into one :class:`TrainBatch`. Validation
+(pass@1 on held-out prompts, a round robin over families) uses the same scoring. The
+bookkeeping of reference resets (best validation score, plateau, π_ref ← π_θ) and the
+entropy controller built from the config live here too, so the stage only calls them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from slingshot.algorithms.entropy import EntropyController
+from slingshot.algorithms.grpo import dynamic_sampling_mask, grpo_advantages
+from slingshot.config import ProRLConfig
+from slingshot.data.tasks import derive_seed
+from slingshot.data.teacher import task_prompt
+from slingshot.rewards.verify import CORRECT_THRESHOLD, score
+from slingshot.rollout import Rollout, RolloutBackend
+from slingshot.train.rl_batch import RLBatch, build_rl_batch, chat_prompt_ids
+from slingshot.train.state import Counter
+
+# --------------------------------------------------------------------------- prompts
+
+
+class PromptStream:
+    """An endless, seeded shuffle of the training entries; its position is checkpointed.
+
+    Each epoch is a fresh permutation from (seed, epoch), so a resume at (epoch, position)
+    continues with exactly the prompts the uninterrupted run would have drawn.
+    """
+
+    def __init__(self, entries: Sequence[dict], seed: int):
+        if not entries:
+            raise ValueError("no training prompts: the task set is empty")
+        self.entries = list(entries)
+        self.seed = seed
+        self.epoch = 0
+        self.position = 0
+        self._order = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> list[int]:
+        order = list(range(len(self.entries)))
+        random.Random(derive_seed(self.seed, "prorl-prompts", epoch)).shuffle(order)
+        return order
+
+    def take(self, n: int) -> list[dict]:
+        out = []
+        for _ in range(n):
+            if self.position >= len(self._order):
+                self.epoch += 1
+                self.position = 0
+                self._order = self._permutation(self.epoch)
+            out.append(self.entries[self._order[self.position]])
+            self.position += 1
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "position": self.position, "size": len(self.entries)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["size"] != len(self.entries):
+            raise ValueError(
+                f"checkpoint was taken over {state['size']} training prompts, this run has {len(self.entries)}"
+            )
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._order = self._permutation(self.epoch)
+
+
+def validation_prompts(entries: list[dict], n: int) -> list[dict]:
+    """The first ``n`` of a round robin over families (each family's entries in id order):
+    validation covers every family, not only the one whose ids sort first."""
+    by_family: dict[str, list[dict]] = defaultdict(list)
+    for entry in sorted(entries, key=lambda e: e["id"]):
+        by_family[entry["family"]].append(entry)
+    columns = [by_family[family] for family in sorted(by_family)]
+    interleaved = [e for row in itertools.zip_longest(*columns) for e in row if e is not None]
+    return interleaved[:n]
+
+
+def cached_prompt_ids(tokenizer: Any) -> Callable[[dict], list[int]]:
+    """``entry -> chat-templated prompt ids``, each entry tokenized once per run."""
+    cache: dict[str, list[int]] = {}
+
+    def prompt_ids(entry: dict) -> list[int]:
+        key = entry["id"]
+        if key not in cache:
+            cache[key] = chat_prompt_ids(tokenizer, task_prompt(entry))
+        return cache[key]
+
+    return prompt_ids
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def overlong_penalty(length: int, max_tokens: int, ramp: int) -> float:
+    """DAPO's soft overlong punishment: 0 up to ``max_tokens - ramp``, then linearly down
+    to −1 at ``max_tokens`` (and −1 beyond). ``ramp = 0`` disables it."""
+    if ramp <= 0:
+        return 0.0
+    start = max_tokens - ramp
+    if length <= start:
+        return 0.0
+    return -min((length - start) / ramp, 1.0)
+
+
+@dataclass
+class ScoredGroup:
+    """One prompt's ``n`` responses with their rewards."""
+
+    entry: dict
+    rollouts: list[Rollout]
+    rewards: list[float]  # training reward (verifier score + overlong penalty)
+    correct: list[bool]  # binary verifier verdict (for pass rate)
+
+
+def _completion_text(tokenizer: Any, ids: Sequence[int]) -> str:
+    # Keep special tokens: </think> is one, and the extractor looks for it.
+    return tokenizer.decode(list(ids), skip_special_tokens=False)
+
+
+def score_group(
+    entry: dict, rollouts: Sequence[Rollout], tokenizer: Any, cfg: ProRLConfig, max_tokens: int
+) -> ScoredGroup:
+    rewards, correct = [], []
+    for r in rollouts:
+        # A response cut off by the length limit has no final answer: reward 0 by definition,
+        # even if a boxed value happened to be written before the cut.
+        raw = score(entry, _completion_text(tokenizer, r.completion_ids)) if r.finished else 0.0
+        ok = raw >= CORRECT_THRESHOLD
+        value = (1.0 if ok else 0.0) if cfg.binary_reward else raw
+        rewards.append(
+            value + overlong_penalty(len(r.completion_ids), max_tokens, cfg.overlong_penalty_tokens)
+        )
+        correct.append(ok)
+    return ScoredGroup(entry, list(rollouts), rewards, correct)
+
+
+# --------------------------------------------------------------------------- the sampler
+
+
+@dataclass
+class TrainBatch:
+    """What one policy update consumes: kept groups only, flattened group-major."""
+
+    groups: list[ScoredGroup]
+    rewards: torch.Tensor  # [B, G]
+    advantages: torch.Tensor  # [B * G]
+    batch: RLBatch
+
+
+def make_train_batch(groups: list[ScoredGroup], cfg: ProRLConfig, pad_token_id: int) -> TrainBatch:
+    rewards = torch.tensor([grp.rewards for grp in groups], dtype=torch.float32)
+    adv = grpo_advantages(rewards, normalize_std=cfg.normalize_std, eps=cfg.adv_eps).reshape(-1)
+    batch = build_rl_batch(
+        [(r.prompt_ids, r.completion_ids) for grp in groups for r in grp.rollouts], pad_token_id
+    )
+    return TrainBatch(groups, rewards, adv, batch)
+
+
+class GroupSampler:
+    """Generates and scores groups for one length-schedule phase of a ProRL run.
+
+    Every generation call is seeded from (``seed``, what it is for), so a resumed step and
+    every validation point draw the same samples as an uninterrupted run would.
+    """
+
+    def __init__(
+        self, backend: RolloutBackend, tokenizer: Any, cfg: ProRLConfig, max_response_tokens: int, seed: int
+    ):
+        self.backend = backend
+        self.tokenizer = tokenizer
+        self.cfg = cfg
+        self.max_tokens = max_response_tokens
+        self.seed = seed
+        self.prompt_ids = cached_prompt_ids(tokenizer)
+
+    def _generate(self, entries: list[dict], n: int, temperature: float, seed: int) -> list[list[Rollout]]:
+        return self.backend.generate(
+            [self.prompt_ids(e) for e in entries],
+            n=n,
+            max_new_tokens=self.max_tokens,
+            temperature=temperature,
+            top_p=self.cfg.top_p,
+            seed=seed,
+        )
+
+    def collect(self, stream: PromptStream, step: int) -> tuple[list[ScoredGroup], dict[str, float]]:
+        """Generate and score until ``batch_prompts`` groups with a learning signal are kept."""
+        cfg = self.cfg
+        kept: list[ScoredGroup] = []
+        seen: list[ScoredGroup] = []
+        gen_batches = tokens = informative = 0
+        for g in range(cfg.max_gen_batches):
+            entries = stream.take(cfg.batch_prompts)
+            rollouts = self._generate(
+                entries, cfg.n_samples, cfg.temperature, derive_seed(self.seed, "rollout", step, g)
+            )
+            gen_batches += 1
+            groups = [
+                score_group(e, rs, self.tokenizer, cfg, self.max_tokens)
+                for e, rs in zip(entries, rollouts, strict=True)
+            ]
+            tokens += sum(len(r.prompt_ids) + len(r.completion_ids) for rs in rollouts for r in rs)
+            seen += groups
+            keep = dynamic_sampling_mask(torch.tensor([grp.rewards for grp in groups], dtype=torch.float64))
+            kept += [grp for grp, k in zip(groups, keep.tolist(), strict=True) if k]
+            informative += int(keep.sum())
+            if len(kept) >= cfg.batch_prompts:
+                break
+        kept = kept[: cfg.batch_prompts]
+        flat = [r for grp in seen for r in grp.rollouts]
+        lengths = torch.tensor([len(r.completion_ids) for r in flat], dtype=torch.float64)
+        stats = {
+            "reward_mean": sum(sum(grp.rewards) for grp in seen) / len(flat),
+            "pass_rate": sum(sum(grp.correct) for grp in seen) / len(flat),
+            "groups_kept_frac": informative / len(seen),
+            "groups_trained": float(len(kept)),
+            "gen_batches": float(gen_batches),
+            "response_length": float(lengths.mean()),
+            "response_length_max": float(lengths.max()),
+            "truncated_frac": sum(not r.finished for r in flat) / len(flat),
+            "tokens_generated": float(tokens),
+        }
+        return kept, stats
+
+    def validate(self, entries: list[dict]) -> dict[str, float]:
+        """pass@1 (mean binary correctness over ``val_samples`` samples) on held-out prompts.
+
+        The sampling seed is the same at every evaluation, so two points of the curve differ by
+        the model, not by sampling noise.
+        """
+        if not entries:
+            return {}
+        cfg = self.cfg
+        rollouts = self._generate(
+            entries, cfg.val_samples, cfg.val_temperature, derive_seed(self.seed, "validation")
+        )
+        by_family: dict[str, list[float]] = defaultdict(list)
+        lengths: list[int] = []
+        for entry, rs in zip(entries, rollouts, strict=True):
+            grp = score_group(entry, rs, self.tokenizer, cfg, self.max_tokens)
+            by_family[entry["family"]] += [float(c) for c in grp.correct]
+            lengths += [len(r.completion_ids) for r in rs]
+        every = [c for cs in by_family.values() for c in cs]
+        out = {"val/pass_at_1": sum(every) / len(every), "val/response_length": sum(lengths) / len(lengths)}
+        out.update({f"val/pass_at_1/{fam}": sum(cs) / len(cs) for fam, cs in sorted(by_family.items())})
+        return out
+
+
+# --------------------------------------------------------------------------- controller and resets
+
+
+def entropy_controller(cfg: ProRLConfig) -> EntropyController:
+    """The ε_high controller of ``cfg.entropy_control``; disabled, it pins ε_high at ``cfg.eps_high``."""
+    ec = cfg.entropy_control
+    return EntropyController(
+        target_low=ec.target_low,
+        target_high=ec.target_high,
+        eps_high_min=ec.eps_high_min if ec.enabled else cfg.eps_high,
+        eps_high_max=ec.eps_high_max if ec.enabled else cfg.eps_high,
+        step_size=ec.step_size,
+        eps_high=cfg.eps_high,
+    )
+
+
+def fresh_book() -> Counter:
+    """A fresh run's reset bookkeeping, validation history and token count (checkpointed)."""
+    return Counter(best_val=float("-inf"), evals_since_best=0, resets=0, last_reset_step=0, tokens=0)
+
+
+def track_validation(book: Counter, value: float) -> bool:
+    """Record one validation score; True when it did not improve on the best so far."""
+    if value > book["best_val"]:
+        book["best_val"] = value
+        book["evals_since_best"] = 0
+        return False
+    book["evals_since_best"] += 1
+    return True
+
+
+def plateaued(cfg: ProRLConfig, book: Counter) -> bool:
+    m = cfg.reference_reset.plateau_evals
+    return m is not None and book["evals_since_best"] >= m
+
+
+@torch.no_grad()
+def reset_reference(
+    policy: torch.nn.Module,
+    reference: torch.nn.Module | None,
+    optimizer: torch.optim.Optimizer,
+    reset_optimizer: bool,
+) -> None:
+    """π_ref ← π_θ (the latest weights); optionally forget Adam's moments (ProRL v1)."""
+    if reference is not None:
+        reference.load_state_dict(policy.state_dict())
+    if reset_optimizer:
+        optimizer.state.clear()  # AdamW re-initialises moments and its step count lazily

@@ -1,0 +1,62 @@
+"""RLP's teacher-forced scoring passes (SPEC §2), no gradient.
+
+The policy scores every ``context <think> c </think> target`` sequence once at sampling
+time (θ_old): the target log-probs give S_pred and the thought-token log-probs are kept
+as the old log-probs of the update. The EMA teacher φ scores ``context target`` with no
+thought for the baseline S_ema.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from slingshot.train.logprobs import token_logprobs
+from slingshot.train.rlp_batch import Position, ThoughtBatch, build_baseline_batch
+
+
+@dataclass
+class ThoughtScores:
+    old_logp: torch.Tensor  # [N, L-1] θ_old log-probs (only the thought mask is meaningful)
+    s_pred: torch.Tensor  # [N, k] log p_θ(target | context, thought)
+    entropy_sum: float  # Σ policy entropy over sampled thought tokens
+    thought_tokens: int
+
+
+@torch.no_grad()
+def score_thoughts(
+    model: torch.nn.Module, batch: ThoughtBatch, micro_batch_size: int, device: torch.device
+) -> ThoughtScores:
+    """One teacher-forced pass (in micro-batches) over all B·G thought sequences."""
+    n, width = batch.input_ids.shape
+    old_logp = torch.zeros((n, width - 1))
+    s_pred = torch.empty(batch.target_index.shape)
+    entropy_sum = 0.0
+    for start in range(0, n, micro_batch_size):
+        stop = min(start + micro_batch_size, n)
+        sub = batch.rows(start, stop)
+        logp, entropy = token_logprobs(
+            model, sub.input_ids.to(device), sub.attention_mask.to(device), with_entropy=True
+        )
+        assert entropy is not None
+        mask = sub.thought_mask.to(device)
+        old_logp[start:stop, : logp.shape[1]] = logp.cpu()
+        s_pred[start:stop] = logp.gather(1, sub.target_index.to(device)).cpu()
+        entropy_sum += float((entropy * mask).sum())
+    return ThoughtScores(old_logp, s_pred, entropy_sum, int(batch.thought_mask.sum()))
+
+
+@torch.no_grad()
+def score_baseline(
+    ema: torch.nn.Module, positions: list[Position], pad_id: int, micro_batch_size: int, device: torch.device
+) -> torch.Tensor:
+    """S_ema = log p_φ(target | context), no thought: [B, k]."""
+    batch = build_baseline_batch(positions, pad_id)
+    out = []
+    for start in range(0, len(positions), micro_batch_size):
+        ids = batch.input_ids[start : start + micro_batch_size].to(device)
+        attention = batch.attention_mask[start : start + micro_batch_size].to(device)
+        logp, _ = token_logprobs(ema, ids, attention)
+        out.append(logp.gather(1, batch.target_index[start : start + micro_batch_size].to(device)).cpu())
+    return torch.cat(out)

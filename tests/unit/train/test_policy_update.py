@@ -1,0 +1,211 @@
+"""The RL stages' one policy-update routine (slingshot.train.policy_update): the optimizer-step
+loop with its post-step hook, the clipped loss with its KL term, and both stages' entry points."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from slingshot.config import ProRLConfig, RLPConfig
+from slingshot.rollout import Rollout
+from slingshot.train.policy_update import (
+    UpdateSettings,
+    clipped_loss,
+    ema_teacher_hook,
+    policy_update,
+    update_on_groups,
+    update_on_thoughts,
+)
+from slingshot.train.rl_batch import build_rl_batch
+from slingshot.train.rl_sampling import TrainBatch
+from slingshot.train.rlp_batch import Position, build_thought_batch
+from slingshot.train.rlp_scoring import score_thoughts
+
+CPU = torch.device("cpu")
+
+
+def tiny_lm(vocab: int = 40) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+    )
+    return LlamaForCausalLM(config)
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def test_settings_from_each_stage_config():
+    prorl = UpdateSettings.from_config(
+        ProRLConfig(n_samples=4, batch_prompts=8, mini_batch_prompts=2, kl_coef=0.01, top_entropy_q=0.2)
+    )
+    assert (prorl.minibatch_rows, prorl.kl_coef, prorl.top_entropy_q, prorl.epochs) == (8, 0.01, 0.2, 1)
+    assert (prorl.eps_low, prorl.eps_high, prorl.loss_agg, prorl.grad_clip) == (0.2, 0.4, "token-mean", 1.0)
+    # A fixed number of rows per step: a short batch (fewer kept groups) gets fewer steps.
+    assert prorl.minibatch_bounds(20) == [(0, 8), (8, 16), (16, 24)]
+
+    rlp = UpdateSettings.from_config(
+        RLPConfig(positions_per_step=4, ppo_epochs=3, mini_batches=2, micro_batch_size=5)
+    )
+    assert (rlp.epochs, rlp.mini_batches, rlp.micro_batch_rows, rlp.kl_coef) == (3, 2, 5, 0.0)
+    assert rlp.loss_agg == "seq-mean-token-mean"
+    assert rlp.minibatch_bounds(8) == [(0, 4), (4, 8)]  # the batch split evenly
+
+
+# --------------------------------------------------------------------------- the shared loop
+
+
+def test_one_optimizer_step_per_minibatch_and_the_hook_after_each():
+    model = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 2.0]]))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (step + 1))
+    minibatches = [torch.tensor([[3.0, 4.0]]), torch.tensor([[1.0, 0.0]])]
+
+    def loss(index: int, x: torch.Tensor) -> int:
+        assert model.weight.grad is None  # zeroed (to None) before every mini-batch
+        model(x).sum().backward()  # the gradient is x itself
+        return index
+
+    after_step: list[list[float]] = []
+    settings = UpdateSettings(eps_low=0.2, eps_high=0.2, loss_agg="token-mean", grad_clip=1.0, epochs=2)
+    steps = policy_update(
+        model,
+        optimizer,
+        scheduler,
+        minibatches,
+        loss,
+        settings,
+        post_step=lambda: after_step.append(model.weight.detach().flatten().tolist()),
+    )
+    assert [s.stats for s in steps] == [0, 1, 0, 1]
+    assert [s.grad_norm for s in steps] == pytest.approx([5.0, 1.0, 5.0, 1.0])  # before clipping
+    # lr 1, 1/2, 1/3, 1/4; the [3, 4] gradient is clipped to norm 1: [0.6, 0.8].
+    expected = [[0.4, 1.2], [-0.1, 1.2], [-0.3, 1.2 - 0.8 / 3], [-0.55, 1.2 - 0.8 / 3]]
+    assert len(after_step) == 4
+    for got, want in zip(after_step, expected, strict=True):
+        assert got == pytest.approx(want, abs=1e-5)
+
+
+def test_clipped_loss_kl_term_is_zero_against_itself_and_beta_times_kl_otherwise():
+    torch.manual_seed(0)
+    logp = torch.randn(2, 3).requires_grad_()
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    adv = torch.tensor([1.0, -1.0])
+    settings = UpdateSettings(
+        eps_low=0.2, eps_high=0.2, loss_agg="token-mean", grad_clip=0.0, kl_coef=0.1, kl_kind="k2"
+    )
+    loss, out, kl = clipped_loss(logp, logp.detach(), adv, mask, settings)
+    assert kl is None and loss is out.loss
+    # On-policy (ratio 1), token-mean: -(1 + 1 - 1) / 3.
+    assert float(out.loss.detach()) == pytest.approx(-1 / 3)
+    loss, out, kl = clipped_loss(logp, logp.detach(), adv, mask, settings, mask, logp.detach())
+    assert float(kl.detach()) == 0.0 and float(loss.detach()) == float(out.loss.detach())
+    loss, out, kl = clipped_loss(logp, logp.detach(), adv, mask, settings, mask, logp.detach() - 0.5)
+    assert float(kl.detach()) == pytest.approx(0.125)  # k2 = (logp - ref)^2 / 2
+    assert float(loss.detach()) == pytest.approx(-1 / 3 + 0.1 * 0.125)
+
+
+def test_ema_teacher_hook_mixes_tau_of_the_teacher_with_the_policy():
+    policy, teacher = torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        policy.weight.fill_(2.0)
+        teacher.weight.fill_(1.0)
+    follow = ema_teacher_hook(teacher, policy, 0.75)
+    follow()
+    assert float(teacher.weight.detach()) == 0.75 * 1.0 + 0.25 * 2.0
+    follow()
+    assert float(teacher.weight.detach()) == pytest.approx(0.75 * 1.25 + 0.25 * 2.0)
+
+
+# --------------------------------------------------------------------------- ProRL's entry point
+
+
+def _train_batch() -> TrainBatch:
+    sequences = [([1, 2], [3, 4, 5]), ([1, 2], [6, 7]), ([8], [9, 10, 11, 12]), ([8], [13])]
+    advantages = torch.tensor([1.0, -1.0, 0.5, -0.5])
+    return TrainBatch([], advantages.view(2, 2), advantages, build_rl_batch(sequences, 0))
+
+
+def test_update_on_groups_kl_starts_at_zero_when_the_reference_is_the_policy():
+    policy = tiny_lm()
+    reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    settings = UpdateSettings.from_config(ProRLConfig(n_samples=2, batch_prompts=2, mini_batch_prompts=1))
+    settings = dataclasses.replace(settings, kl_coef=0.1)
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    metrics = update_on_groups(policy, reference, optimizer, scheduler, _train_batch(), settings, CPU)
+    assert metrics["updates"] == 2.0  # two groups of two rows, one group per optimizer step
+    assert metrics["kl_start"] == 0.0  # before any update the policy IS its reference
+    assert metrics["kl"] > 0.0  # the second mini-batch sees the policy after one step
+    assert metrics["update_token_frac"] == 1.0 and metrics["adv_abs_mean"] == 0.75
+    assert any(not torch.equal(before[k], v) for k, v in policy.state_dict().items())
+
+
+def test_update_on_groups_forking_tokens_and_no_reference():
+    policy = tiny_lm()
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    cfg = ProRLConfig(n_samples=2, batch_prompts=2, mini_batch_prompts=2, kl_coef=0.0, top_entropy_q=0.5)
+    metrics = update_on_groups(
+        policy, None, optimizer, scheduler, _train_batch(), UpdateSettings.from_config(cfg), CPU
+    )
+    assert "kl" not in metrics and "kl_start" not in metrics and metrics["updates"] == 1.0
+    # ceil(q · n) of each response's n tokens: 2 of 3, 1 of 2, 2 of 4, 1 of 1 -> 6 of 10.
+    assert metrics["update_token_frac"] == pytest.approx(0.6)
+    assert metrics["ratio_mean"] == pytest.approx(1.0) and metrics["clip_frac"] == 0.0
+
+
+# --------------------------------------------------------------------------- RLP's entry point
+
+
+def test_update_on_thoughts_calls_the_hook_after_every_optimizer_step():
+    open_, close = 5, 6
+    positions = [Position(0, 3, (1, 10, 11), (12,)), Position(1, 2, (1, 20), (21,))]
+    rollouts = [
+        [Rollout([1, 10, 11, open_], [30, close], True), Rollout([1, 10, 11, open_], [31, 32], False)],
+        [Rollout([1, 20, open_], [close], True), Rollout([1, 20, open_], [33], False)],
+    ]
+    batch = build_thought_batch(positions, rollouts, open_, close, 0)
+    policy = tiny_lm()
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    settings = UpdateSettings.from_config(
+        RLPConfig(positions_per_step=2, group_size=2, ppo_epochs=2, mini_batches=2, micro_batch_size=1)
+    )
+    old = score_thoughts(policy, batch, 4, CPU).old_logp
+    lrs: list[float] = []
+    metrics = update_on_thoughts(
+        policy,
+        optimizer,
+        scheduler,
+        batch,
+        old,
+        torch.tensor([1.0, -1.0, 0.5, -0.5]),
+        settings,
+        CPU,
+        post_step=lambda: lrs.append(scheduler.last_epoch),
+    )
+    assert lrs == [1, 2, 3, 4]  # 2 epochs x 2 mini-batches, each hook after its scheduler step
+    assert metrics["ratio_mean"] != 1.0  # later passes are off-policy: the ratio moved
+    assert set(metrics) == {
+        "clip_frac",
+        "clip_frac_low",
+        "clip_frac_high",
+        "ratio_mean",
+        "loss",
+        "grad_norm",
+        "lr",
+    }
