@@ -245,9 +245,9 @@ def test_stage_trains_and_writes_a_model(env, reference_run):
     steps = {int(k): v for k, v in record["steps"].items()}
     last = max(steps)
     assert last >= 4
-    assert steps[last]["train/loss"] < steps[1]["train/loss"]
-    assert "eval/loss" in steps[2] and "eval/loss" in steps[last]
-    assert record["metrics"]["eval_loss"] == steps[last]["eval/loss"]
+    assert steps[last]["loss"] < steps[1]["loss"]
+    assert "val/loss" in steps[2] and "val/loss" in steps[last]
+    assert record["metrics"]["val/loss"] == steps[last]["val/loss"]
     model_dir = Path(record["outputs"]["model_dir"])
     check_model_dir(model_dir)
     assert record["models"] == [str(model_dir)]
@@ -272,12 +272,12 @@ def test_kill_and_resume_reaches_the_same_loss(env, reference_run):
     resumed_steps = sorted(int(k) for k in second["steps"])
     assert resumed_steps[0] == 3  # resumed after the checkpoint, not from scratch
     for step in map(str, resumed_steps):
-        for key in ("train/loss", "train/grad_norm", "train/lr", "train/tokens"):
+        for key in ("loss", "grad_norm", "lr", "tokens"):
             assert second["steps"][step][key] == pytest.approx(ref[step][key], rel=1e-6, abs=1e-7), (
                 step,
                 key,
             )
-    assert second["metrics"]["eval_loss"] == pytest.approx(reference_run["metrics"]["eval_loss"], rel=1e-6)
+    assert second["metrics"]["val/loss"] == pytest.approx(reference_run["metrics"]["val/loss"], rel=1e-6)
     a = load_model_and_tokenizer(second["outputs"]["model_dir"])[0].state_dict()
     b = load_model_and_tokenizer(reference_run["outputs"]["model_dir"])[0].state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
@@ -316,7 +316,7 @@ def assert_same_training(two: dict, one: dict, rel: float) -> None:
     assert two["world_size"] == 2
     assert two["steps"].keys() == one["steps"].keys()
     for step in one["steps"]:
-        for key in ("train/loss", "train/grad_norm", "train/tokens"):
+        for key in ("loss", "grad_norm", "tokens"):
             assert two["steps"][step][key] == pytest.approx(one["steps"][step][key], rel=rel), (step, key)
     a = load_model_and_tokenizer(two["outputs"]["model_dir"])[0].state_dict()
     b = load_model_and_tokenizer(one["outputs"]["model_dir"])[0].state_dict()
