@@ -19,6 +19,13 @@ BATCH = 4
 STEPS = 3
 
 
+def train_step(*args: Any) -> tuple[float, float]:
+    """The pretrain stage's training step (imported late: Megatron loads only in the workers)."""
+    from slingshot.models.megatron_train import train_step as production_step
+
+    return production_step(*args)
+
+
 def _micro_batch(batch: torch.Tensor) -> dict[str, torch.Tensor]:
     """A [batch, seq + 1] token block as the training step's micro-batch (every token counts)."""
     return {"tokens": batch[:, :-1], "labels": batch[:, 1:], "loss_mask": torch.ones(batch[:, 1:].shape)}
@@ -37,8 +44,6 @@ def _wrap(model: Any, case: dict[str, Any]) -> tuple[Any, Any]:
 
 
 def _step(ddp: Any, optimizer: Any, batch: torch.Tensor, case: dict[str, Any]) -> tuple[float, float]:
-    from slingshot.models.megatron_train import train_step
-
     return train_step(ddp, optimizer, [_micro_batch(batch)], case.get("lr", 3e-3))
 
 
@@ -124,5 +129,57 @@ def run_cases(rank: int, world_size: int, port: int, cases: dict[str, dict[str, 
                     },
                     out / "mcore.pt",
                 )
+    finally:
+        destroy_model_parallel()
+
+
+def train_step_checks(rank: int, world_size: int, port: int, out_root: str) -> None:
+    """Rank ``rank`` of a data-parallel job (TP=1): the data-parallel mean, gradient
+    accumulation (one micro-batch of 4 rows == two of 2) and the loss mask, with the
+    production training step. Each rank writes ``<out_root>/rank<r>.pt``."""
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    from slingshot.models.config import GPTModelConfig
+    from slingshot.models.megatron_gpt import build_gpt, destroy_model_parallel, init_model_parallel
+    from slingshot.models.megatron_train import data_parallel_mean
+
+    init_model_parallel(1, 1, backend="gloo", rank=rank, world_size=world_size)
+    try:
+        cfg = GPTModelConfig(
+            num_layers=1,
+            hidden_size=32,
+            ffn_hidden_size=64,
+            num_attention_heads=2,
+            vocab_size=64,
+            seq_length=SEQ,
+        )
+        case = {"lr": 1e-2}
+        data = torch.randint(
+            0, cfg.vocab_size, (world_size * 4, SEQ + 1), generator=torch.Generator().manual_seed(3)
+        )
+        mine = data[rank * 4 : (rank + 1) * 4]  # this DP rank's share of the global batch
+        runs = {}
+        for name, micro in (("one", [mine]), ("two", [mine[:2], mine[2:]])):
+            torch.manual_seed(0)
+            ddp, optimizer = _wrap(build_gpt(cfg), case)
+            loss, grad_norm = train_step(ddp, optimizer, [_micro_batch(m) for m in micro], case["lr"])
+            runs[name] = {
+                "loss": loss,
+                "dp_loss": data_parallel_mean(loss),
+                "grad_norm": grad_norm,
+                "lr": optimizer.param_groups[0]["lr"],
+                "params": [p.detach().clone() for p in ddp.module.parameters()],
+            }
+        masked = _micro_batch(mine)
+        masked["loss_mask"] = torch.zeros_like(masked["loss_mask"])
+        torch.manual_seed(0)
+        ddp, optimizer = _wrap(build_gpt(cfg), case)
+        nothing = train_step(ddp, optimizer, [masked], 0.5)
+        torch.save(
+            {"mean": data_parallel_mean(float(rank + 1)), "runs": runs, "masked": nothing},
+            Path(out_root) / f"rank{rank}.pt",
+        )
     finally:
         destroy_model_parallel()

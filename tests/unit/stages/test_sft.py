@@ -16,13 +16,10 @@ import torch
 from slingshot.data.packing import IGNORE_INDEX, pack_sft, tokenize_sft
 from slingshot.models.hf import load_model_and_tokenizer
 from slingshot.train.supervised import (
-    EpochSchedule,
-    SupervisedSettings,
     attention_layout,
     collate,
     per_example_loss,
     plan_rows,
-    shard_micro_batches,
     token_loss_sum,
 )
 
@@ -191,31 +188,6 @@ def test_plan_rows_places_like_pack_sft(env):
     packed = pack_sft([exs[i] for i in order], 256, tokenizer.pad_token_id, lookback=4)
     assert [[exs[i].id for i in row] for row in planned] == [row.example_ids for row in packed]
     assert len(planned) < len(exs)  # several examples per row
-
-
-def test_schedule_is_a_seeded_permutation_per_epoch():
-    from slingshot.config import OptimizerConfig
-
-    lengths = [10 + (i * 7) % 40 for i in range(50)]
-    settings = SupervisedSettings(
-        seq_length=64, micro_batch_size=2, grad_accum=2, epochs=2.5, optimizer=OptimizerConfig(), seed=3
-    )
-    sched = EpochSchedule(lengths, settings, world_size=1)
-    again = EpochSchedule(lengths, settings, world_size=2)  # 2 ranks x accum 2 x 2 = 8 rows
-    assert sched.global_rows == 4 and again.global_rows == 8
-    epoch0 = [i for step in range(1, sched.steps_per_epoch[0] + 1) for row in sched.batch(step) for i in row]
-    assert sorted(epoch0) == list(range(50))  # every example once per epoch
-    first1 = sched.batch(sched.steps_per_epoch[0] + 1)
-    assert first1 != sched.batch(1)  # a new order in epoch 2
-    assert sched.steps_per_epoch[2] == round(sched.steps_per_epoch[0] * 0.5)
-    fresh = EpochSchedule(lengths, settings, world_size=1)
-    assert [fresh.batch(s) for s in range(sched.total_steps, 0, -1)] == [
-        sched.batch(s) for s in range(sched.total_steps, 0, -1)
-    ]
-    # Rank shares tile the global batch in order, whatever the split.
-    rows = sched.batch(1)
-    split = shard_micro_batches(rows, 0, 2, 2, 1) + shard_micro_batches(rows, 1, 2, 2, 1)
-    assert [r for mb in split for r in mb] == rows
 
 
 # --------------------------------------------------------------------------- the stage
