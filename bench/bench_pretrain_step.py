@@ -1,4 +1,4 @@
-"""Megatron-Core training step vs a plain PyTorch loop on the same HF Llama.
+"""Megatron-Core training step (the pretrain stage's own) vs a plain PyTorch loop on the same HF Llama.
 
 Both train the same architecture (RMSNorm, SwiGLU, RoPE, GQA) with AdamW(0.9, 0.95),
 wd 0.1, grad clip 1.0, at the same batch and sequence length on the same device. Each
@@ -70,16 +70,19 @@ def _best_window(step: Any, a: argparse.Namespace) -> float:
 def run_mcore(a: argparse.Namespace) -> float:
     import torch
 
+    from slingshot.config import OptimizerConfig
     from slingshot.models.megatron_gpt import build_gpt, destroy_model_parallel, init_model_parallel
     from slingshot.models.megatron_train import train_step, wrap_for_training
 
     init_model_parallel(1, 1)
     cfg = _model_cfg(a)
     model = build_gpt(cfg, bf16=a.bf16)
-    ddp, opt = wrap_for_training(model, lr=3e-4, bf16=a.bf16)
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    data = torch.randint(0, cfg.vocab_size, (a.batch, a.seq + 1), device=dev)
-    per_step = _best_window(lambda: train_step(ddp, opt, data[:, :-1], data[:, 1:]), a)
+    optimizer = OptimizerConfig(lr=3e-4)  # betas (0.9, 0.95), wd 0.1, clip 1.0 like the HF side
+    ddp, opt = wrap_for_training(model, optimizer, bf16=a.bf16)
+    # The stage's micro-batch: CPU tensors from the dataset, moved to the GPU by the step.
+    data = torch.randint(0, cfg.vocab_size, (a.batch, a.seq + 1))
+    batch = {"tokens": data[:, :-1], "labels": data[:, 1:], "loss_mask": torch.ones(a.batch, a.seq)}
+    per_step = _best_window(lambda: train_step(ddp, opt, [batch], optimizer.lr), a)
     destroy_model_parallel()
     return a.batch * a.seq / per_step
 

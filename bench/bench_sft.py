@@ -127,7 +127,7 @@ def main() -> None:
     ours_loss = 0.0
     for step in range(args.warmup + 1, total + 1):
         start = time.perf_counter()
-        ours_loss = trainer.train_step(step)["train/loss"]
+        ours_loss = trainer.train_step(step)["loss"]
         sync()
         ours_times.append(time.perf_counter() - start)
     ours_s = sum(ours_times)

@@ -92,17 +92,20 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 @contextmanager
 def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temp directory beside ``path``; on success fsync its files and swap it in whole
-    (replacing an older ``path``). On an exception the temp directory is removed and ``path``
-    is left as it was. For outputs that are directories: HF models, tokenizers, datasets."""
+    """Yield a temp directory beside ``path``; on success fsync its files and directories and
+    swap it in whole (replacing an older ``path``). On an exception the temp directory is
+    removed and ``path`` is left as it was; a full disk raises :class:`DiskFullError` naming
+    ``path``. For outputs that are directories: HF models, tokenizers, datasets, checkpoints."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         yield tmp
-        for file in tmp.rglob("*"):
-            if file.is_file():
-                with open(file, "rb") as handle:
+        for entry in [tmp, *tmp.rglob("*")]:
+            if entry.is_dir():  # the names inside it (a nested shard directory too)
+                fsync_dir(entry)
+            elif entry.is_file():
+                with open(entry, "rb") as handle:
                     os.fsync(handle.fileno())
         if target.exists():
             shutil.rmtree(target)

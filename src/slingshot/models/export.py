@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
+import torch.distributed as tdist
 from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
@@ -41,6 +41,8 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from slingshot import dist
+from slingshot.io import atomic_dir
 from slingshot.models.config import GPTModelConfig
 
 StateDict = Mapping[str, torch.Tensor]
@@ -295,13 +297,29 @@ def gather_state_dicts_for_export(model: torch.nn.Module) -> list[list[dict[str,
     )
     if tp * pp == 1 or not dist.is_initialized():
         return [[sd]]
+    # A gather to one rank of a subgroup: slingshot.dist has no such collective (yet).
     group = parallel_state.get_model_parallel_group()
-    dst = dist.get_global_rank(group, 0)
-    gathered: list[Any] | None = [None] * (tp * pp) if dist.get_rank() == dst else None
-    dist.gather_object(entry, gathered, dst=dst, group=group)
+    dst = tdist.get_global_rank(group, 0)
+    gathered: list[Any] | None = [None] * (tp * pp) if dist.rank() == dst else None
+    tdist.gather_object(entry, gathered, dst=dst, group=group)
     if gathered is None:
         return None
     grid: list[list[dict[str, torch.Tensor]]] = [[{} for _ in range(tp)] for _ in range(pp)]
     for pp_rank, tp_rank, shard in gathered:
         grid[pp_rank][tp_rank] = shard
     return grid
+
+
+def export_hf_dir(
+    model: torch.nn.Module, cfg: GPTModelConfig, tokenizer: Any, out: Path, is_main: bool
+) -> Path:
+    """Collective: gather the model-parallel shards; rank 0 writes the HF directory ``out``
+    whole or not at all (:func:`slingshot.io.atomic_dir`: a full disk raises the
+    DiskFullError naming ``out`` and leaves nothing half-written)."""
+    grid = gather_state_dicts_for_export(model)
+    if is_main:
+        assert grid is not None
+        with atomic_dir(out) as tmp:
+            export_to_hf(grid, cfg, tmp, tokenizer)
+    dist.barrier()
+    return out

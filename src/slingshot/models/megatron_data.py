@@ -10,9 +10,10 @@ that corpus it is in this phase (``dataset_sample_index``); the sample itself is
 consumed of the corpus. So phase 2 continues each corpus where phase 1 stopped: across
 phases and resumes, no sample is repeated or skipped.
 
-Inside a phase, step ``s`` (0-based) consumes global samples ``[s*G, (s+1)*G)``;
-data-parallel rank ``r`` of ``D`` takes ``[s*G + r*G/D, s*G + (r+1)*G/D)``, cut into
-micro-batches. A checkpoint therefore needs only the step and the per-corpus counts.
+Each phase trains for its share of the stage's tokens (:func:`plan_phases`); inside a
+phase, step ``s`` (0-based) consumes global samples ``[s*G, (s+1)*G)``; data-parallel
+rank ``r`` of ``D`` takes ``[s*G + r*G/D, s*G + (r+1)*G/D)``, cut into micro-batches. A
+checkpoint therefore needs only the step and the per-corpus counts.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,8 +32,47 @@ from slingshot.data.megatron_indexed import (
     gpt_dataset_config,
 )
 
+if TYPE_CHECKING:
+    from slingshot.config import PretrainConfig
+
 # Megatron builds each mid-level dataset of a blend with this surplus over weight x size.
 _SURPLUS = 0.005
+
+
+@dataclass(frozen=True)
+class PhasePlan:
+    """Where a phase sits in the stage's global step count (the lr schedule's x-axis)."""
+
+    index: int
+    name: str
+    steps: int  # optimizer steps of this phase
+    offset: int  # global steps taken by the phases before it
+    total_steps: int  # global steps of the whole stage (all phases)
+    tokens_per_step: int
+
+
+def plan_phases(cfg: PretrainConfig) -> list[PhasePlan]:
+    """Steps per phase from its token budget; each phase takes at least one step."""
+    tokens_per_step = cfg.global_batch_size * cfg.model.seq_length
+    steps = [max(1, round(p.token_fraction * cfg.total_tokens / tokens_per_step)) for p in cfg.phases]
+    plans, offset = [], 0
+    for i, (phase, n) in enumerate(zip(cfg.phases, steps, strict=True)):
+        plans.append(PhasePlan(i, phase.name, n, offset, sum(steps), tokens_per_step))
+        offset += n
+    return plans
+
+
+def phase_plan(cfg: PretrainConfig, phase: str | None) -> PhasePlan:
+    """The plan of the phase named ``phase`` (None: the config's only phase)."""
+    plans = plan_phases(cfg)
+    if phase is None:
+        if len(plans) != 1:
+            raise ValueError("this pretrain node has no phase but the config has several")
+        return plans[0]
+    for plan in plans:
+        if plan.name == phase:
+            return plan
+    raise KeyError(f"phase '{phase}' is not in the pretrain config (have {[p.name for p in plans]})")
 
 
 def corpus_budgets(phases: Sequence[tuple[Mapping[str, float], int]]) -> dict[str, int]:
@@ -58,6 +98,26 @@ class PhaseData:
     streams: dict[str, Any]  # corpus -> GPTDataset for the whole stage
     corpora: list[str]  # blend order: dataset_id i -> corpora[i]
     global_batch_size: int
+
+    @classmethod
+    def from_config(
+        cls, cfg: PretrainConfig, plan: PhasePlan, tokenizer: Any, prefixes: Mapping[str, str], seed: int
+    ) -> PhaseData:
+        """Phase ``plan``'s data: its blend over corpus streams sized for every phase of ``cfg``."""
+        plans = plan_phases(cfg)
+        budgets = corpus_budgets(
+            [(p.blend, pl.steps * cfg.global_batch_size) for p, pl in zip(cfg.phases, plans, strict=True)]
+        )
+        return build_phase_data(
+            tokenizer,
+            prefixes,
+            dict(cfg.phases[plan.index].blend),
+            sequence_length=cfg.model.seq_length,
+            num_samples=plan.steps * cfg.global_batch_size,
+            global_batch_size=cfg.global_batch_size,
+            seed=seed,
+            budgets=budgets,
+        )
 
     def __len__(self) -> int:
         return len(self.blended)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 import torch
@@ -81,6 +83,21 @@ def init_model_parallel(
     ):
         raise RuntimeError("model parallel already initialised with different sizes")
     model_parallel_cuda_manual_seed(seed, force_reset_rng=True)
+
+
+@contextmanager
+def model_parallel(parallel: ParallelConfig, *, seed: int) -> Iterator[None]:
+    """Megatron's groups for one job (see :func:`init_model_parallel`), torn down after it,
+    with the process group too when this made it (a single process)."""
+    created_group = not dist.is_initialized()
+    init_model_parallel(parallel.tensor_parallel_size, parallel.pipeline_parallel_size, seed=seed)
+    try:
+        yield
+    finally:
+        if parallel_state.model_parallel_is_initialized():
+            parallel_state.destroy_model_parallel()
+        if created_group and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def destroy_model_parallel() -> None:

@@ -9,7 +9,9 @@
 4. Train with the shared supervised loop (slingshot.train.supervised): packing without
    cross-example attention, AdamW + warmup/cosine, gradient accumulation, FSDP2 or
    all-reduce data parallelism, exact resume.
-5. Write the HF model directory (atomic, rank 0) and register it in MLflow.
+5. Write the HF model directory (atomic, rank 0) and register it in MLflow as
+   ``<variant>-sft``. Step metrics are unprefixed (``loss``, ``grad_norm``, ...), the
+   held-out ones ``val/loss`` and ``val/tokens``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from slingshot import dist
 from slingshot.config import SFTConfig, SFTDataset
 from slingshot.context import StageContext, StageResult
 from slingshot.data.corpora import CorpusSpec, FieldMap, read_corpus
@@ -127,15 +130,10 @@ def run(ctx: StageContext) -> StageResult:
     if cfg.use_synth:
         dataset = ctx.upstream_of_kind("synth")["outputs"]["dataset"]
         sources.append(("synth", synth_records(dataset), 1.0))
-        ctx.tracker.log_input("synth", dataset, digest=path_digest(dataset), context="training")
+        ctx.log_file_input("synth", dataset, digest=path_digest(dataset))
     for i, spec in enumerate(cfg.extra_datasets):
         sources.append((f"extra{i}", extra_records(i, spec), spec.weight))
-        ctx.tracker.log_input(
-            f"sft-extra{i}:{Path(spec.path).name}",
-            spec.path,
-            digest=path_digest(spec.path),
-            context="training",
-        )
+        ctx.log_file_input(f"sft-extra{i}:{Path(spec.path).name}", spec.path, digest=path_digest(spec.path))
     if not sources or not any(records for _, records, _ in sources):
         raise ValueError(
             f"{ctx.stage}: no SFT data (use_synth={cfg.use_synth}, {len(cfg.extra_datasets)} extra datasets)"
@@ -147,7 +145,7 @@ def run(ctx: StageContext) -> StageResult:
     )
 
     # 3. tokenize; keep the examples that still supervise something after truncation
-    model, tokenizer = load_model_and_tokenizer(ctx.input_model_dir)
+    model, tokenizer = load_model_and_tokenizer(ctx.require_input_model())
     if cfg.attn_implementation:
         model.set_attn_implementation(cfg.attn_implementation)
     # Packed positions restart per example, so only one example must fit the model's positions.
@@ -179,18 +177,7 @@ def run(ctx: StageContext) -> StageResult:
     )
 
     # 4. train
-    settings = SupervisedSettings(
-        seq_length=cfg.seq_length,
-        micro_batch_size=cfg.micro_batch_size,
-        grad_accum=cfg.grad_accum,
-        epochs=cfg.epochs,
-        optimizer=cfg.optimizer,
-        packing=cfg.packing,
-        eval_every=cfg.eval_every,
-        log_every=cfg.log_every,
-        seed=seed,
-        data_parallel=cfg.data_parallel,
-    )
+    settings = SupervisedSettings.from_config(cfg, seed)
     trainer = SupervisedTrainer(model, train, settings, ctx.dist, tokenizer.pad_token_id, evaluation)
     ctx.tracker.set_tags(
         {"sft.packing": trainer.packing, "sft.parallel": trainer.mode, "sft.attention": trainer.layout}
@@ -203,16 +190,12 @@ def run(ctx: StageContext) -> StageResult:
     if ctx.dist.is_main:
         assert exported is not None
         save_model_dir(exported, tokenizer, model_dir)
-        ctx.tracker.log_model_dir(ctx.stage, model_dir, params={"steps": trainer.total_steps})
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()  # no rank reports done before the model directory exists
+    ctx.publish_model(model_dir, params={"steps": trainer.total_steps})
+    dist.barrier()  # no rank reports done before the model directory exists
     return StageResult(
         outputs={"model_dir": str(model_dir)},
-        metrics={
-            "loss": metrics["train/loss"],
-            **({"eval_loss": metrics["eval/loss"]} if "eval/loss" in metrics else {}),
-            **metrics,
-        },
+        # The final training loss, the held-out loss (when there is a held-out set), the steps.
+        metrics={k: metrics[k] for k in ("loss", "val/loss", "steps") if k in metrics},
         tokens=int(trainer.progress["tokens"]),
         extra={
             "sft": {

@@ -1,4 +1,5 @@
-"""AdamW and the learning-rate schedule (linear warmup, then cosine to a floor, or constant)."""
+"""AdamW, the learning-rate schedule (linear warmup, then cosine to a floor, or constant) and
+clipping a model's gradients by their global norm (through ``slingshot.dist``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import math
 
 import torch
 
+from slingshot import dist
 from slingshot.config import OptimizerConfig
 
 
@@ -41,8 +43,5 @@ def build_scheduler(
 
 
 def clip_grad_norm(model: torch.nn.Module, max_norm: float) -> float:
-    """Clip (if max_norm > 0) and return the total grad norm before clipping."""
-    params = [p for p in model.parameters() if p.grad is not None]
-    if max_norm > 0:
-        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-    return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))) if params else 0.0
+    """``slingshot.dist.clip_grad_norm`` over ``model``'s parameters (kept for callers that pass a model)."""
+    return dist.clip_grad_norm(model.parameters(), max_norm)

@@ -20,7 +20,10 @@ What it guarantees:
   flash attention); a model that does not honour either falls back to one example per
   row (checked once, numerically, by :func:`packing_supported`).
 - Data parallel: FSDP2 (``fully_shard``) on GPUs; gradient all-reduce on gloo (CPU
-  tests); nothing for one process.
+  tests); nothing for one process. Every collective goes through :mod:`slingshot.dist`.
+- Metrics (the project's naming rule): training step metrics unprefixed (``loss``,
+  ``grad_norm``, ``lr``, ``epoch``, ``rows``, ``tokens``, ``tokens_per_s``), the held-out
+  loss as ``val/loss`` and ``val/tokens``.
 """
 
 from __future__ import annotations
@@ -28,18 +31,19 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 
-from slingshot.config import OptimizerConfig
+from slingshot import dist as collectives
+from slingshot.config import OptimizerConfig, SFTConfig
 from slingshot.data.packing import IGNORE_INDEX, PackedSFT, SFTExample, block_causal_mask
 from slingshot.dist import DistEnv
 from slingshot.train.logging import StepLogger
 from slingshot.train.optim import build_optimizer, build_scheduler
-from slingshot.train.state import Counter, TrainState
+from slingshot.train.state import Counter, FullModelOptimizerState, ModelOptimizerState, TrainState
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -62,6 +66,22 @@ class SupervisedSettings:
     seed: int = 0
     data_parallel: ParallelMode = "auto"
     lookback: int = 64  # open rows searched by first-fit packing
+
+    @classmethod
+    def from_config(cls, cfg: SFTConfig, seed: int) -> SupervisedSettings:
+        """The loop's settings of an SFT stage config; ``seed`` is the pipeline's."""
+        return cls(
+            seq_length=cfg.seq_length,
+            micro_batch_size=cfg.micro_batch_size,
+            grad_accum=cfg.grad_accum,
+            epochs=cfg.epochs,
+            optimizer=cfg.optimizer,
+            packing=cfg.packing,
+            eval_every=cfg.eval_every,
+            log_every=cfg.log_every,
+            seed=seed,
+            data_parallel=cfg.data_parallel,
+        )
 
 
 # --------------------------------------------------------------------------- data order
@@ -323,53 +343,6 @@ def shard_model(model: PreTrainedModel, device: torch.device) -> None:
     fully_shard(model, mp_policy=policy)
 
 
-def all_reduce_grads(model: torch.nn.Module) -> None:
-    """Sum gradients over ranks in one flat buffer (the loss is already globally normalised)."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if not grads:
-        return
-    flat = torch._utils._flatten_dense_tensors(grads)
-    torch.distributed.all_reduce(flat)
-    for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads), strict=True):
-        g.copy_(synced)
-
-
-def grad_norm_and_clip(model: torch.nn.Module, max_norm: float) -> float:
-    """Total grad norm before clipping (clipped in place if ``max_norm > 0``); DTensor-aware."""
-    params = [p for p in model.parameters() if p.grad is not None]
-    if not params:
-        return 0.0
-    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
-    if hasattr(norm, "full_tensor"):  # FSDP2 gradients are DTensors
-        norm = norm.full_tensor()
-    return float(norm)
-
-
-class _FullModelOptim:
-    """Model + optimizer state as full (unsharded) tensors: collective under FSDP2."""
-
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
-        self.model, self.optimizer = model, optimizer
-
-    def state_dict(self) -> dict[str, Any]:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
-
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        model_sd, optim_sd = get_state_dict(self.model, self.optimizer, options=options)
-        return {"model": model_sd, "optimizer": optim_sd}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
-
-        set_state_dict(
-            self.model,
-            self.optimizer,
-            model_state_dict=state["model"],
-            optim_state_dict=state["optimizer"],
-            options=StateDictOptions(full_state_dict=True),
-        )
-
-
 # --------------------------------------------------------------------------- the trainer
 
 
@@ -402,15 +375,15 @@ class SupervisedTrainer:
         self.model = model
         self.model.train()
         self.optimizer = build_optimizer(model, settings.optimizer)
-        effective = settings if self.packing == settings.packing else _replace(settings, packing=False)
+        effective = settings if self.packing == settings.packing else replace(settings, packing=False)
         self.schedule = EpochSchedule([len(ex.input_ids) for ex in self.examples], effective, dist.world_size)
         self.scheduler = build_scheduler(self.optimizer, settings.optimizer, self.schedule.total_steps)
         self.targets = [supervised_targets(ex) for ex in self.examples]
         self.progress = Counter(step=0, tokens=0, supervised_tokens=0, last={})
         core = (
-            _FullModelOptim(model, self.optimizer)
+            FullModelOptimizerState(model, self.optimizer)
             if self.mode == "fsdp"
-            else _Parts(model=model, optimizer=self.optimizer)
+            else ModelOptimizerState(model, self.optimizer)
         )
         self.state = TrainState(dist.is_main, core=core, scheduler=self.scheduler, progress=self.progress)
         self.autocast = self.device.type == "cuda" and self.mode != "fsdp"
@@ -454,10 +427,10 @@ class SupervisedTrainer:
             if self.mode == "fsdp":
                 self.model.set_requires_gradient_sync(i == len(micro) - 1)
             loss_sum += self._forward(mb, self.examples, scale)[0]
-        if self.mode == "allreduce":
-            all_reduce_grads(self.model)
+        if self.mode == "allreduce":  # the loss is already globally normalised: sum
+            collectives.all_reduce_grads(self.model, "sum")
         loss_sum = self._sum_over_ranks(loss_sum)
-        grad_norm = grad_norm_and_clip(self.model, s.optimizer.grad_clip)
+        grad_norm = collectives.clip_grad_norm(self.model.parameters(), s.optimizer.grad_clip)
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
@@ -467,13 +440,13 @@ class SupervisedTrainer:
         epoch, _ = self.schedule.locate(step)
         elapsed = time.perf_counter() - start
         metrics = {
-            "train/loss": loss_sum / max(global_targets, 1),
-            "train/grad_norm": grad_norm,
-            "train/lr": lr,
-            "train/epoch": epoch + 1,
-            "train/rows": len(rows),
-            "train/tokens": self.progress["tokens"],
-            "train/tokens_per_s": tokens / elapsed,
+            "loss": loss_sum / max(global_targets, 1),
+            "grad_norm": grad_norm,
+            "lr": lr,
+            "epoch": epoch + 1,
+            "rows": len(rows),
+            "tokens": self.progress["tokens"],
+            "tokens_per_s": tokens / elapsed,
         }
         self.progress["last"] = metrics
         return metrics
@@ -481,9 +454,9 @@ class SupervisedTrainer:
     def _sum_over_ranks(self, value: float) -> float:
         if self.mode == "none":
             return value
+        # On the rank's device: NCCL sums it on GPUs, as it sums the gradients.
         box = torch.tensor([value], dtype=torch.float64, device=self.device)
-        torch.distributed.all_reduce(box)
-        return float(box.item())
+        return float(collectives.all_reduce(box, "sum").item())
 
     # -- held-out loss ----------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
@@ -508,7 +481,7 @@ class SupervisedTrainer:
         self.model.train(was)
         total = self._sum_over_ranks(total)
         count = int(self._sum_over_ranks(float(count)))
-        return {"eval/loss": total / max(count, 1), "eval/tokens": count}
+        return {"val/loss": total / max(count, 1), "val/tokens": count}
 
     # -- the loop ---------------------------------------------------------------------
     def fit(self, ctx: StageContext) -> dict[str, float]:
@@ -526,7 +499,7 @@ class SupervisedTrainer:
         final = {k: float(v) for k, v in self.progress["last"].items()}
         evaluation = self.evaluate()
         ctx.tracker.log_metrics(evaluation, step=total)
-        return {**final, **evaluation, "train/steps": float(total)}
+        return {**final, **evaluation, "steps": float(total)}
 
     def export_model(self) -> PreTrainedModel | None:
         """The trained model as a plain (unsharded, CPU) HF model on rank 0; None elsewhere."""
@@ -543,23 +516,3 @@ class SupervisedTrainer:
         plain = AutoModelForCausalLM.from_config(self.model_config)
         plain.load_state_dict(full)
         return plain
-
-
-class _Parts:
-    """Model + optimizer state dicts as they are (one process or replicated ranks)."""
-
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
-        self.model, self.optimizer = model, optimizer
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-
-
-def _replace(settings: SupervisedSettings, **changes: Any) -> SupervisedSettings:
-    from dataclasses import replace
-
-    return replace(settings, **changes)

@@ -16,13 +16,10 @@ import torch
 from slingshot.data.packing import IGNORE_INDEX, pack_sft, tokenize_sft
 from slingshot.models.hf import load_model_and_tokenizer
 from slingshot.train.supervised import (
-    EpochSchedule,
-    SupervisedSettings,
     attention_layout,
     collate,
     per_example_loss,
     plan_rows,
-    shard_micro_batches,
     token_loss_sum,
 )
 
@@ -193,31 +190,6 @@ def test_plan_rows_places_like_pack_sft(env):
     assert len(planned) < len(exs)  # several examples per row
 
 
-def test_schedule_is_a_seeded_permutation_per_epoch():
-    from slingshot.config import OptimizerConfig
-
-    lengths = [10 + (i * 7) % 40 for i in range(50)]
-    settings = SupervisedSettings(
-        seq_length=64, micro_batch_size=2, grad_accum=2, epochs=2.5, optimizer=OptimizerConfig(), seed=3
-    )
-    sched = EpochSchedule(lengths, settings, world_size=1)
-    again = EpochSchedule(lengths, settings, world_size=2)  # 2 ranks x accum 2 x 2 = 8 rows
-    assert sched.global_rows == 4 and again.global_rows == 8
-    epoch0 = [i for step in range(1, sched.steps_per_epoch[0] + 1) for row in sched.batch(step) for i in row]
-    assert sorted(epoch0) == list(range(50))  # every example once per epoch
-    first1 = sched.batch(sched.steps_per_epoch[0] + 1)
-    assert first1 != sched.batch(1)  # a new order in epoch 2
-    assert sched.steps_per_epoch[2] == round(sched.steps_per_epoch[0] * 0.5)
-    fresh = EpochSchedule(lengths, settings, world_size=1)
-    assert [fresh.batch(s) for s in range(sched.total_steps, 0, -1)] == [
-        sched.batch(s) for s in range(sched.total_steps, 0, -1)
-    ]
-    # Rank shares tile the global batch in order, whatever the split.
-    rows = sched.batch(1)
-    split = shard_micro_batches(rows, 0, 2, 2, 1) + shard_micro_batches(rows, 1, 2, 2, 1)
-    assert [r for mb in split for r in mb] == rows
-
-
 # --------------------------------------------------------------------------- the stage
 
 
@@ -245,9 +217,9 @@ def test_stage_trains_and_writes_a_model(env, reference_run):
     steps = {int(k): v for k, v in record["steps"].items()}
     last = max(steps)
     assert last >= 4
-    assert steps[last]["train/loss"] < steps[1]["train/loss"]
-    assert "eval/loss" in steps[2] and "eval/loss" in steps[last]
-    assert record["metrics"]["eval_loss"] == steps[last]["eval/loss"]
+    assert steps[last]["loss"] < steps[1]["loss"]
+    assert "val/loss" in steps[2] and "val/loss" in steps[last]
+    assert record["metrics"]["val/loss"] == steps[last]["val/loss"]
     model_dir = Path(record["outputs"]["model_dir"])
     check_model_dir(model_dir)
     assert record["models"] == [str(model_dir)]
@@ -272,12 +244,12 @@ def test_kill_and_resume_reaches_the_same_loss(env, reference_run):
     resumed_steps = sorted(int(k) for k in second["steps"])
     assert resumed_steps[0] == 3  # resumed after the checkpoint, not from scratch
     for step in map(str, resumed_steps):
-        for key in ("train/loss", "train/grad_norm", "train/lr", "train/tokens"):
+        for key in ("loss", "grad_norm", "lr", "tokens"):
             assert second["steps"][step][key] == pytest.approx(ref[step][key], rel=1e-6, abs=1e-7), (
                 step,
                 key,
             )
-    assert second["metrics"]["eval_loss"] == pytest.approx(reference_run["metrics"]["eval_loss"], rel=1e-6)
+    assert second["metrics"]["val/loss"] == pytest.approx(reference_run["metrics"]["val/loss"], rel=1e-6)
     a = load_model_and_tokenizer(second["outputs"]["model_dir"])[0].state_dict()
     b = load_model_and_tokenizer(reference_run["outputs"]["model_dir"])[0].state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
@@ -316,7 +288,7 @@ def assert_same_training(two: dict, one: dict, rel: float) -> None:
     assert two["world_size"] == 2
     assert two["steps"].keys() == one["steps"].keys()
     for step in one["steps"]:
-        for key in ("train/loss", "train/grad_norm", "train/tokens"):
+        for key in ("loss", "grad_norm", "tokens"):
             assert two["steps"][step][key] == pytest.approx(one["steps"][step][key], rel=rel), (step, key)
     a = load_model_and_tokenizer(two["outputs"]["model_dir"])[0].state_dict()
     b = load_model_and_tokenizer(one["outputs"]["model_dir"])[0].state_dict()

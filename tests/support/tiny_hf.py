@@ -1,0 +1,21 @@
+"""The smallest HF causal LM the unit tests train and sample from (built from config, no download)."""
+
+from __future__ import annotations
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+
+def tiny_llama(vocab: int = 64) -> LlamaForCausalLM:
+    """2 layers, 32 wide, GQA (4 heads, 2 KV heads), seeded: the same weights on every call."""
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    return LlamaForCausalLM(cfg)
