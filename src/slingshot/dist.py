@@ -165,6 +165,16 @@ def all_gather_objects(obj: T) -> list[T]:
     return out
 
 
+def gather_objects(obj: T, group: Any = None) -> list[T] | None:
+    """Every member's ``obj`` (in group-rank order) on the group's first rank; None elsewhere."""
+    if not is_initialized():
+        return [obj]
+    dst = tdist.get_global_rank(group, 0) if group is not None else 0
+    out: list[Any] | None = [None] * tdist.get_world_size(group) if tdist.get_rank() == dst else None
+    tdist.gather_object(obj, out, dst=dst, group=group)
+    return out
+
+
 def all_reduce_grads(model: torch.nn.Module, op: str = "sum") -> None:
     """Reduce gradients over ranks in one flat buffer (``sum`` when the loss is already
     globally normalised, ``mean`` when each rank's loss is a local mean)."""

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as tdist
 from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
@@ -297,11 +296,7 @@ def gather_state_dicts_for_export(model: torch.nn.Module) -> list[list[dict[str,
     )
     if tp * pp == 1 or not dist.is_initialized():
         return [[sd]]
-    # A gather to one rank of a subgroup: slingshot.dist has no such collective (yet).
-    group = parallel_state.get_model_parallel_group()
-    dst = tdist.get_global_rank(group, 0)
-    gathered: list[Any] | None = [None] * (tp * pp) if dist.rank() == dst else None
-    tdist.gather_object(entry, gathered, dst=dst, group=group)
+    gathered = dist.gather_objects(entry, group=parallel_state.get_model_parallel_group())
     if gathered is None:
         return None
     grid: list[list[dict[str, torch.Tensor]]] = [[{} for _ in range(tp)] for _ in range(pp)]

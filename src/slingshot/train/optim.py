@@ -1,5 +1,5 @@
-"""AdamW, the learning-rate schedule (linear warmup, then cosine to a floor, or constant) and
-clipping a model's gradients by their global norm (through ``slingshot.dist``)."""
+"""AdamW and the learning-rate schedule (linear warmup, then cosine to a floor, or constant);
+gradient clipping is ``slingshot.dist.clip_grad_norm``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import math
 
 import torch
 
-from slingshot import dist
 from slingshot.config import OptimizerConfig
 
 
@@ -40,8 +39,3 @@ def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: OptimizerConfig, total_steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg, total_steps))
-
-
-def clip_grad_norm(model: torch.nn.Module, max_norm: float) -> float:
-    """``slingshot.dist.clip_grad_norm`` over ``model``'s parameters (kept for callers that pass a model)."""
-    return dist.clip_grad_norm(model.parameters(), max_norm)

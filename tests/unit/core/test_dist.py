@@ -24,6 +24,7 @@ def test_single_process_collectives_are_identities():
     assert dist.any_rank(True) and not dist.any_rank(False)
     assert dist.broadcast_object("x") == "x"
     assert dist.all_gather_objects({"k": 1}) == [{"k": 1}]
+    assert dist.gather_objects(3) == [3]
     dist.barrier()
 
 
@@ -53,6 +54,7 @@ def _worker(rank: int, world: int, port: int, out: dict) -> None:
         record["any"] = (dist.any_rank(rank == 1), dist.any_rank(False))
         record["broadcast"] = dist.broadcast_object(f"from-{rank}")
         record["gathered"] = dist.all_gather_objects(rank * 7)
+        record["gathered_to_first"] = dist.gather_objects(f"r{rank}")
 
         model = torch.nn.Linear(2, 1, bias=False)
         model.weight.grad = torch.full((1, 2), float(rank + 1))
@@ -97,6 +99,7 @@ def test_collectives_on_two_gloo_ranks():
         assert r["any"] == (True, False)
         assert r["broadcast"] == "from-0"
         assert r["gathered"] == [0, 7]
+        assert r["gathered_to_first"] == (["r0", "r1"] if rank == 0 else None)
         assert r["grad_mean"] == [1.5, 1.5]
         assert r["fsdp_norm"] == pytest.approx(r["plain_norm"], rel=1e-5)
         assert r["fsdp_norm"] > 0
