@@ -5,7 +5,7 @@ results/ or work/ at all when the DAG refuses it; no manifest and no temp files 
 first job refuses it).
 
 (Unit-level checks of the same errors are in test_config.py, tests/unit/data/test_corpora.py
-and tests/unit/train/test_shared.py.)"""
+and tests/unit/models/test_hf.py.)"""
 
 from __future__ import annotations
 
