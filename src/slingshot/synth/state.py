@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from slingshot.checkpoint import load_torch, rng_state, save_torch, set_rng_state
+from slingshot.data.teacher import task_prompt
 
 
 def pool_record(
@@ -22,7 +23,7 @@ def pool_record(
     """One pool member: the task entry, its kept solution and where it came from."""
     return {
         "entry": entry,  # the task entry: the generator's few-shot example in later rounds
-        "problem": entry["question"],
+        "problem": task_prompt(entry),  # what SFT will be prompted with
         "solution": solution,
         "answer": answer,
         "task": str(entry.get("family") or entry.get("dataset") or "synthetic"),
