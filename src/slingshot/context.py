@@ -2,21 +2,39 @@
 
 The context carries everything a stage needs and nothing about how it was launched:
 its validated config, the whole pipeline config, its upstream manifests, where to keep
-work (checkpoints) and where to put outputs, the tracker, the distributed env, and
-the checkpoint manager and save triggers.
+work (checkpoints) and where to put outputs, the tracker, the distributed env, the
+checkpoint manager and save triggers, and ``run_array`` to fan independent tasks out
+(the job layer makes it one Slurm job array on Slurm), so stages never import ``launch``.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from slingshot.checkpoint import CheckpointManager, SaveTriggers
 from slingshot.config import PipelineConfig, StageConfig
 from slingshot.dist import DistEnv
 from slingshot.tracking import Tracker
+
+T = TypeVar("T")
+
+
+class ArrayRunner(Protocol):
+    """``[fn(i) for i in indices]``, possibly as a job array; ``fn`` must be picklable and each
+    task idempotent (a resubmitted array redoes only what is missing)."""
+
+    def __call__(
+        self, fn: Callable[[int], T], indices: Sequence[int], *, folder: Path, name: str
+    ) -> list[T]: ...
+
+
+def run_in_process(fn: Callable[[int], T], indices: Sequence[int], *, folder: Path, name: str) -> list[T]:
+    """The fan-out outside a launched job (tests, direct calls): each task in turn, here."""
+    return [fn(i) for i in indices]
 
 
 @dataclass
@@ -46,6 +64,8 @@ class StageContext:
     dist: DistEnv
     checkpoints: CheckpointManager
     triggers: SaveTriggers
+    # Fans out independent tasks (a Slurm job array on Slurm); the job layer sets it.
+    run_array: ArrayRunner = run_in_process
 
     @property
     def input_model_dir(self) -> Path | None:

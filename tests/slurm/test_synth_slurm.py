@@ -3,6 +3,7 @@ features equal one in-process shard, and complete shards are reused (no resubmis
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -11,14 +12,15 @@ from stages import make_ctx, pipeline_config, tiny_model_dir
 
 from slingshot.data.tasks import load_entries
 from slingshot.data.teacher import ProceduralTeacher
-from slingshot.stages.synth import FeatureExtractor, proxy_model_dir
+from slingshot.launch.array import run_array
+from slingshot.stages.synth import feature_extractor, proxy_model_dir
 from slingshot.synth.features import FeatureSpec
-from slingshot.synth.shards import shard_path
+from slingshot.synth.shards import ShardedFeatures, shard_path
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 
-def _extractor(tmp: Path, small_data: dict, model: Path, backend: str, shards: int) -> FeatureExtractor:
+def _extractor(tmp: Path, small_data: dict, model: Path, backend: str, shards: int) -> ShardedFeatures:
     cfg = pipeline_config(
         tmp,
         {
@@ -32,8 +34,9 @@ def _extractor(tmp: Path, small_data: dict, model: Path, backend: str, shards: i
         },
     )
     ctx = make_ctx(tmp, "synth", cfg, {"data": small_data}, init_model=str(model))
+    ctx.run_array = partial(run_array, cfg=cfg, resources=ctx.config.resources)  # as the job layer does
     spec = FeatureSpec(dim=64, seed=11, block_size=4096, batch_size=4)
-    return FeatureExtractor(ctx, ctx.config, proxy_model_dir(ctx, ctx.config), spec)
+    return feature_extractor(ctx, ctx.config, proxy_model_dir(ctx, ctx.config), spec)
 
 
 def test_job_array_shards_give_the_same_features_as_one_shard(small_data, tmp_path):
@@ -47,16 +50,16 @@ def test_job_array_shards_give_the_same_features_as_one_shard(small_data, tmp_pa
 
     array = _extractor(tmp_path / "slurm", small_data, model, "slurm", 3)
     submitted: list[list[str]] = []
-    original = array._runner
+    original = array.run_array
 
     def recording(task, indices, folder):
         submitted.append(list(indices))
         return original(task, indices, folder)
 
-    array._runner = recording  # type: ignore[method-assign]
+    array.run_array = recording
     three, tokens_three = array(pairs, 1)
     assert submitted == [[0, 1, 2]]
-    round_dir = array.ctx.work_dir / "features" / "round-0001"
+    round_dir = array.round_dir(1)
     # The array really ran on Slurm: submitit wrote one log per array task.
     logs = list((round_dir / "submitit").glob("*_*_0_log.out"))
     assert len(logs) == 3, sorted(p.name for p in (round_dir / "submitit").iterdir())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,8 @@ from mlflow import MlflowClient
 from pipeline import REPO, pipeline_env, run_snakemake, write_config
 
 from slingshot.context import StageContext, StageResult
+from slingshot.evaluation import SampleResult, flat_metrics, summarize, table_csv
 from slingshot.io import atomic_write_text
-from slingshot.stages.evaluate import SampleResult, flat_metrics, summarize, table_csv
 
 N, PROMPTS = 4, 7  # 7 prompts: each level's shift gives a different multiset of c
 LEVEL = {("a", "evaluate-pretrain"): 0, ("a", "evaluate-rlp"): 2, ("b", "evaluate-rlp"): 3}
@@ -63,8 +64,14 @@ def report_pipeline(directory: Path, name: str) -> Path:
 
 def env() -> dict[str, str]:
     # The MLflow UI part of the report has its own test (test_mlflow_ui.py).
+    # The caller's PYTHONPATH stays behind these (it may put a checkout's src first).
+    paths = [
+        str(REPO / "tests" / "support"),
+        str(REPO / "tests" / "workflow"),
+        os.environ.get("PYTHONPATH", ""),
+    ]
     return pipeline_env(
-        PYTHONPATH=f"{REPO / 'tests' / 'support'}:{REPO / 'tests' / 'workflow'}",
+        PYTHONPATH=os.pathsep.join(paths).rstrip(os.pathsep),
         SLINGSHOT_REPORT_MLFLOW_UI="0",
     )
 

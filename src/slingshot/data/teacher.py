@@ -53,8 +53,11 @@ def task_prompt(entry: dict) -> str:
 
     The question alone: reasoning-gym questions already say what to compute, and the
     answer format (``<think>...</think>`` then ``\\boxed{}``) is what the traces teach.
-    Every stage that renders a task as a prompt goes through here so SFT and RL condition
-    the model on the same text.
+    The teacher's traces, ProRL's prompts, evaluation's prompts
+    (:func:`slingshot.evaluation.prompt_text`), synthesis's pool problems and its HF
+    generator's solution prompts go through here, and the reasoning corpus
+    (``data.synthetic.reasoning_records``) holds the same question text, so SFT, RL and
+    evaluation condition the model on the same text.
     """
     return str(entry["question"])
 

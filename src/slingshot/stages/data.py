@@ -15,14 +15,13 @@ def run(ctx: StageContext) -> StageResult:
     cfg = ctx.pipeline.data
     built = build_tiny_corpora(cfg, ctx.output_dir)
 
+    # The digests were computed while building: no file is hashed twice.
     for split, stats in built["tasks"].items():
-        ctx.tracker.log_input(f"tasks-{split}", stats["path"], stats["sha256"], context=split)
+        ctx.log_file_input(f"tasks-{split}", stats["path"], context=split, digest=stats["sha256"])
     for name, stats in built["corpora"].items():
-        ctx.tracker.log_input(f"corpus-{name}", stats["path"], stats["sha256"], context="training")
+        ctx.log_file_input(f"corpus-{name}", stats["path"], digest=stats["sha256"])
     for spec in cfg.extra_corpora:
-        ctx.tracker.log_input(
-            f"corpus-{spec.name}", spec.path, built["indexed"][spec.name]["bin_sha256"], context="training"
-        )
+        ctx.log_file_input(f"corpus-{spec.name}", spec.path, digest=built["indexed"][spec.name]["bin_sha256"])
     metrics = {f"tokens_{name}": float(n) for name, n in built["tokens"].items()}
     metrics.update({f"tasks_{split}": float(s["records"]) for split, s in built["tasks"].items()})
     metrics["vocab_size"] = float(built["tokenizer"]["vocab_size"])

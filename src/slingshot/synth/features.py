@@ -23,13 +23,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
 
 from slingshot.algorithms.gvendi import rademacher_project
 from slingshot.data.packing import IGNORE_INDEX, tokenize_sft
+
+if TYPE_CHECKING:
+    from slingshot.config import SynthConfig
 
 Method = Literal["vmap", "loop"]
 
@@ -45,6 +48,19 @@ class FeatureSpec:
     batch_size: int = 8  # samples per vmap call (activation memory)
     memory_mb: float = 512.0  # budget for the per-sample gradients held before projecting
     max_length: int = 512  # tokens per sample (prompt + completion), truncated beyond
+
+    @classmethod
+    def from_config(cls, cfg: SynthConfig, seed: int) -> FeatureSpec:
+        """The stage's spec; ``seed`` picks the one projection every shard and round shares."""
+        return cls(
+            dim=cfg.feature_dim,
+            seed=seed,
+            block_size=cfg.projection_block_size,
+            method=cfg.feature_method,
+            batch_size=cfg.feature_batch_size,
+            memory_mb=cfg.feature_memory_mb,
+            max_length=cfg.feature_max_tokens,
+        )
 
 
 @dataclass

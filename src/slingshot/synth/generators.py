@@ -18,9 +18,9 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Protocol
 
-from slingshot.config import GeneratorConfig, RolloutConfig
+from slingshot.config import RolloutConfig, SynthConfig
 from slingshot.data.tasks import content_hash, derive_seed
-from slingshot.data.teacher import ProceduralTeacher
+from slingshot.data.teacher import ProceduralTeacher, task_prompt
 
 
 class Generator(Protocol):
@@ -119,7 +119,7 @@ class HFGenerator:
 
     def solve(self, problem: dict, k: int, seed: int) -> list[str]:
         text = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": problem["question"]}], tokenize=False, add_generation_prompt=True
+            [{"role": "user", "content": task_prompt(problem)}], tokenize=False, add_generation_prompt=True
         )
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         rollouts = self.rollout.generate(
@@ -131,29 +131,24 @@ class HFGenerator:
 VLLM_ERROR = "vllm generator needs a GPU install (pip install slingshot[gpu])"
 
 
-def make_generator(
-    cfg: GeneratorConfig,
-    *,
-    seed: int,
-    problem_temperature: float,
-    solution_temperature: float,
-    top_p: float,
-) -> Generator:
-    if cfg.backend == "teacher":
-        return TeacherGenerator(cfg.error_rate, cfg.spread, seed)
-    if cfg.backend == "hf":
-        assert cfg.model is not None  # the config validator requires it
+def make_generator(cfg: SynthConfig, seed: int) -> Generator:
+    """The generator ``cfg.generator`` names, sampling at the stage's temperatures and top-p."""
+    gen = cfg.generator
+    if gen.backend == "teacher":
+        return TeacherGenerator(gen.error_rate, gen.spread, seed)
+    if gen.backend == "hf":
+        assert gen.model is not None  # the config validator requires it
         return HFGenerator(
-            cfg.model,
-            problem_temperature,
-            solution_temperature,
-            top_p,
-            cfg.max_problem_tokens,
-            cfg.max_solution_tokens,
+            gen.model,
+            cfg.problem_temperature,
+            cfg.solution_temperature,
+            cfg.top_p,
+            gen.max_problem_tokens,
+            gen.max_solution_tokens,
         )
-    if cfg.backend == "vllm":
+    if gen.backend == "vllm":
         raise RuntimeError(VLLM_ERROR)
-    raise ValueError(f"unknown generator backend {cfg.backend!r}")
+    raise ValueError(f"unknown generator backend {gen.backend!r}")
 
 
 def request_seed(base: int, round_index: int, request: int) -> int:

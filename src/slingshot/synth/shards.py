@@ -3,10 +3,10 @@
 A round's (prompt, completion) pairs are written once to ``<round dir>/pairs.json``;
 shard i computes features for its contiguous slice into ``shard-i.pt`` (with the digest
 of the pairs it was computed for, so a stale file from another round's content is never
-reused). :func:`extract_features` runs the missing shards through the launcher's job
-array helper (a Slurm array, or sequentially in-process on the local backends) and
-concatenates the shard files in order — so any number of shards gives the same
-features as one.
+reused). :func:`extract_features` runs the missing shards through the ``run_array`` it is
+given (the stage passes the job layer's fan-out, ``StageContext.run_array``: one Slurm job
+array on Slurm, sequentially in-process elsewhere) and concatenates the shard files in
+order — so any number of shards gives the same features as one.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from torch import Tensor
 from slingshot.io import atomic_path, atomic_write_text, sha256_json
 from slingshot.synth.features import FeatureSpec, gradient_features
 
+# (task, shard indices, submitit folder) -> the tasks' results, in order
 ArrayRunner = Callable[[Callable[[int], str], list[int], Path], list[str]]
 
 
@@ -123,3 +124,25 @@ def extract_features(
         feats.append(part)
         tokens += int(torch.load(path, map_location="cpu", weights_only=False)["tokens"])
     return torch.cat(feats), tokens
+
+
+@dataclass
+class ShardedFeatures:
+    """Features of one round's (problem, solution) pairs: ``features(pairs, round_index)``.
+
+    Each round's shards live in their own ``round-NNNN`` directory under ``features_dir``.
+    """
+
+    spec: FeatureSpec
+    model_dir: Path
+    features_dir: Path
+    shards: int
+    run_array: ArrayRunner
+
+    def round_dir(self, round_index: int) -> Path:
+        return self.features_dir / f"round-{round_index:04d}"
+
+    def __call__(self, pairs: list[tuple[str, str]], round_index: int) -> tuple[Tensor, int]:
+        return extract_features(
+            pairs, self.spec, self.model_dir, self.round_dir(round_index), self.shards, self.run_array
+        )

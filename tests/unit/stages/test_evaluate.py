@@ -1,5 +1,6 @@
 """Evaluation stage: exact metrics through a scripted rollout backend, the real HF backend
-end to end, and held-out prompts that never occur in any training data."""
+end to end, and held-out prompts that never occur in any training data. The helpers in
+slingshot.evaluation have their own tests (tests/unit/core/test_evaluation.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from stages import make_ctx, pipeline_config, tiny_model_dir
 
 from slingshot.data.tasks import content_hash, load_entries
 from slingshot.data.tokenizer import load_tokenizer
+from slingshot.evaluation import encode_prompt
 from slingshot.rollout import Rollout
 from slingshot.stages import evaluate
 
@@ -82,7 +84,7 @@ def test_metrics_are_exact_for_known_completions(tmp_path, small_data, model_dir
     ctx = _ctx(tmp_path, small_data, model_dir)
     tokenizer = load_tokenizer(small_data["outputs"]["tokenizer_dir"])
     entries = load_entries(small_data["outputs"]["tasks_test"])
-    by_prompt = {tuple(evaluate.encode_prompt(tokenizer, e)): e for e in entries}
+    by_prompt = {tuple(encode_prompt(tokenizer, e)): e for e in entries}
     scripted = ScriptedRollout(tokenizer, by_prompt)
     result = evaluate.run(ctx, rollout_factory=lambda m, t, s: scripted)
 
@@ -121,23 +123,6 @@ def test_metrics_are_exact_for_known_completions(tmp_path, small_data, model_dir
     samples = [json.loads(line) for line in Path(result.outputs["samples"]).read_text().splitlines()]
     assert len(samples) == N * len(cs)
     assert sum(s["correct"] for s in samples) == sum(cs)
-
-
-def test_truncated_output_is_never_correct(small_data):
-    entry = load_entries(small_data["outputs"]["tasks_test"])[0]
-    text = f"<think>\nx\n</think>\n\\boxed{{{entry['answer']}}}"
-    assert evaluate.judge(entry, text, finished=True) == (True, True)
-    assert evaluate.judge(entry, text, finished=False) == (False, False)
-    assert evaluate.judge(entry, "<think>\nx\n</think>\n\\boxed{zzz}", True) == (True, False)
-
-
-def test_prompt_selection_is_fixed_by_seed_and_per_family(small_data):
-    entries = load_entries(small_data["outputs"]["tasks_test"])
-    a = evaluate.select_prompts(entries, 3, seed=1)
-    assert [e["id"] for e in a] == [e["id"] for e in evaluate.select_prompts(list(reversed(entries)), 3, 1)]
-    assert [e["id"] for e in a] != [e["id"] for e in evaluate.select_prompts(entries, 3, seed=2)]
-    families = sorted({e["family"] for e in entries})
-    assert [e["family"] for e in a] == [f for f in families for _ in range(3)]
 
 
 def test_real_backend_on_held_out_prompts_only(tmp_path, small_data, model_dir):

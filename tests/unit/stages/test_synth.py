@@ -1,29 +1,18 @@
-"""Prismatic synthesis stage: filters, gradient features, sharding, resume, end to end."""
+"""Prismatic synthesis stage end to end: outputs, the method's claim, resume, proxy model
+and generator backends. The synth package's parts have their own tests (tests/unit/synth/)."""
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 import pytest
-import torch
 from stages import StopAfter, make_ctx, pipeline_config, tiny_model_dir
 
-from slingshot.algorithms.gvendi import rademacher_project
 from slingshot.checkpoint import StageInterrupted
 from slingshot.data.tasks import load_entries
-from slingshot.data.teacher import ProceduralTeacher
 from slingshot.rewards.extract import extract_answer
-from slingshot.synth.features import FeatureSpec, encode, gradient_features, grads_loop, grads_vmap
-from slingshot.synth.generators import VLLM_ERROR, TeacherGenerator
-from slingshot.synth.selection import (
-    diversity_filter,
-    normalize_answer,
-    quality_vote,
-    sample_few_shot,
-    sparse_clusters,
-)
-from slingshot.synth.shards import extract_features, shard_bounds, shard_path
+from slingshot.synth.generators import VLLM_ERROR
+from slingshot.synth.selection import normalize_answer
 
 # Small enough for 2 shared cores: ~6 rounds of 12 problems on a 2-layer model.
 SMALL_SYNTH = {
@@ -55,147 +44,12 @@ def tiny_model(small_data, tmp_path_factory) -> Path:
     )
 
 
-@pytest.fixture(scope="module")
-def train_entries(small_data) -> list[dict]:
-    return load_entries(small_data["outputs"]["tasks_train"])
-
-
-def _pairs(entries: list[dict], n: int) -> list[tuple[str, str]]:
-    teacher = ProceduralTeacher(error_rate=0.0, seed=0)
-    return [(e["question"], teacher.solve(e).completion) for e in entries[:n]]
-
-
 def _synth_ctx(tmp: Path, small_data: dict, model: Path, overrides: dict | None = None, triggers=None):
     cfg = pipeline_config(tmp, {"stages": {"synth": {**SMALL_SYNTH, **(overrides or {})}}})
     ctx = make_ctx(tmp, "synth", cfg, {"data": small_data}, init_model=str(model))
     if triggers is not None:
         ctx.triggers = triggers
     return ctx
-
-
-# --------------------------------------------------------------------------- quality filter
-def test_quality_vote_keeps_only_strict_majorities(train_entries):
-    # A teacher that is wrong 60% of the time: many problems have no majority.
-    gen = TeacherGenerator(error_rate=0.6, spread=0.5, seed=7)
-    kept = rejected = 0
-    for k in (3, 4):
-        for i, entry in enumerate(train_entries[:60]):
-            completions = gen.solve(entry, k, seed=i)
-            answers = [normalize_answer(extract_answer(c)) for c in completions]
-            top, count = Counter(a for a in answers if a is not None).most_common(1)[0]
-            vote = quality_vote(completions)
-            if 2 * count > k:
-                kept += 1
-                assert vote.passed and vote.answer == top
-                assert vote.solution is not None and answers[vote.solution] == top
-                assert vote.agreement == count / k
-            else:
-                rejected += 1
-                assert not vote.passed and vote.solution is None
-    assert kept > 10 and rejected > 10  # both branches really exercised
-
-
-def test_quality_vote_ties_and_unparseable_are_rejected():
-    box = "<think>\nx\n</think>\n\\boxed{{{}}}".format
-    assert not quality_vote([box(4), box(4), box(5), box(5)]).passed  # 2-2 is no strict majority
-    assert not quality_vote([box(4), "<think>cut off", "no answer"]).passed  # None votes against
-    vote = quality_vote([box(" 7 "), box("7"), box(8)])
-    assert (
-        vote.passed and vote.answer == "7" and vote.solution == 0 and vote.agreement == pytest.approx(2 / 3)
-    )
-
-
-# --------------------------------------------------------------------------- diversity filter
-def test_diversity_filter_keeps_only_candidates_of_least_populated_clusters():
-    gen = torch.Generator().manual_seed(0)
-    centroids = torch.nn.functional.normalize(torch.randn(6, 16, generator=gen), dim=1)
-    sizes = torch.tensor([9, 2, 5, 2, 7, 1])  # least populated half: clusters 5, 1, 3
-    sparse = sparse_clusters(sizes, 0.5)
-    assert sparse.nonzero().flatten().tolist() == [1, 3, 5]
-    # Candidates close to each centroid (several per cluster).
-    owner = torch.arange(6).repeat_interleave(4)
-    cands = centroids[owner] + 0.05 * torch.randn(24, 16, generator=gen)
-    keep, nearest = diversity_filter(cands, centroids, sparse)
-    assert nearest.tolist() == owner.tolist()
-    assert keep.tolist() == [int(o) in (1, 3, 5) for o in owner]
-    # Ties are broken toward the lower cluster index; at least one cluster is always kept.
-    assert sparse_clusters(torch.tensor([3, 3, 3, 3]), 0.5).tolist() == [True, True, False, False]
-    assert sparse_clusters(torch.tensor([4, 1]), 0.01).tolist() == [False, True]
-
-
-def test_few_shot_sampling_follows_difficulty():
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    difficulties = [0.0] * 10 + [1.0] * 10
-    counts = Counter(i for _ in range(400) for i in sample_few_shot(difficulties, 1, rng, floor=0.1))
-    hard = sum(counts[i] for i in range(10, 20))
-    assert hard / 400 == pytest.approx(1.0 / 1.1 * 10 / 10, abs=0.06)  # 1.1 / (0.1 + 1.1) ≈ 0.92
-    picks = sample_few_shot(difficulties, 5, rng, floor=0.1)
-    assert len(set(picks)) == 5  # without replacement
-
-
-# --------------------------------------------------------------------------- features
-def test_vmap_gradients_equal_loop_gradients_and_features(tiny_model, train_entries):
-    from slingshot.models.hf import load_model_and_tokenizer
-
-    model, tokenizer = load_model_and_tokenizer(tiny_model)
-    model.eval()
-    pairs = _pairs(train_entries, 5)
-    enc = [encode(tokenizer, p, c, 512) for p, c in pairs]
-    assert len({len(e.input_ids) for e in enc}) > 1  # really padded
-    loop = grads_loop(model, enc)
-    vmapped = grads_vmap(model, enc, tokenizer.pad_token_id)
-    assert len(loop) == len(vmapped) == len([p for p in model.parameters() if p.requires_grad])
-    for a, b in zip(loop, vmapped, strict=True):
-        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
-    assert all(float(g.abs().sum()) > 0 for g in loop[:1])
-
-    spec = FeatureSpec(dim=48, seed=3, block_size=1000, method="loop", max_length=512)
-    f_loop, tokens = gradient_features(model, tokenizer, pairs, spec)
-    assert tokens == sum(len(e.input_ids) for e in enc)
-    # Every grouping gives the same features: vmap in batches of 2 inside groups of 1..all.
-    for memory_mb in (1e-6, 1e3):
-        spec_v = FeatureSpec(
-            dim=48, seed=3, block_size=1000, method="vmap", batch_size=2, memory_mb=memory_mb
-        )
-        f_vmap, _ = gradient_features(model, tokenizer, pairs, spec_v)
-        torch.testing.assert_close(f_vmap, f_loop, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(f_loop.norm(dim=1), torch.ones(5))
-    # The feature is the projection of the one full flattened gradient of each sample.
-    full = torch.cat([g[2] for g in loop])
-    torch.testing.assert_close(f_loop[2], rademacher_project([full], 48, 3, 1000), rtol=1e-4, atol=1e-5)
-    assert model.training is False  # left as it was
-
-
-def test_sharded_features_equal_one_shard_and_are_reused(tiny_model, train_entries, tmp_path):
-    pairs = _pairs(train_entries, 7)
-    spec = FeatureSpec(dim=32, seed=1, block_size=2048, batch_size=4)
-    calls: list[list[int]] = []
-
-    def sequential(task, indices, folder):
-        calls.append(list(indices))
-        return [task(i) for i in indices]
-
-    one, tokens_one = extract_features(pairs, spec, tiny_model, tmp_path / "one", 1, sequential)
-    three, tokens_three = extract_features(pairs, spec, tiny_model, tmp_path / "three", 3, sequential)
-    torch.testing.assert_close(three, one, rtol=1e-4, atol=1e-5)  # padding width differs per batch
-    assert tokens_one == tokens_three
-    assert shard_bounds(7, 3) == [(0, 3), (3, 5), (5, 7)]
-    # A second call reuses every complete shard; a deleted shard is the only one recomputed.
-    calls.clear()
-    extract_features(pairs, spec, tiny_model, tmp_path / "three", 3, sequential)
-    assert calls == []
-    shard_path(tmp_path / "three", 1).unlink()
-    again, _ = extract_features(pairs, spec, tiny_model, tmp_path / "three", 3, sequential)
-    assert calls == [[1]]
-    torch.testing.assert_close(again, one, rtol=1e-4, atol=1e-5)
-    # Other content in the same round dir is never mistaken for a done shard.
-    other, _ = extract_features(pairs[::-1], spec, tiny_model, tmp_path / "three", 3, sequential)
-    torch.testing.assert_close(other, one.flip(0), rtol=1e-4, atol=1e-5)
-
-
-# --------------------------------------------------------------------------- the stage
 
 
 @pytest.fixture(scope="module")
@@ -308,21 +162,6 @@ def test_proxy_model_path_and_vllm_error(small_data, tiny_model, tmp_path):
     with pytest.raises(RuntimeError, match=r"vllm generator needs a GPU install"):
         synth.run(ctx)
     assert "pip install slingshot[gpu]" in VLLM_ERROR
-
-
-def test_hf_generator_interface(tiny_model, train_entries):
-    from slingshot.synth.generators import HFGenerator, few_shot_prompt
-
-    gen = HFGenerator(str(tiny_model), 1.0, 0.75, 0.95, max_problem_tokens=24, max_solution_tokens=16)
-    completions = gen.solve(train_entries[0], 3, seed=5)
-    assert len(completions) == 3 and all(isinstance(c, str) for c in completions)
-    assert gen.solve(train_entries[0], 3, seed=5) == completions  # seeded sampling
-    exclude: set[str] = set()
-    problems = gen.new_problems(train_entries[:3], 2, seed=1, exclude=exclude)
-    assert len(problems) <= 2
-    for p in problems:  # an untrained model rarely ends a problem; whatever it wrote is well-formed
-        assert p["question"] and "\n\n" not in p["question"] and p["hash"] in exclude
-    assert few_shot_prompt(train_entries[:2]).count("Problem:") == 3
 
 
 def test_stage_runs_with_the_hf_generator(small_data, tiny_model, tmp_path):

@@ -1,0 +1,45 @@
+"""The generators behind Prismatic synthesis."""
+
+from __future__ import annotations
+
+import pytest
+
+from slingshot.config import SynthConfig
+from slingshot.synth.generators import HFGenerator, TeacherGenerator, few_shot_prompt, make_generator
+
+
+def test_hf_generator_interface(tiny_model, train_entries):
+    gen = HFGenerator(str(tiny_model), 1.0, 0.75, 0.95, max_problem_tokens=24, max_solution_tokens=16)
+    completions = gen.solve(train_entries[0], 3, seed=5)
+    assert len(completions) == 3 and all(isinstance(c, str) for c in completions)
+    assert gen.solve(train_entries[0], 3, seed=5) == completions  # seeded sampling
+    exclude: set[str] = set()
+    problems = gen.new_problems(train_entries[:3], 2, seed=1, exclude=exclude)
+    assert len(problems) <= 2
+    for p in problems:  # an untrained model rarely ends a problem; whatever it wrote is well-formed
+        assert p["question"] and "\n\n" not in p["question"] and p["hash"] in exclude
+    assert few_shot_prompt(train_entries[:2]).count("Problem:") == 3
+
+
+def test_make_generator_takes_the_stage_config():
+    cfg = SynthConfig(generator={"backend": "teacher", "error_rate": 0.3, "spread": 0.2})
+    gen = make_generator(cfg, seed=5)
+    assert isinstance(gen, TeacherGenerator)
+    assert (gen.teacher.error_rate, gen.teacher.seed, gen.spread) == (0.3, 5, 0.2)
+    with pytest.raises(RuntimeError, match="vllm generator needs a GPU install"):
+        make_generator(SynthConfig(generator={"backend": "vllm", "model": "/nonexistent"}), seed=0)
+
+
+def test_few_shot_prompt_text():
+    examples = [{"question": " What is 2+2? "}, {"question": "Sort 3, 1."}]
+    assert few_shot_prompt(examples) == (
+        "Here are some example problems.\n\nProblem: What is 2+2?\n\nProblem: Sort 3, 1.\n\n"
+        "Write one new problem of the same kind.\nProblem:"
+    )
+
+
+def test_teacher_solutions_depend_on_the_request_seed(train_entries):
+    gen = TeacherGenerator(error_rate=0.5, spread=0.5, seed=0)
+    first = gen.solve(train_entries[0], 6, seed=1)
+    assert gen.solve(train_entries[0], 6, seed=1) == first
+    assert any(gen.solve(train_entries[0], 6, seed=s) != first for s in (2, 3, 4))
