@@ -1,7 +1,7 @@
 """The report's figures: pass@1 by stage, and each training stage's learning curve.
 
 The curves are read from MLflow through the run ids in the training stages' manifests;
-metric names are looked up, not assumed (:func:`slingshot.status.pick_metric`: the kind's
+metric names are looked up, not assumed (:func:`slingshot.tracking.key_metrics.pick_metric`: the kind's
 key metric, else ``loss``, else the run's first metric), so a replaced entrypoint that logs
 other names still draws.
 """
@@ -16,6 +16,7 @@ from slingshot.config import MODEL_CHAIN, PipelineConfig
 from slingshot.context import read_manifest
 from slingshot.io import atomic_path
 from slingshot.plan import Plan
+from slingshot.tracking.key_metrics import pick_metric
 
 # Variants that share a node draw the same line: styles keep the lower one visible.
 LINE_STYLES = ("-", "--", ":", "-.")
@@ -42,8 +43,6 @@ def training_runs(cfg: PipelineConfig, plan: Plan) -> dict[str, list[tuple[str, 
 
 def fetch_curves(client: Any, runs: dict[str, list[tuple[str, str, str]]]) -> Curves:
     """kind -> variant -> [(node stage, metric, steps, values)] of each run's key metric."""
-    from slingshot.status import pick_metric
-
     curves: Curves = {}
     for variant, nodes in runs.items():
         for kind, stage, run_id in nodes:

@@ -25,24 +25,11 @@ from typing import Any
 from slingshot.config import PipelineConfig
 from slingshot.launch.state import LaunchState
 from slingshot.plan import Node, build_plan
+from slingshot.tracking.key_metrics import pick_metric
 from slingshot.validate import ConfigError, load_pipeline_config
 from slingshot.workflow import RESOLVED_NAME
 
 DEFAULT_CONFIG = Path("workflow/config/config.yaml")
-
-# The metric that says how a stage is doing, by kind, in order of preference. A stage that
-# logs none of them shows "loss" if it has it, else its first metric (entrypoints can be
-# replaced, so the names are not guaranteed).
-KEY_METRICS: dict[str, tuple[str, ...]] = {
-    "data": ("vocab_size",),
-    "pretrain": ("loss", "lm_loss"),
-    "rlp": ("reward_mean", "reward", "loss"),
-    "synth": ("gvendi", "dataset_size", "size"),
-    "sft": ("loss",),
-    "prorl": ("reward_mean", "val_pass_rate", "pass_rate"),
-    "evaluate": ("pass_at_1",),
-    "report": (),
-}
 
 
 @dataclass
@@ -184,13 +171,6 @@ def _copy_for(status: StageStatus, variant: str) -> StageStatus:
 
 
 # --------------------------------------------------------------------------- metrics
-def pick_metric(kind: str, available: list[str]) -> str | None:
-    for name in (*KEY_METRICS.get(kind, ()), "loss"):
-        if name in available:
-            return name
-    return sorted(available)[0] if available else None
-
-
 def _tracking_client(cfg: PipelineConfig) -> Any | None:
     uri = cfg.tracking_uri
     # Opening a SQLite store that does not exist would create (and migrate) an empty one.
