@@ -80,10 +80,13 @@ class StageContext:
         """The input model directory; a clear error when the stage has none."""
         model_dir = self.input_model_dir
         if model_dir is None:
-            raise ValueError(
-                f"stage {self.stage} needs an input model: an upstream model stage or "
-                f"stages.{self.kind}.init_model"
+            has_init = self.config is not None and "init_model" in type(self.config).model_fields
+            source = (
+                f"an upstream model stage or stages.{self.kind}.init_model"
+                if has_init
+                else "the model stage it evaluates"
             )
+            raise ValueError(f"stage {self.stage} needs an input model: {source}")
         return model_dir
 
     @property
