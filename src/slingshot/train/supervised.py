@@ -429,7 +429,7 @@ class SupervisedTrainer:
             loss_sum += self._forward(mb, self.examples, scale)[0]
         if self.mode == "allreduce":  # the loss is already globally normalised: sum
             collectives.all_reduce_grads(self.model, "sum")
-        loss_sum = self._sum_over_ranks(loss_sum)
+        loss_sum = collectives.all_reduce_scalar(loss_sum)
         grad_norm = collectives.clip_grad_norm(self.model.parameters(), s.optimizer.grad_clip)
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
@@ -450,13 +450,6 @@ class SupervisedTrainer:
         }
         self.progress["last"] = metrics
         return metrics
-
-    def _sum_over_ranks(self, value: float) -> float:
-        if self.mode == "none":
-            return value
-        # On the rank's device: NCCL sums it on GPUs, as it sums the gradients.
-        box = torch.tensor([value], dtype=torch.float64, device=self.device)
-        return float(collectives.all_reduce(box, "sum").item())
 
     # -- held-out loss ----------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
@@ -479,8 +472,8 @@ class SupervisedTrainer:
                 loss, n = self._forward(mb, self.eval_examples, 0.0)
                 total, count = total + loss, count + n
         self.model.train(was)
-        total = self._sum_over_ranks(total)
-        count = int(self._sum_over_ranks(float(count)))
+        total = collectives.all_reduce_scalar(total)
+        count = int(collectives.all_reduce_scalar(float(count)))
         return {"val/loss": total / max(count, 1), "val/tokens": count}
 
     # -- the loop ---------------------------------------------------------------------
