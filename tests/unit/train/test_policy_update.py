@@ -8,7 +8,7 @@ import dataclasses
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from tiny_hf import tiny_llama
 
 from slingshot.config import ProRLConfig, RLPConfig
 from slingshot.rollout import Rollout
@@ -26,20 +26,6 @@ from slingshot.train.rlp_batch import Position, build_thought_batch
 from slingshot.train.rlp_scoring import score_thoughts
 
 CPU = torch.device("cpu")
-
-
-def tiny_lm(vocab: int = 40) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=64,
-    )
-    return LlamaForCausalLM(config)
 
 
 # --------------------------------------------------------------------------- settings
@@ -139,7 +125,7 @@ def _train_batch() -> TrainBatch:
 
 
 def test_update_on_groups_kl_starts_at_zero_when_the_reference_is_the_policy():
-    policy = tiny_lm()
+    policy = tiny_llama()
     reference = copy.deepcopy(policy).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-2)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
@@ -155,7 +141,7 @@ def test_update_on_groups_kl_starts_at_zero_when_the_reference_is_the_policy():
 
 
 def test_update_on_groups_forking_tokens_and_no_reference():
-    policy = tiny_lm()
+    policy = tiny_llama()
     optimizer = torch.optim.AdamW(policy.parameters(), lr=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     cfg = ProRLConfig(n_samples=2, batch_prompts=2, mini_batch_prompts=2, kl_coef=0.0, top_entropy_q=0.5)
@@ -179,7 +165,7 @@ def test_update_on_thoughts_calls_the_hook_after_every_optimizer_step():
         [Rollout([1, 20, open_], [close], True), Rollout([1, 20, open_], [33], False)],
     ]
     batch = build_thought_batch(positions, rollouts, open_, close, 0)
-    policy = tiny_lm()
+    policy = tiny_llama()
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-2)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     settings = UpdateSettings.from_config(
