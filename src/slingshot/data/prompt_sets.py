@@ -120,10 +120,12 @@ def read_prompt_set(spec: PromptSet) -> list[dict[str, Any]]:
 
 
 def convert_prompt_sets(cfg: PipelineConfig, out_dir: str | os.PathLike[str]) -> dict[str, WriteStats]:
-    """Validate every prompt set and write its entries to ``<out_dir>/prompt_sets/<name>.jsonl``."""
+    """Validate every prompt set, then write its entries to ``<out_dir>/prompt_sets/<name>.jsonl``
+    (all are read before any is written: a bad row anywhere leaves no converted set)."""
+    entries = {spec.name: read_prompt_set(spec) for spec in prompt_sets(cfg)}
     return {
-        spec.name: write_jsonl(Path(out_dir) / "prompt_sets" / f"{spec.name}.jsonl", read_prompt_set(spec))
-        for spec in prompt_sets(cfg)
+        name: write_jsonl(Path(out_dir) / "prompt_sets" / f"{name}.jsonl", rows)
+        for name, rows in entries.items()
     }
 
 
