@@ -134,3 +134,15 @@ def test_generation_stops_on_im_end_not_only_on_eos(qwen):
     assert qwen.decode(chat.completion_ids) == "four<|im_end|>"
     eos_only = HFRollout(model, qwen.pad_token_id, [qwen.eos_token_id]).generate([prompt], 1, 20, 0.0)[0][0]
     assert len(eos_only.completion_ids) > len(answer) + 1  # ran past the end of the turn
+
+
+def test_sft_labels_the_assistant_turn_of_the_model_template_through_its_end_of_turn(qwen):
+    """SFT tokenizes through the same template: the prompt is render_prompt's exactly and the
+    loss covers the answer and the <|im_end|> that ends the turn (what teaches stopping)."""
+    from slingshot.data.packing import IGNORE_INDEX, tokenize_sft
+
+    example = tokenize_sft(qwen, "2+2?", "four")
+    prompt = prompt_token_ids(qwen, "2+2?")
+    assert example.input_ids[: len(prompt)] == prompt
+    supervised = [t for t in example.labels if t != IGNORE_INDEX]
+    assert qwen.decode(supervised) == "four<|im_end|>\n"
