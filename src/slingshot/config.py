@@ -347,7 +347,8 @@ class PromptSet(StrictModel):
     verifier: ``math`` (math-verify on the last ``\\boxed{}``, else the last number),
     ``exact`` (the extracted answer equals the gold string, whitespace-trimmed),
     ``reasoning_gym:<family or dataset>`` (that reasoning-gym scorer), or a user function
-    ``module:function(prompt, response, answer) -> float``.
+    ``module:function(prompt, response, answer) -> float``. ``prorl.binary_reward`` maps
+    every verifier's value to 0/1 (1 only for a full score), a user function's included.
     """
 
     name: Name

@@ -121,3 +121,11 @@ def test_the_data_node_digest_changes_only_when_there_are_prompt_sets(tmp_path):
     path = _jsonl(tmp_path / "m.jsonl", [{"prompt": "p", "answer": "1"}])
     with_set = pipeline_config(tmp_path, {"stages": {"prorl": {"datasets": [{"name": "m", "path": path}]}}})
     assert build_plan(with_set).nodes["data"].digest != expected
+
+
+def test_check_plan_names_a_missing_prompt_set_file(tmp_path):
+    from slingshot.validate import check_plan
+
+    missing = str(tmp_path / "absent.jsonl")
+    cfg = pipeline_config(tmp_path, {"stages": {"prorl": {"datasets": [{"name": "m", "path": missing}]}}})
+    assert f"stages.prorl.datasets.0.path: '{missing}' does not exist" in check_plan(cfg)
