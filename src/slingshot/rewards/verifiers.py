@@ -5,7 +5,8 @@
 * ``exact``: that final answer (else the whole text after the thought), trimmed, equals the
   gold answer trimmed;
 * ``reasoning_gym:<family>``: the reasoning-gym scorer of a slingshot task family or of a
-  reasoning-gym dataset name (row ``metadata``, when present, is passed to it);
+  reasoning-gym dataset name, given the row's prompt and answer (no row metadata: scorers
+  that need more than the answer, e.g. countdown's numbers, do not fit a prompt set);
 * ``module:function``: a user function ``(prompt, response, answer) -> float``; an import
   error or an exception it raises names the set, the function and the row.
 
