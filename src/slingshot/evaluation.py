@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from slingshot.algorithms.metrics import pass_at_k
+from slingshot.data.chat import prompt_token_ids, render_prompt
 from slingshot.data.tasks import content_hash, derive_seed, load_entries
 from slingshot.data.teacher import task_prompt
 from slingshot.rewards import extract, score
@@ -84,13 +85,11 @@ def prompt_text(tokenizer: Any, entry: dict) -> str:
     The user turn is :func:`slingshot.data.teacher.task_prompt`, the prompt the teacher
     traces (and so SFT and ProRL) use.
     """
-    messages = [{"role": "user", "content": task_prompt(entry)}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return render_prompt(tokenizer, task_prompt(entry))
 
 
 def encode_prompt(tokenizer: Any, entry: dict) -> list[int]:
-    # The template already holds every special token: do not let the tokenizer add a BOS.
-    return list(tokenizer(prompt_text(tokenizer, entry), add_special_tokens=False)["input_ids"])
+    return prompt_token_ids(tokenizer, task_prompt(entry))
 
 
 # --------------------------------------------------------------------------- scoring

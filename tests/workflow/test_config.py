@@ -37,6 +37,8 @@ def fake_models(tmp_path, monkeypatch):
         (tmp_path / name / "model.safetensors").write_bytes(b"")
         (tmp_path / name / "tokenizer.json").write_text("{}")
     monkeypatch.setenv("SLINGSHOT_MODELS", str(tmp_path))
+    (tmp_path / "math-prompts.jsonl").write_text('{"problem": "1+1?", "answer": 2}\n')
+    monkeypatch.setenv("SLINGSHOT_DATA", str(tmp_path))
     monkeypatch.setenv("SLINGSHOT_SITE_DIR", str(REPO / "cluster"))
     monkeypatch.setenv("SLINGSHOT_SITE", "example-site")
     return tmp_path

@@ -134,7 +134,14 @@ def test_real_recipe_dry_runs(tmp_path):
         (tmp_path / "models" / name).mkdir(parents=True)
         for file in ("config.json", "model.safetensors", "tokenizer.json"):
             (tmp_path / "models" / name / file).write_text("{}")
-    env = {**os.environ, "SLINGSHOT_MODELS": str(tmp_path / "models"), "SLINGSHOT_SITE": "example-site"}
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "math-prompts.jsonl").write_text('{"problem": "1+1?", "answer": 2}\n')
+    env = {
+        **os.environ,
+        "SLINGSHOT_MODELS": str(tmp_path / "models"),
+        "SLINGSHOT_DATA": str(tmp_path / "data"),
+        "SLINGSHOT_SITE": "example-site",
+    }
     out = dry_run(
         tmp_path, "--configfile", str(REPO / "workflow/config/recipes/qwen3-1.7b-rlp-sft-prorl.yaml"), env=env
     )

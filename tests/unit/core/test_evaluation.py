@@ -68,12 +68,12 @@ def test_prompt_selection_is_fixed_by_seed_and_per_family(small_data):
 
 
 def test_prompts_are_the_task_prompt_as_the_rl_stages_render_it(small_data):
+    from slingshot.data.chat import prompt_token_ids
     from slingshot.data.tokenizer import load_tokenizer
-    from slingshot.train.rl_batch import chat_prompt_ids
 
     tokenizer = load_tokenizer(small_data["outputs"]["tokenizer_dir"])
     entry = load_entries(small_data["outputs"]["tasks_test"])[0]
-    assert encode_prompt(tokenizer, entry) == chat_prompt_ids(tokenizer, task_prompt(entry))
+    assert encode_prompt(tokenizer, entry) == prompt_token_ids(tokenizer, task_prompt(entry))
     assert prompt_text(CharTokenizer(), {"question": "2+2?"}) == "U:2+2?|A:"
     assert encode_prompt(CharTokenizer(), {"question": "ab"}) == [ord(c) for c in "U:ab|A:"]
 
