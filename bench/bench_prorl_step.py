@@ -42,7 +42,7 @@ def use_digit_share_reward() -> None:
     """Score every ProRL rollout by ``digit_share`` instead of the task verifier."""
     from slingshot.train import rl_sampling
 
-    def score_group(entry: dict, rollouts: list[Any], tokenizer: Any, cfg: Any, max_tokens: int) -> Any:
+    def score_group(entry: dict, rollouts: list[Any], tokenizer: Any, cfg: Any, *_: Any) -> Any:
         # TRL's reward: the same function, on the text TRL decodes (special tokens dropped),
         # truncated responses included (TRL's default), so both sides train on every group.
         texts = [tokenizer.decode(r.completion_ids, skip_special_tokens=True) for r in rollouts]
