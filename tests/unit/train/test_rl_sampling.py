@@ -15,6 +15,7 @@ from slingshot.train.state import Counter
 RIGHT = list("<think>2 + 3 = 5</think>\\boxed{5}")
 WRONG = list("<think>2 + 3 = 6</think>\\boxed{6}")
 SHORT = list("\\boxed{6}")  # wrong, and shorter
+EOS = ""  # the stop token a finished rollout ends with (decodes to nothing here)
 
 
 def test_overlong_penalty_ramps_over_the_last_tokens():
@@ -38,15 +39,15 @@ def test_rewards_truncated_is_zero_and_overlong_ramps():
     right = list("<think>2 + 3 = 5</think>\\boxed{5}")
     wrong = list("<think>2 + 3 = 6</think>\\boxed{6}")
     rollouts = [
-        Rollout([1], right, finished=True),
-        Rollout([1], wrong, finished=True),
+        Rollout([1], [*right, EOS], finished=True),
+        Rollout([1], [*wrong, EOS], finished=True),
         Rollout([1], right, finished=False),  # cut by the length limit after a boxed answer
     ]
     cfg = ProRLConfig(phases=[{"name": "p", "steps": 1, "max_response_tokens": 64}])
     group = rl_sampling.score_group(entry, rollouts, _TextTokenizer(), cfg, max_tokens=64)
     assert group.rewards == [1.0, 0.0, 0.0] and group.correct == [True, False, False]
     ramp = cfg.model_copy(update={"overlong_penalty_tokens": 32})
-    length = len(right)  # 33 characters: just past the start of the ramp at 64 - 32
+    length = len(right) + 1  # 33 characters and the stop token: just past the ramp's start at 64 - 32
     group = rl_sampling.score_group(entry, rollouts, _TextTokenizer(), ramp, max_tokens=64)
     assert group.rewards[0] == pytest.approx(1.0 - (length - 32) / 32)
 
@@ -114,7 +115,7 @@ class _ScriptedBackend:
 
     def generate(self, prompts, n, max_new_tokens, temperature, top_p=1.0, seed=None):
         self.seeds.append(seed)
-        return [[Rollout(p, c, f) for c, f in self.script[p[0]][:n]] for p in prompts]
+        return [[Rollout(p, [*c, EOS] if f else c, f) for c, f in self.script[p[0]][:n]] for p in prompts]
 
     def sync_weights(self, model):
         pass
@@ -156,7 +157,7 @@ def test_collect_keeps_only_groups_with_a_signal_and_counts_what_it_saw():
     assert [g.entry["id"] for g in kept] == ["1", "3"]
     assert [g.rewards for g in kept] == [[1.0, 0.0], [0.0, 1.0]]
     assert sampler.backend.seeds == [derive_seed(11, "rollout", 7, 0), derive_seed(11, "rollout", 7, 1)]
-    lengths = [33, 33, 33, 9, 33, 33, 9, 33]
+    lengths = [34, 34, 34, 10, 34, 33, 10, 34]  # finished responses end with the stop token
     assert stats == {
         "reward_mean": 4 / 8,
         "pass_rate": 4 / 8,
@@ -164,7 +165,7 @@ def test_collect_keeps_only_groups_with_a_signal_and_counts_what_it_saw():
         "groups_trained": 2.0,
         "gen_batches": 2.0,
         "response_length": sum(lengths) / 8,
-        "response_length_max": 33.0,
+        "response_length_max": 34.0,
         "truncated_frac": 1 / 8,
         "tokens_generated": float(8 + sum(lengths)),
     }
@@ -208,7 +209,7 @@ def test_validate_is_pass_at_1_per_family_with_one_fixed_seed():
     first = sampler.validate(entries)
     assert first == {
         "val/pass_at_1": 3 / 6,
-        "val/response_length": (5 * 33 + 9) / 6,
+        "val/response_length": (5 * 34 + 10) / 6,  # with the stop token
         "val/pass_at_1/a": 3 / 4,
         "val/pass_at_1/b": 0.0,
     }
