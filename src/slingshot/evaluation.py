@@ -107,30 +107,26 @@ def check_benchmarks_held_out(
     Compared by content hash of the normalised text (case and spacing do not matter), as the
     held-out check of the generated tasks.
     """
-    wanted = {
-        h: name
-        for name, entries in benchmarks.items()
-        for e in entries
+    owner = {
+        h: (name, e["id"])
+        for name, es in benchmarks.items()
+        for e in es
         for h in (e["hash"], e["prompt_hash"])
     }
-    found: dict[str, dict[str, list[str]]] = {}
-    ids = {
-        h: e["id"] for entries in benchmarks.values() for e in entries for h in (e["hash"], e["prompt_hash"])
-    }
+    found: dict[str, dict[str, set[str]]] = {}  # benchmark -> training source -> entry ids
     for source, prompts in sources.items():
         for prompt in prompts:
-            h = content_hash(prompt)
-            if h in wanted:
-                hits = found.setdefault(wanted[h], {}).setdefault(source, [])
-                if ids[h] not in hits:
-                    hits.append(ids[h])
-    if found:
-        lines = [
-            f"benchmark {name!r}: {sum(len(v) for v in by_source.values())} prompts also occur in training data ("
-            + "; ".join(f"{src}: {len(v)}, e.g. {v[:3]}" for src, v in sorted(by_source.items()))
-            + ")"
-            for name, by_source in sorted(found.items())
-        ]
+            hit = owner.get(content_hash(prompt))
+            if hit is not None:
+                found.setdefault(hit[0], {}).setdefault(source, set()).add(hit[1])
+    lines = []
+    for name, by_source in sorted(found.items()):
+        leaked = len(set().union(*by_source.values()))
+        where = "; ".join(
+            f"{src}: {len(ids)}, e.g. {sorted(ids)[:3]}" for src, ids in sorted(by_source.items())
+        )
+        lines.append(f"benchmark {name!r}: {leaked} prompts also occur in training data ({where})")
+    if lines:
         raise RuntimeError("contaminated benchmarks refused:\n" + "\n".join(lines))
 
 

@@ -7,9 +7,9 @@ import math
 
 import pytest
 
+from slingshot.config import PipelineConfig
 from slingshot.data.tasks import content_hash, load_entries
 from slingshot.data.teacher import task_prompt
-from slingshot.config import PipelineConfig
 from slingshot.evaluation import (
     ALL,
     SampleResult,
