@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from slingshot.config import PipelineConfig
+from slingshot.config import BenchmarkConfig, PipelineConfig
 from slingshot.data.tasks import content_hash, load_entries
 from slingshot.data.teacher import task_prompt
 from slingshot.evaluation import (
@@ -21,6 +21,7 @@ from slingshot.evaluation import (
     evaluate_family,
     flat_metrics,
     judge,
+    load_benchmarks,
     mean,
     prompt_text,
     select_prompts,
@@ -258,3 +259,20 @@ def test_training_prompt_sources_cover_tasks_corpus_and_sft_datasets(tmp_path):
         "corpus_reasoning": ["r1"],
         "stages.sft.extra_datasets.0": ["s1"],
     }
+
+
+def test_a_benchmark_limit_is_a_seeded_draw_independent_of_file_order(tmp_path):
+    rows = [json.dumps({"q": f"problem {i}", "a": i}) for i in range(20)]
+    forward, backward = tmp_path / "f.jsonl", tmp_path / "b.jsonl"
+    forward.write_text("\n".join(rows) + "\n")
+    backward.write_text("\n".join(reversed(rows)) + "\n")
+
+    def drawn(path, limit, seed):
+        spec = BenchmarkConfig(
+            name="b", format="local", path=str(path), prompt_key="q", answer_key="a", limit=limit
+        )
+        return sorted(e["answer"] for e in load_benchmarks([spec], seed)["b"])
+
+    a = drawn(forward, 5, seed=1)
+    assert len(a) == 5 and a == drawn(backward, 5, seed=1) and a != drawn(forward, 5, seed=2)
+    assert len(drawn(forward, None, seed=1)) == 20

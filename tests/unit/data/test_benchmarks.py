@@ -91,7 +91,7 @@ def test_multiple_choice_renders_the_choices_and_keeps_the_letter(tmp_path):
     assert entries[0]["hash"] == content_hash("Which is red?")  # the stem, for the contamination check
 
 
-def test_local_file_with_declared_keys_and_a_seeded_limit(tmp_path):
+def test_local_file_with_declared_keys(tmp_path):
     path = _jsonl(tmp_path / "mine.jsonl", [{"q": f"problem {i}", "a": i} for i in range(10)])
     with pytest.raises(ValueError, match="a local benchmark needs prompt_key and answer_key"):
         _bench(path, "local")
