@@ -5,6 +5,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# Two test workers: most tests use one core (OMP_NUM_THREADS=1) and the Slurm tests mostly
+# wait on the cluster, so a second worker puts the idle core to work.
+TEST_WORKERS ?= 2
 
 .PHONY: install run test test-fast system-deps cluster-up cluster-down lint
 
@@ -30,7 +33,7 @@ cluster-down:
 	bash cluster/dev/down.sh
 
 test: install cluster-up
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slurm and not slow" $(PYTEST_ARGS)

@@ -153,7 +153,10 @@ def main(argv: list[str] | None = None) -> None:
     if a.only:
         warnings.filterwarnings("ignore")
         tps = run_mcore(a) if a.only == "mcore" else run_hf(a)
-        print(json.dumps({"tokens_per_s": tps}))
+        import torch
+
+        memory = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+        print(json.dumps({"tokens_per_s": tps, "max_memory_bytes": memory}))
         return
 
     import torch

@@ -38,6 +38,21 @@ def digit_share(text: str) -> float:
     return sum(c.isdigit() for c in chars) / max(len(chars), 1)
 
 
+def use_digit_share_reward() -> None:
+    """Score every ProRL rollout by ``digit_share`` instead of the task verifier."""
+    from slingshot.train import rl_sampling
+
+    def score_group(entry: dict, rollouts: list[Any], tokenizer: Any, cfg: Any, *_: Any) -> Any:
+        # TRL's reward: the same function, on the text TRL decodes (special tokens dropped),
+        # truncated responses included (TRL's default), so both sides train on every group.
+        texts = [tokenizer.decode(r.completion_ids, skip_special_tokens=True) for r in rollouts]
+        return rl_sampling.ScoredGroup(
+            entry, list(rollouts), [digit_share(t) for t in texts], [False] * len(texts)
+        )
+
+    rl_sampling.score_group = score_group  # type: ignore[assignment]
+
+
 def _setup(a: argparse.Namespace, root: Path) -> dict[str, Any]:
     """Task splits, a BPE tokenizer trained on them, and one tiny model directory."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -91,7 +106,6 @@ def run_prorl(a: argparse.Namespace, setup: dict[str, Any], root: Path) -> list[
 
     from slingshot.stages import prorl
     from slingshot.tracking import Tracker
-    from slingshot.train import rl_sampling
 
     times: dict[int, float] = {}
 
@@ -103,15 +117,7 @@ def run_prorl(a: argparse.Namespace, setup: dict[str, Any], root: Path) -> list[
             if "step_time_s" in metrics:
                 times[step] = float(metrics["step_time_s"])
 
-    def score_group(entry: dict, rollouts: list[Any], tokenizer: Any, cfg: Any, max_tokens: int) -> Any:
-        # TRL's reward: the same function, on the text TRL decodes (special tokens dropped),
-        # truncated responses included (TRL's default), so both sides train on every group.
-        texts = [tokenizer.decode(r.completion_ids, skip_special_tokens=True) for r in rollouts]
-        return rl_sampling.ScoredGroup(
-            entry, list(rollouts), [digit_share(t) for t in texts], [False] * len(texts)
-        )
-
-    rl_sampling.score_group = score_group  # type: ignore[assignment]
+    use_digit_share_reward()
     cfg = pipeline_config(
         root,
         {

@@ -28,3 +28,16 @@ def pretrain_baseline(tmp_path_factory):
     from real_pipeline import baseline_losses
 
     return baseline_losses(tmp_path_factory.mktemp("pretrain-baseline"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """GPU tests (``-m gpu``) run only where CUDA exists; elsewhere they are skipped, named."""
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if not gpu_items:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU")
+        for item in gpu_items:
+            item.add_marker(skip)

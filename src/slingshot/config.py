@@ -341,6 +341,33 @@ class ProRLPhase(StrictModel):
     max_response_tokens: PositiveInt
 
 
+class PromptSet(StrictModel):
+    """A user RL prompt set: local JSONL/Parquet/HF-on-disk rows with a prompt and an answer.
+
+    verifier: ``math`` (math-verify on the last ``\\boxed{}``, else the last number),
+    ``exact`` (the extracted answer equals the gold string, whitespace-trimmed),
+    ``reasoning_gym:<family or dataset>`` (that reasoning-gym scorer), or a user function
+    ``module:function(prompt, response, answer) -> float``. ``prorl.binary_reward`` maps
+    every verifier's value to 0/1 (1 only for a full score), a user function's included.
+    """
+
+    name: Name
+    path: str
+    format: Literal["auto", "jsonl", "parquet", "hf_disk"] = "auto"
+    split: str | None = None  # for an HF DatasetDict saved to disk
+    prompt_key: str = "prompt"
+    answer_key: str = "answer"
+    verifier: Annotated[
+        str, Field(pattern=r"^(math|exact|reasoning_gym:[\w.-]+|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$")
+    ] = "math"
+    weight: Annotated[float, Field(gt=0)] = 1.0
+
+    @field_validator("path")
+    @classmethod
+    def _expand(cls, value: str) -> str:
+        return expand_path(value)
+
+
 _PRORL_OPTIMIZER: dict[str, Any] = dict(lr=2e-6, schedule="constant", warmup_steps=0, weight_decay=0.0)
 
 
@@ -371,6 +398,10 @@ class ProRLConfig(ModelStageConfig):
     val_samples: PositiveInt = 4  # samples per validation prompt (pass@1 = mean correctness)
     val_temperature: Annotated[float, Field(ge=0)] = 0.6
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    # User prompt sets (validated and converted by the data stage), drawn beside the
+    # reasoning-gym training tasks by weight; task_weight 0 trains on the user sets only.
+    datasets: list[PromptSet] = Field(default_factory=list)
+    task_weight: Annotated[float, Field(ge=0)] = 1.0
     # The length schedule: each phase is its own job in the DAG, starting from the previous.
     phases: list[ProRLPhase] = Field(
         default_factory=lambda: [ProRLPhase(name="len8k", steps=100, max_response_tokens=8192)], min_length=1
@@ -383,6 +414,13 @@ class ProRLConfig(ModelStageConfig):
         names = [p.name for p in self.phases]
         if len(set(names)) != len(names):
             raise ValueError(f"phases: names must be unique (got {names})")
+        set_names = [d.name for d in self.datasets]
+        if len(set(set_names)) != len(set_names):
+            raise ValueError(f"datasets: names must be unique (got {set_names})")
+        if "tasks" in set_names:
+            raise ValueError("datasets: 'tasks' names the reasoning-gym tasks in the mix; rename the set")
+        if self.task_weight == 0 and not self.datasets:
+            raise ValueError("task_weight is 0 and there are no datasets: nothing to train on")
         shortest = min(p.max_response_tokens for p in self.phases)
         if self.overlong_penalty_tokens > shortest:
             raise ValueError(
@@ -466,6 +504,20 @@ class StagesConfig(StrictModel):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
 
 
+class ChatConfig(StrictModel):
+    """How prompts and turns are written for the model (every stage that renders a prompt).
+
+    The model's own chat template is used when its tokenizer has one; otherwise the tiny
+    recipe's format (:data:`slingshot.data.tokenizer.CHAT_TEMPLATE`). Generation stops on
+    EOS, on the template's end-of-turn token (``<|im_end|>``, ``<|eot_id|>``, found by
+    rendering a turn) and on ``stop_tokens``.
+    """
+
+    think_open: str = Field(default="<think>", min_length=1)
+    think_close: str = Field(default="</think>", min_length=1)
+    stop_tokens: list[str] = Field(default_factory=list)  # extra single tokens that end a turn
+
+
 class VariantOverrides(StrictModel):
     description: str = ""
     stages: dict[str, Any] = Field(default_factory=dict)  # deep-merged onto the base stages
@@ -477,6 +529,7 @@ class PipelineConfig(StrictModel):
     launcher: LauncherConfig = Field(default_factory=LauncherConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     stages: StagesConfig = Field(default_factory=StagesConfig)
+    chat: ChatConfig = Field(default_factory=ChatConfig)
     # Override the function a stage kind runs ("module:function"); default slingshot.stages.<kind>:run.
     entrypoints: dict[str, Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]] = Field(
         default_factory=dict

@@ -30,6 +30,8 @@ from typing import Any
 from slingshot.algorithms.metrics import pass_at_k
 from slingshot.config import BenchmarkConfig, PipelineConfig
 from slingshot.data.benchmarks import read_benchmark, read_prompts
+from slingshot.data.chat import prompt_token_ids, render_prompt
+from slingshot.data.prompt_sets import load_prompt_set
 from slingshot.data.tasks import content_hash, derive_seed, load_entries
 from slingshot.data.teacher import task_prompt
 from slingshot.rewards import answer_region, extract, math_equal, score
@@ -83,7 +85,8 @@ def training_prompt_sources(
     cfg: PipelineConfig, variant: str, data: dict[str, str], synth_dataset: str | None = None
 ) -> dict[str, Iterable[str]]:
     """The prompts of every training source of ``variant``, by name (read lazily): the tasks
-    train split, the reasoning corpus, SFT's extra datasets and the synthesized set."""
+    train split, the reasoning corpus, SFT's extra datasets, the synthesized set and the ProRL
+    prompt sets (as the data stage converted them)."""
     sources: dict[str, Iterable[str]] = {
         "tasks_train": (e["question"] for e in load_entries(data["tasks_train"]))
     }
@@ -96,6 +99,10 @@ def training_prompt_sources(
             sources[f"stages.sft.extra_datasets.{i}"] = read_prompts(ds.path, ds.prompt_field, fmt)
     if synth_dataset:
         sources["synth"] = read_prompts(synth_dataset, "problem", "hf_disk")
+    if stages.prorl.enabled:
+        for spec in stages.prorl.datasets:
+            entries = load_prompt_set(data, spec.name)
+            sources[f"stages.prorl.datasets.{spec.name}"] = (e["question"] for e in entries)
     return sources
 
 
@@ -153,13 +160,11 @@ def prompt_text(tokenizer: Any, entry: dict) -> str:
     The user turn is :func:`slingshot.data.teacher.task_prompt`, the prompt the teacher
     traces (and so SFT and ProRL) use.
     """
-    messages = [{"role": "user", "content": task_prompt(entry)}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return render_prompt(tokenizer, task_prompt(entry))
 
 
 def encode_prompt(tokenizer: Any, entry: dict) -> list[int]:
-    # The template already holds every special token: do not let the tokenizer add a BOS.
-    return list(tokenizer(prompt_text(tokenizer, entry), add_special_tokens=False)["input_ids"])
+    return prompt_token_ids(tokenizer, task_prompt(entry))
 
 
 # --------------------------------------------------------------------------- scoring

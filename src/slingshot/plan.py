@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from slingshot.config import MODEL_CHAIN, PHASED_STAGES, PipelineConfig, StageConfig, StagesConfig
+from slingshot.data.prompt_sets import prompt_sets
 from slingshot.io import sha256_json
 
 # Fields that change how a stage runs but not what it computes.
@@ -134,7 +135,12 @@ class Plan:
 
 def build_plan(cfg: PipelineConfig) -> Plan:
     plan = Plan(cfg)
-    data_digest = _digest(cfg, "data", config=cfg.data.model_dump(mode="json"))
+    # The data stage also converts the ProRL prompt sets: they are part of its identity
+    # (only when there are any, so a recipe without them keeps its digest).
+    sets = [spec.model_dump(mode="json", exclude={"weight"}) for spec in prompt_sets(cfg)]
+    data_digest = _digest(
+        cfg, "data", config=cfg.data.model_dump(mode="json"), **({"prompt_sets": sets} if sets else {})
+    )
     data = Node(stage="data", kind="data", owner="", digest=data_digest)
     plan.nodes[data.key] = data
     data.variants.extend(cfg.variants)

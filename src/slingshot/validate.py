@@ -28,6 +28,7 @@ import yaml
 from pydantic import ValidationError
 
 from slingshot.config import MODEL_CHAIN, PipelineConfig, StagesConfig, deep_merge
+from slingshot.data.prompt_sets import prompt_sets
 from slingshot.data.tasks import get_family
 from slingshot.launch.site import SiteError, load_site
 
@@ -286,6 +287,14 @@ def check_plan(cfg: PipelineConfig) -> list[str]:
             problem = _data_file_problem(bench.path, bench.file_format)
             if problem:
                 problems.append(f"{where}stages.evaluate.benchmarks.{i}.path: {problem}")
+        for i, prompt_set in enumerate(stages.prorl.datasets if stages.prorl.enabled else []):
+            problem = _data_file_problem(prompt_set.path, prompt_set.format)
+            if problem:
+                problems.append(f"{where}stages.prorl.datasets.{i}.path: {problem}")
+    try:
+        prompt_sets(cfg)  # one name, one set across variants
+    except ValueError as error:
+        problems.append(str(error))
     for i, corpus in enumerate(cfg.data.extra_corpora):
         problem = _data_file_problem(corpus.path, corpus.format)
         if problem:

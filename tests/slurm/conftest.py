@@ -13,6 +13,9 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if Path(item.fspath).is_relative_to(Path(__file__).parent):
             item.add_marker(pytest.mark.slurm)
+            # One shared cluster: under pytest-xdist (`make test`) these run one at a time on
+            # one worker (--dist loadgroup) while the other worker runs the CPU-bound tests.
+            item.add_marker(pytest.mark.xdist_group("slurm"))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -50,13 +50,16 @@ def write_tiny_qwen3(out: Path) -> Path:
     return save_model_dir(Qwen3ForCausalLM(config), tokenizer, out)
 
 
-def write_benchmark_files(data: Path) -> None:
-    """GSM8K as Parquet, MATH-500 as JSONL, AIME 2024 as an HF DatasetDict saved to disk."""
+def write_recipe_data(data: Path) -> None:
+    """The math prompt set (JSONL) and the benchmarks: GSM8K as Parquet, MATH-500 as JSONL,
+    AIME 2024 as an HF DatasetDict saved to disk."""
     from datasets import Dataset, DatasetDict
 
     from slingshot.data.corpora import write_parquet
 
-    (data / "gsm8k").mkdir(parents=True, exist_ok=True)
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "math-prompts.jsonl").write_text('{"problem": "1+1?", "answer": 2}\n')
+    (data / "gsm8k").mkdir(exist_ok=True)
     write_parquet(
         data / "gsm8k" / "test.parquet",
         [
@@ -86,7 +89,7 @@ def write_recipe_inputs(root: Path) -> dict[str, str]:
     first = write_tiny_qwen3(root / "models" / MODELS[0])
     for name in MODELS[1:]:
         shutil.copytree(first, root / "models" / name)
-    write_benchmark_files(root / "data")
+    write_recipe_data(root / "data")
     return {
         "SLINGSHOT_MODELS": str(root / "models"),
         "SLINGSHOT_DATA": str(root / "data"),

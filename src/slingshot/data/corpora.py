@@ -36,6 +36,7 @@ class FieldMap(BaseModel):
     prompt: str | None = None
     response: str | None = None
     id: str | None = None  # default id: "<corpus name>:<line or row>"
+    scalars: bool = False  # numbers in the declared fields are read as their text (answers like 42)
 
     @model_validator(mode="after")
     def _one_layout(self) -> FieldMap:
@@ -79,6 +80,10 @@ def detect_format(path: str | os.PathLike[str]) -> Format:
 def _normalise(raw: Any, fields: FieldMap, where: str, default_id: str) -> dict[str, str]:
     if not isinstance(raw, dict):
         raise CorpusFormatError(f"{where}: record is {type(raw).__name__}, expected an object")
+    if fields.scalars:
+        raw = {
+            k: str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v for k, v in raw.items()
+        }
     out: dict[str, str] = {}
     for field in fields.required:
         if field not in raw or raw[field] is None:

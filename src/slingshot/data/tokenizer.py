@@ -102,14 +102,20 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerBase, out_dir: str | os.PathLik
 
 
 def load_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerBase:
-    """Load a tokenizer from a local directory (ours or any HF model's), never the network."""
+    """Load a tokenizer from a local directory (ours or any HF model's), never the network.
+
+    One without a chat template gets ours (:func:`slingshot.data.chat.ensure_chat_template`).
+    """
     from transformers import AutoTokenizer
+
+    from slingshot.data.chat import ensure_chat_template
 
     if not Path(path).is_dir():
         raise FileNotFoundError(f"tokenizer directory not found: {path}")
     tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     if tok.pad_token is None:  # many base-model tokenizers ship without one
         tok.pad_token = tok.eos_token
+    ensure_chat_template(tok)
     return tok
 
 

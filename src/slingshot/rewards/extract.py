@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
+THINK_TAGS = (THINK_OPEN, THINK_CLOSE)  # the default of chat.think_open / chat.think_close
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 
@@ -29,22 +30,23 @@ class Extraction:
         return self.answer is not None
 
 
-def answer_region(output: str) -> tuple[str | None, str | None]:
-    """Split output into (thought, text after ``</think>``).
+def answer_region(output: str, tags: tuple[str, str] = THINK_TAGS) -> tuple[str | None, str | None]:
+    """Split output into (thought, text after ``</think>``); ``tags`` are the thinking tags.
 
     - ``</think>`` present: the region is what follows its LAST occurrence (the prompt
       may already hold the opening ``<think>``, so only the closing tag is required).
     - ``<think>`` opened but never closed: truncated, region is None.
     - no think tags at all: the whole output is the region (non-reasoning models).
     """
-    close = output.rfind(THINK_CLOSE)
+    think_open, think_close = tags
+    close = output.rfind(think_close)
     if close >= 0:
         head = output[:close]
-        open_ = head.find(THINK_OPEN)
-        thought = head[open_ + len(THINK_OPEN) :] if open_ >= 0 else head
-        return thought.strip(), output[close + len(THINK_CLOSE) :]
-    if THINK_OPEN in output:
-        return output.split(THINK_OPEN, 1)[1].strip(), None
+        open_ = head.find(think_open)
+        thought = head[open_ + len(think_open) :] if open_ >= 0 else head
+        return thought.strip(), output[close + len(think_close) :]
+    if think_open in output:
+        return output.split(think_open, 1)[1].strip(), None
     return None, output
 
 
@@ -74,9 +76,9 @@ def last_answer_tag(text: str) -> str | None:
     return found[-1].strip() if found else None
 
 
-def extract(output: str) -> Extraction:
+def extract(output: str, tags: tuple[str, str] = THINK_TAGS) -> Extraction:
     """Read the final answer: ``\\boxed{}`` first, then ``<answer>`` tags, after ``</think>``."""
-    thought, region = answer_region(output)
+    thought, region = answer_region(output, tags)
     if region is None:
         return Extraction(None, "truncated", thought)
     boxed = last_boxed(region)

@@ -14,7 +14,7 @@ from functools import lru_cache
 from typing import Any
 
 from slingshot.data.tasks import TASK_FAMILIES, rg_score
-from slingshot.rewards.extract import extract
+from slingshot.rewards.extract import THINK_TAGS, extract
 
 CORRECT_THRESHOLD = 1.0 - 1e-9
 
@@ -65,13 +65,15 @@ def score_answer(entry: dict[str, Any], answer: str | None) -> float:
     return 0.0
 
 
-def score(task_entry: dict[str, Any], model_output: str, binary: bool = False) -> float:
+def score(
+    task_entry: dict[str, Any], model_output: str, binary: bool = False, tags: tuple[str, str] = THINK_TAGS
+) -> float:
     """Reward of one model output: 0 when truncated or no answer could be extracted.
 
     ``binary=True`` maps reasoning-gym partial credit (e.g. 0.01 for a well-formed wrong
     answer) to 0, for pass@k and majority votes.
     """
-    value = score_answer(task_entry, extract(model_output).answer)
+    value = score_answer(task_entry, extract(model_output, tags).answer)
     if binary:
         return 1.0 if value >= CORRECT_THRESHOLD else 0.0
     return value

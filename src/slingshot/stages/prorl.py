@@ -1,9 +1,10 @@
 """ProRL: prolonged RL with verifiable rewards (SPEC §5), one length-schedule phase per job.
 
 Each step:
-  1. sample prompts from the training tasks (a seeded, resumable stream), ``n_samples``
-     responses each, score them with the family verifiers (truncated -> 0, optional
-     overlong ramp), and keep only groups whose rewards are not all equal, sampling more
+  1. sample prompts from the training tasks and the user prompt sets (``datasets``, mixed
+     by weight; a seeded, resumable stream), ``n_samples`` responses each, score them with
+     the family's or the set's verifier (truncated -> 0, optional overlong ramp; per-set
+     rewards logged as ``reward/<set>``), and keep only groups whose rewards are not all equal, sampling more
      prompts until the batch is full (at most ``max_gen_batches`` generation batches);
   2. group-normalised advantages (GRPO, or Dr.GRPO without the std);
   3. log-probs of the behaviour policy (θ_old) and the reference, then one clipped
@@ -32,6 +33,8 @@ from typing import Any
 
 from slingshot.config import ProRLConfig, ProRLPhase
 from slingshot.context import StageContext, StageResult
+from slingshot.data.chat import ChatFormat
+from slingshot.data.prompt_sets import load_prompt_set
 from slingshot.data.tasks import derive_seed, load_entries
 from slingshot.loop import resumable_steps
 from slingshot.models.hf import load_model_and_tokenizer, save_model_dir
@@ -41,11 +44,11 @@ from slingshot.train.optim import build_optimizer, build_scheduler
 from slingshot.train.policy_update import UpdateSettings, update_on_groups
 from slingshot.train.rl_sampling import (
     GroupSampler,
-    PromptStream,
     entropy_controller,
     fresh_book,
     make_train_batch,
     plateaued,
+    prompt_stream,
     reset_reference,
     track_validation,
     validation_prompts,
@@ -91,11 +94,15 @@ def run(ctx: StageContext) -> StageResult:
 
     data = ctx.upstream_of_kind("data")
     train_path, val_path = data["outputs"]["tasks_train"], data["outputs"]["tasks_validation"]
-    train_entries = _restrict(load_entries(train_path), cfg.tasks, "train")
+    train_entries = _restrict(load_entries(train_path), cfg.tasks, "train") if cfg.task_weight > 0 else []
     val_entries = _restrict(load_entries(val_path), cfg.tasks, "validation")
     val_entries = validation_prompts(val_entries, cfg.val_prompts)
     ctx.log_file_input("tasks-train", train_path, context="training")
     ctx.log_file_input("tasks-validation", val_path, context="validation")
+    # User prompt sets, converted (and validated) by the data stage, mixed in by weight.
+    sets = {spec.name: load_prompt_set(data["outputs"], spec.name) for spec in cfg.datasets}
+    for name in sets:
+        ctx.log_file_input(f"prompt-set-{name}", data["outputs"][f"prompt_set_{name}"], context="training")
 
     policy, tokenizer = load_model_and_tokenizer(input_model, device=device)
     policy.train()
@@ -105,7 +112,7 @@ def run(ctx: StageContext) -> StageResult:
     updates_per_step = cfg.batch_prompts // cfg.mini_batch_prompts
     scheduler = build_scheduler(optimizer, cfg.optimizer, phase.steps * updates_per_step)
     controller = entropy_controller(cfg)
-    stream = PromptStream(train_entries, seed)
+    stream = prompt_stream(cfg, train_entries, sets, seed)
     book = fresh_book()
     parts: dict[str, Any] = dict(
         policy=policy,
@@ -119,8 +126,10 @@ def run(ctx: StageContext) -> StageResult:
         parts["reference"] = reference
     state = TrainState(**parts)
 
-    backend = make_rollout(cfg.rollout, policy, tokenizer, [tokenizer.eos_token_id])
-    sampler = GroupSampler(backend, tokenizer, cfg, phase.max_response_tokens, seed)
+    # Stops on EOS and the chat template's end-of-turn token; answers follow chat.think_close.
+    chat = ChatFormat.of(tokenizer, ctx.pipeline.chat)
+    backend = make_rollout(cfg.rollout, policy, tokenizer, chat.stop_ids)
+    sampler = GroupSampler(backend, tokenizer, cfg, phase.max_response_tokens, seed, chat.think_tags)
     settings = UpdateSettings.from_config(cfg)
     logger = StepLogger(ctx, cfg.log_every)
     if ctx.checkpoints.latest() is None:  # fresh start: the curve's step-0 point

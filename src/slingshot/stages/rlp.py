@@ -38,11 +38,11 @@ from typing import Any
 
 from slingshot import dist
 from slingshot.algorithms.rlp import information_gain_reward, parameter_distance, rlp_group_advantages
-from slingshot.config import RLPConfig
+from slingshot.config import ChatConfig, RLPConfig
 from slingshot.context import StageContext, StageResult
+from slingshot.data.chat import single_token_id
 from slingshot.data.corpora import CorpusSpec, read_corpus, record_text
 from slingshot.data.packing import tokenize_documents
-from slingshot.data.tokenizer import THINK_CLOSE, THINK_OPEN
 from slingshot.io import sha256_file
 from slingshot.loop import resumable_steps
 from slingshot.models.hf import load_causal_lm, load_model_and_tokenizer, save_model_dir
@@ -55,13 +55,13 @@ from slingshot.train.rlp_scoring import score_baseline, score_thoughts
 from slingshot.train.state import Counter, TrainState
 
 
-def special_ids(tokenizer: Any) -> tuple[int, int]:
-    """Ids of ``<think>`` and ``</think>``; an error if the tokenizer lacks them."""
-    vocab = tokenizer.get_vocab()
-    missing = [tok for tok in (THINK_OPEN, THINK_CLOSE) if tok not in vocab]
-    if missing:
-        raise ValueError(f"RLP needs the tokens {missing} in the model's tokenizer (as single tokens)")
-    return vocab[THINK_OPEN], vocab[THINK_CLOSE]
+def special_ids(tokenizer: Any, chat: ChatConfig) -> tuple[int, int]:
+    """Ids of the thinking tags (``chat.think_open``/``think_close``, ``<think>``/``</think>``
+    by default); an error if either is not a single token of the tokenizer."""
+    return (
+        single_token_id(tokenizer, chat.think_open, "chat.think_open (RLP's thought opening)"),
+        single_token_id(tokenizer, chat.think_close, "chat.think_close (RLP's thought closing)"),
+    )
 
 
 def sample_seed(seed: int, step: int, rank: int) -> int:
@@ -99,7 +99,7 @@ def run(ctx: StageContext) -> StageResult:
 
     policy, tokenizer = load_model_and_tokenizer(input_model, device=device)
     policy.eval()  # no dropout: θ_old and θ log-probs agree exactly on-policy (ratio 1)
-    think_open, think_close = special_ids(tokenizer)
+    think_open, think_close = special_ids(tokenizer, ctx.pipeline.chat)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     # φ: a copy of the input model at the first step (a resume overwrites it from the checkpoint).
     ema = copy.deepcopy(policy).requires_grad_(False)

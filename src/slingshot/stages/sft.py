@@ -35,17 +35,18 @@ from slingshot.io import sha256_file
 from slingshot.models.hf import load_model_and_tokenizer, save_model_dir
 from slingshot.train.supervised import SupervisedSettings, SupervisedTrainer
 
-_THOUGHT = re.compile(r"^\s*<think>\n?(?P<thought>.*?)\n?</think>\s*(?P<answer>.*)$", re.DOTALL)
 _FORMATS = {"jsonl": "jsonl", "parquet": "parquet", "hf": "hf_disk"}
 
 
-def split_completion(text: str) -> tuple[str | None, str]:
+def split_completion(text: str, tags: tuple[str, str] = ("<think>", "</think>")) -> tuple[str | None, str]:
     """(thought, answer) of ``<think>thought</think> answer``; (None, text) without a thought.
 
-    The chat template writes the thought back as ``<think>\\n…\\n</think>\\n``, so a
-    completion in the teacher's format renders exactly as it was generated.
+    ``tags`` are the thinking tags (``chat.think_open``/``think_close``). The chat template
+    writes the thought back as ``<think>\\n…\\n</think>\\n``, so a completion in the
+    teacher's format renders exactly as it was generated.
     """
-    match = _THOUGHT.match(text)
+    opening, closing = (re.escape(t) for t in tags)
+    match = re.match(rf"^\s*{opening}\n?(?P<thought>.*?)\n?{closing}\s*(?P<answer>.*)$", text, re.DOTALL)
     if match is None:
         return None, text
     return match["thought"], match["answer"]
@@ -107,10 +108,15 @@ def weighted(n: int, weight: float, seed: int, source: int) -> list[int]:
     return list(range(n)) * whole + subset
 
 
-def tokenize_records(tokenizer: Any, records: list[dict[str, str]], max_length: int) -> list[SFTExample]:
+def tokenize_records(
+    tokenizer: Any,
+    records: list[dict[str, str]],
+    max_length: int,
+    tags: tuple[str, str] = ("<think>", "</think>"),
+) -> list[SFTExample]:
     out = []
     for record in records:
-        thought, answer = split_completion(record["response"])
+        thought, answer = split_completion(record["response"], tags)
         out.append(
             tokenize_sft(
                 tokenizer, record["prompt"], answer, thought, max_length=max_length, example_id=record["id"]
@@ -150,11 +156,12 @@ def run(ctx: StageContext) -> StageResult:
         model.set_attn_implementation(cfg.attn_implementation)
     # Packed positions restart per example, so only one example must fit the model's positions.
     max_length = min(cfg.seq_length, getattr(model.config, "max_position_embeddings", None) or cfg.seq_length)
+    think_tags = (ctx.pipeline.chat.think_open, ctx.pipeline.chat.think_close)
     train: list[SFTExample] = []
     evaluation: list[SFTExample] = []
     dropped = truncated = 0
     for source, (_, records, weight) in enumerate(sources):
-        examples = tokenize_records(tokenizer, records, max_length)
+        examples = tokenize_records(tokenizer, records, max_length, think_tags)
         mine: list[SFTExample] = []
         for record, example in zip(records, examples, strict=True):
             truncated += example.truncated

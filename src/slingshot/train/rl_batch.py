@@ -10,26 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
-
-if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
-
-
-def chat_prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
-    """Token ids of a user turn plus the assistant header, exactly as SFT renders its prompts.
-
-    SFT tokenizes ``sft_messages(prompt, ...)`` through the chat template with the prompt
-    ending at ``add_generation_prompt``; RL must condition on the very same ids or the
-    policy starts from a context it never saw in SFT.
-    """
-    from slingshot.data.packing import sft_messages
-
-    messages = sft_messages(prompt, "")[:-1]
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 @dataclass

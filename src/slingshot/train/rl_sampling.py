@@ -23,11 +23,14 @@ import torch
 from slingshot.algorithms.entropy import EntropyController
 from slingshot.algorithms.grpo import dynamic_sampling_mask, grpo_advantages
 from slingshot.config import ProRLConfig
+from slingshot.data.chat import prompt_token_ids
 from slingshot.data.tasks import derive_seed
 from slingshot.data.teacher import task_prompt
-from slingshot.rewards.verify import CORRECT_THRESHOLD, score
+from slingshot.rewards.extract import THINK_TAGS
+from slingshot.rewards.verifiers import reward
+from slingshot.rewards.verify import CORRECT_THRESHOLD
 from slingshot.rollout import Rollout, RolloutBackend
-from slingshot.train.rl_batch import RLBatch, build_rl_batch, chat_prompt_ids
+from slingshot.train.rl_batch import RLBatch, build_rl_batch
 from slingshot.train.state import Counter
 
 # --------------------------------------------------------------------------- prompts
@@ -77,6 +80,73 @@ class PromptStream:
         self._order = self._permutation(self.epoch)
 
 
+TASKS_SOURCE = "tasks"  # the source name of the reasoning-gym training tasks in a mix
+
+
+class MixedPromptStream:
+    """Prompts from several sources (the reasoning-gym tasks, user prompt sets) by weight.
+
+    Each draw picks a source with probability proportional to its weight (from a generator
+    seeded by (seed, draw number), so a resume continues the same sequence), then takes
+    that source's next prompt from its own :class:`PromptStream`. Sources of weight 0 are
+    left out.
+    """
+
+    def __init__(self, sources: Sequence[tuple[str, Sequence[dict], float]], seed: int):
+        kept = [(name, entries, weight) for name, entries, weight in sources if weight > 0]
+        if not kept:
+            raise ValueError("no training prompts: every prompt source has weight 0")
+        self.names = [name for name, _, _ in kept]
+        self.weights = [weight for _, _, weight in kept]
+        # The tasks keep the seed a tasks-only run uses; each set gets its own.
+        self.streams = {
+            name: PromptStream(
+                entries, seed if name == TASKS_SOURCE else derive_seed(seed, "prorl-set", name)
+            )
+            for name, entries, _ in kept
+        }
+        self.seed = seed
+        self.draws = 0
+
+    def take(self, n: int) -> list[dict]:
+        out = []
+        for _ in range(n):
+            rng = random.Random(derive_seed(self.seed, "prorl-mix", self.draws))
+            name = rng.choices(self.names, weights=self.weights)[0]
+            out += self.streams[name].take(1)
+            self.draws += 1
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"draws": self.draws, "streams": {k: s.state_dict() for k, s in self.streams.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if sorted(state["streams"]) != sorted(self.streams):
+            raise ValueError(
+                f"checkpoint drew prompts from {sorted(state['streams'])}, this run from {sorted(self.streams)}"
+            )
+        self.draws = int(state["draws"])
+        for name, stream in self.streams.items():
+            stream.load_state_dict(state["streams"][name])
+
+
+def prompt_stream(
+    cfg: ProRLConfig, tasks: Sequence[dict], sets: dict[str, list[dict]], seed: int
+) -> PromptStream | MixedPromptStream:
+    """The tasks alone (no ``datasets``: as before prompt sets existed) or the weighted mix."""
+    if not cfg.datasets:
+        return PromptStream(tasks, seed)
+    sources = [(TASKS_SOURCE, tasks, cfg.task_weight)] + [
+        (d.name, sets[d.name], d.weight) for d in cfg.datasets
+    ]
+    return MixedPromptStream(sources, seed)
+
+
+def source_of(entry: dict) -> str:
+    """The prompt source an entry was drawn from: its prompt set, or the tasks."""
+    return entry["family"] if "verifier" in entry else TASKS_SOURCE
+
+
 def validation_prompts(entries: list[dict], n: int) -> list[dict]:
     """The first ``n`` of a round robin over families (each family's entries in id order):
     validation covers every family, not only the one whose ids sort first."""
@@ -95,7 +165,7 @@ def cached_prompt_ids(tokenizer: Any) -> Callable[[dict], list[int]]:
     def prompt_ids(entry: dict) -> list[int]:
         key = entry["id"]
         if key not in cache:
-            cache[key] = chat_prompt_ids(tokenizer, task_prompt(entry))
+            cache[key] = prompt_token_ids(tokenizer, task_prompt(entry))
         return cache[key]
 
     return prompt_ids
@@ -125,19 +195,26 @@ class ScoredGroup:
     correct: list[bool]  # binary verifier verdict (for pass rate)
 
 
-def _completion_text(tokenizer: Any, ids: Sequence[int]) -> str:
-    # Keep special tokens: </think> is one, and the extractor looks for it.
+def _completion_text(tokenizer: Any, rollout: Rollout) -> str:
+    # Keep special tokens: </think> is one, and the extractor looks for it. The stop token
+    # that ended a finished response is no part of its text.
+    ids = rollout.completion_ids[:-1] if rollout.finished else rollout.completion_ids
     return tokenizer.decode(list(ids), skip_special_tokens=False)
 
 
 def score_group(
-    entry: dict, rollouts: Sequence[Rollout], tokenizer: Any, cfg: ProRLConfig, max_tokens: int
+    entry: dict,
+    rollouts: Sequence[Rollout],
+    tokenizer: Any,
+    cfg: ProRLConfig,
+    max_tokens: int,
+    think_tags: tuple[str, str] = THINK_TAGS,
 ) -> ScoredGroup:
     rewards, correct = [], []
     for r in rollouts:
         # A response cut off by the length limit has no final answer: reward 0 by definition,
         # even if a boxed value happened to be written before the cut.
-        raw = score(entry, _completion_text(tokenizer, r.completion_ids)) if r.finished else 0.0
+        raw = reward(entry, _completion_text(tokenizer, r), think_tags) if r.finished else 0.0
         ok = raw >= CORRECT_THRESHOLD
         value = (1.0 if ok else 0.0) if cfg.binary_reward else raw
         rewards.append(
@@ -177,8 +254,15 @@ class GroupSampler:
     """
 
     def __init__(
-        self, backend: RolloutBackend, tokenizer: Any, cfg: ProRLConfig, max_response_tokens: int, seed: int
+        self,
+        backend: RolloutBackend,
+        tokenizer: Any,
+        cfg: ProRLConfig,
+        max_response_tokens: int,
+        seed: int,
+        think_tags: tuple[str, str] = THINK_TAGS,
     ):
+        self.think_tags = think_tags
         self.backend = backend
         self.tokenizer = tokenizer
         self.cfg = cfg
@@ -196,7 +280,12 @@ class GroupSampler:
             seed=seed,
         )
 
-    def collect(self, stream: PromptStream, step: int) -> tuple[list[ScoredGroup], dict[str, float]]:
+    def _score(self, entry: dict, rollouts: list[Rollout]) -> ScoredGroup:
+        return score_group(entry, rollouts, self.tokenizer, self.cfg, self.max_tokens, self.think_tags)
+
+    def collect(
+        self, stream: PromptStream | MixedPromptStream, step: int
+    ) -> tuple[list[ScoredGroup], dict[str, float]]:
         """Generate and score until ``batch_prompts`` groups with a learning signal are kept."""
         cfg = self.cfg
         kept: list[ScoredGroup] = []
@@ -208,10 +297,7 @@ class GroupSampler:
                 entries, cfg.n_samples, cfg.temperature, derive_seed(self.seed, "rollout", step, g)
             )
             gen_batches += 1
-            groups = [
-                score_group(e, rs, self.tokenizer, cfg, self.max_tokens)
-                for e, rs in zip(entries, rollouts, strict=True)
-            ]
+            groups = [self._score(e, rs) for e, rs in zip(entries, rollouts, strict=True)]
             tokens += sum(len(r.prompt_ids) + len(r.completion_ids) for rs in rollouts for r in rs)
             seen += groups
             keep = dynamic_sampling_mask(torch.tensor([grp.rewards for grp in groups], dtype=torch.float64))
@@ -233,6 +319,8 @@ class GroupSampler:
             "truncated_frac": sum(not r.finished for r in flat) / len(flat),
             "tokens_generated": float(tokens),
         }
+        if cfg.datasets:
+            stats.update(per_source_stats(seen))
         return kept, stats
 
     def validate(self, entries: list[dict]) -> dict[str, float]:
@@ -250,13 +338,27 @@ class GroupSampler:
         by_family: dict[str, list[float]] = defaultdict(list)
         lengths: list[int] = []
         for entry, rs in zip(entries, rollouts, strict=True):
-            grp = score_group(entry, rs, self.tokenizer, cfg, self.max_tokens)
+            grp = self._score(entry, rs)
             by_family[entry["family"]] += [float(c) for c in grp.correct]
             lengths += [len(r.completion_ids) for r in rs]
         every = [c for cs in by_family.values() for c in cs]
         out = {"val/pass_at_1": sum(every) / len(every), "val/response_length": sum(lengths) / len(lengths)}
         out.update({f"val/pass_at_1/{fam}": sum(cs) / len(cs) for fam, cs in sorted(by_family.items())})
         return out
+
+
+def per_source_stats(groups: Sequence[ScoredGroup]) -> dict[str, float]:
+    """``reward/<source>``, ``pass_rate/<source>`` and ``samples/<source>`` of one step's groups."""
+    by_source: dict[str, list[ScoredGroup]] = defaultdict(list)
+    for grp in groups:
+        by_source[source_of(grp.entry)].append(grp)
+    out: dict[str, float] = {}
+    for name, grps in sorted(by_source.items()):
+        n = sum(len(grp.rewards) for grp in grps)
+        out[f"reward/{name}"] = sum(sum(grp.rewards) for grp in grps) / n
+        out[f"pass_rate/{name}"] = sum(sum(grp.correct) for grp in grps) / n
+        out[f"samples/{name}"] = float(n)
+    return out
 
 
 # --------------------------------------------------------------------------- controller and resets

@@ -320,7 +320,12 @@ def packing_supported(
 
 
 def resolve_parallel(mode: ParallelMode, dist: DistEnv) -> str:
-    """``none`` (one process), ``fsdp`` or ``allreduce``."""
+    """``none`` (one process), ``fsdp`` or ``allreduce``.
+
+    ``fsdp`` asked for explicitly in a process group of one still shards (FSDP2 on one GPU:
+    the GPU check exercises the multi-GPU code path that way)."""
+    if mode == "fsdp" and dist.backend is not None:
+        return "fsdp"
     if dist.world_size == 1:
         return "none"
     if mode == "auto":

@@ -73,12 +73,12 @@ def test_prompt_selection_is_fixed_by_seed_and_per_family(small_data):
 
 
 def test_prompts_are_the_task_prompt_as_the_rl_stages_render_it(small_data):
+    from slingshot.data.chat import prompt_token_ids
     from slingshot.data.tokenizer import load_tokenizer
-    from slingshot.train.rl_batch import chat_prompt_ids
 
     tokenizer = load_tokenizer(small_data["outputs"]["tokenizer_dir"])
     entry = load_entries(small_data["outputs"]["tasks_test"])[0]
-    assert encode_prompt(tokenizer, entry) == chat_prompt_ids(tokenizer, task_prompt(entry))
+    assert encode_prompt(tokenizer, entry) == prompt_token_ids(tokenizer, task_prompt(entry))
     assert prompt_text(CharTokenizer(), {"question": "2+2?"}) == "U:2+2?|A:"
     assert encode_prompt(CharTokenizer(), {"question": "ab"}) == [ord(c) for c in "U:ab|A:"]
 
@@ -242,7 +242,7 @@ def test_a_contaminated_benchmark_is_refused_by_name():
     )
 
 
-def test_training_prompt_sources_cover_tasks_corpus_and_sft_datasets(tmp_path):
+def test_training_prompt_sources_cover_tasks_corpus_sft_and_prorl_sets(tmp_path):
     train = tmp_path / "train.jsonl"
     train.write_text(json.dumps({"question": "t1"}) + "\n")
     corpus = tmp_path / "reasoning.jsonl"
@@ -250,14 +250,19 @@ def test_training_prompt_sources_cover_tasks_corpus_and_sft_datasets(tmp_path):
     sft = tmp_path / "sft.jsonl"
     sft.write_text(json.dumps({"instruction": "s1", "output": "y"}) + "\n")
     sft_set = {"path": str(sft), "prompt_field": "instruction", "response_field": "output"}
-    cfg = PipelineConfig.model_validate({"stages": {"sft": {"extra_datasets": [sft_set]}}})
-    sources = training_prompt_sources(
-        cfg, "main", {"tasks_train": str(train), "corpus_reasoning": str(corpus)}
-    )
+    converted = tmp_path / "prompt_sets" / "mine.jsonl"  # as the data stage writes a ProRL prompt set
+    converted.parent.mkdir()
+    converted.write_text(json.dumps({"id": "mine:1", "question": "p1", "answer": "2"}) + "\n")
+    prompt_set = {"name": "mine", "path": str(tmp_path / "raw.jsonl")}
+    stages = {"sft": {"extra_datasets": [sft_set]}, "prorl": {"datasets": [prompt_set]}}
+    cfg = PipelineConfig.model_validate({"stages": stages})
+    data = {"tasks_train": str(train), "corpus_reasoning": str(corpus), "prompt_set_mine": str(converted)}
+    sources = training_prompt_sources(cfg, "main", data)
     assert {k: list(v) for k, v in sources.items()} == {
         "tasks_train": ["t1"],
         "corpus_reasoning": ["r1"],
         "stages.sft.extra_datasets.0": ["s1"],
+        "stages.prorl.datasets.mine": ["p1"],
     }
 
 

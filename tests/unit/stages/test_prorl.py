@@ -317,3 +317,89 @@ def test_short_run_raises_validation_pass_at_1(tmp_path, sft_setup):
     # 320 validation samples per point (same sampling seed each time): a rise of 0.05 over
     # the last two points is well beyond the noise of one point (~0.025).
     assert (curve[20] + curve[30]) / 2 >= curve[0] + 0.05, curve
+
+
+# --------------------------------------------------------------------------- user prompt sets
+
+
+def test_mixed_prompt_stream_follows_the_weights_and_resumes_exactly():
+    from slingshot.train.rl_sampling import MixedPromptStream
+
+    tasks = [{"id": f"t{i}", "family": "f"} for i in range(5)]
+    mine = [{"id": f"m{i}", "family": "mine", "verifier": "math"} for i in range(3)]
+    sources = [("tasks", tasks, 1.0), ("mine", mine, 3.0), ("off", [{"id": "x"}], 0.0)]
+    stream = MixedPromptStream(sources, seed=7)
+    drawn = stream.take(400)
+    share = sum("verifier" in e for e in drawn) / len(drawn)
+    assert 0.68 < share < 0.82  # 3 : 1 -> 0.75 (binomial sd ~0.02)
+    assert all(e["id"] != "x" for e in drawn)  # a weight-0 source is never drawn
+    again = MixedPromptStream(sources, seed=7)
+    again.load_state_dict(stream.state_dict())
+    assert [e["id"] for e in again.take(20)] == [e["id"] for e in stream.take(20)]
+
+
+def test_a_run_mixing_a_user_set_with_a_family_logs_per_set_rewards(tmp_path, sft_setup, monkeypatch):
+    """A user set scored by a user function, beside the reasoning-gym family: the function is
+    called on every finished response of its set, and reward/<set> is exactly its mean."""
+    from slingshot.data.prompt_sets import convert_prompt_sets
+    from slingshot.data.tasks import load_entries
+
+    (tmp_path / "set_rewards.py").write_text(
+        "CALLS = []\n\n"
+        "def contains_answer(prompt, response, answer):\n"
+        "    value = 1.0 if answer in response else 0.0\n"
+        "    CALLS.append((prompt, response, answer, value))\n"
+        "    return value\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rows = load_entries(sft_setup["data"]["outputs"]["tasks_train"])[:20]
+    rows_path = tmp_path / "mine.jsonl"
+    rows_path.write_text(
+        "".join(json.dumps({"problem": e["question"], "solution": int(e["answer"])}) + "\n" for e in rows)
+    )
+    mine = {
+        "name": "mine",
+        "path": str(rows_path),
+        "prompt_key": "problem",
+        "answer_key": "solution",
+        "verifier": "set_rewards:contains_answer",
+        "weight": 1.0,
+    }
+    ctx = _ctx(tmp_path / "run", sft_setup, Recorder(), steps=2, datasets=[mine], binary_reward=False)
+    converted = convert_prompt_sets(ctx.pipeline, tmp_path / "data")
+    ctx.upstream["data"]["outputs"] = {
+        **ctx.upstream["data"]["outputs"],
+        "prompt_set_mine": converted["mine"].path,
+    }
+    import set_rewards
+
+    calls_at: dict[int, int] = {}
+    rec = ctx.tracker
+    original = rec.log_metrics
+
+    def log(metrics, step):  # noqa: ANN001, ANN202
+        calls_at.setdefault(step, len(set_rewards.CALLS))
+        original(metrics, step)
+
+    monkeypatch.setattr(rec, "log_metrics", log)
+    prorl.run(ctx)
+
+    answers = {e["question"]: e["answer"] for e in rows}
+    assert set_rewards.CALLS, "the user function was never called"
+    for prompt, response, answer, _ in set_rewards.CALLS:
+        assert answers[prompt] == answer  # the row's own (numeric, now text) answer
+        assert not response.endswith("<|endoftext|>")  # the stop token is no part of the response
+    for step in (1, 2):
+        row = rec.rows[step]
+        # A source no prompt of this step came from logs nothing for it.
+        assert row.get("samples/mine", 0) + row.get("samples/tasks", 0) == row["gen_batches"] * 4 * 8
+        values = [c[3] for c in set_rewards.CALLS[calls_at.get(step - 1, 0) : calls_at[step]]]
+        if "samples/mine" in row:
+            assert row["reward/mine"] == pytest.approx(sum(values) / row["samples/mine"])
+        else:
+            assert not values
+    assert any("reward/tasks" in rec.rows[s] for s in (1, 2)) and any(
+        "reward/mine" in rec.rows[s] for s in (1, 2)
+    )
+    # The SFT'd model answers these sums: the set is not all zeros (the function saw answers).
+    assert any(c[3] == 1.0 for c in set_rewards.CALLS)
