@@ -430,6 +430,49 @@ class ProRLConfig(ModelStageConfig):
         return self
 
 
+BenchmarkFormat = Literal["gsm8k", "math", "aime", "multiple_choice", "local"]
+# The prompt/answer columns each built-in reader expects when the config names none.
+BENCHMARK_KEYS: dict[str, tuple[str, str]] = {
+    "gsm8k": ("question", "answer"),  # the answer is the text after "####"
+    "math": ("problem", "answer"),  # MATH-500 has "answer"; MATH: the \boxed{} of solution_key
+    "aime": ("problem", "answer"),  # an integer
+    "multiple_choice": ("question", "answer"),  # a letter or a 0-based index into choices_key
+}
+
+
+class BenchmarkConfig(StrictModel):
+    """A standard benchmark (or any local prompt/answer file) the evaluation stage runs."""
+
+    name: Name
+    format: BenchmarkFormat
+    path: str  # a JSONL/Parquet file or an HF save_to_disk directory
+    file_format: Literal["auto", "jsonl", "parquet", "hf_disk"] = "auto"
+    split: str | None = None  # for an HF DatasetDict saved to disk
+    prompt_key: str | None = None  # None: the format's own (BENCHMARK_KEYS); required for local
+    answer_key: str | None = None
+    solution_key: str = "solution"  # math: where the \boxed{} answer is when a row has no answer_key
+    choices_key: str = "choices"  # multiple_choice: a list of options, or {label: [...], text: [...]}
+    instruction: str = ""  # appended to every prompt after a blank line (e.g. where to put the answer)
+    limit: PositiveInt | None = None  # a seeded draw of this many prompts; None: every row
+
+    @field_validator("path")
+    @classmethod
+    def _expand(cls, value: str) -> str:
+        return expand_path(value)
+
+    @model_validator(mode="after")
+    def _keys(self) -> BenchmarkConfig:
+        if self.format == "local" and (self.prompt_key is None or self.answer_key is None):
+            raise ValueError("a local benchmark needs prompt_key and answer_key")
+        return self
+
+    @property
+    def keys(self) -> tuple[str, str]:
+        """(prompt key, answer key): the configured ones, else the format's defaults."""
+        default_prompt, default_answer = BENCHMARK_KEYS.get(self.format, ("prompt", "answer"))
+        return self.prompt_key or default_prompt, self.answer_key or default_answer
+
+
 class EvaluateConfig(StageConfig):
     # Which stages' final models are evaluated (per variant).
     models: list[ModelStage] = Field(default_factory=lambda: list(MODEL_CHAIN))
@@ -439,11 +482,16 @@ class EvaluateConfig(StageConfig):
     max_new_tokens: PositiveInt = 1024
     prompts_per_task: PositiveInt = 64
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    # Standard benchmarks beside the held-out task families (each a row of its own).
+    benchmarks: list[BenchmarkConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _check(self) -> EvaluateConfig:
         if max(self.k) > self.n_samples:
             raise ValueError(f"k: pass@{max(self.k)} needs n_samples >= {max(self.k)} (got {self.n_samples})")
+        names = [b.name for b in self.benchmarks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"benchmarks: names must be unique, got {names}")
         return self
 
 

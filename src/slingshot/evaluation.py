@@ -8,6 +8,12 @@
   pass@k = 1 - C(n-c, k) / C(n, k) averaged over prompts, mean response length (stop token
   not counted), parse rate and truncated rate.
 
+Benchmarks (``stages.evaluate.benchmarks``, read by :mod:`slingshot.data.benchmarks`) are
+families of their own, ``bench/<name>``: the same prompts, generation and table, graded by
+math-verify on the extracted answer (for GSM8K and AIME the last number of the answer when
+nothing is boxed), multiple choice by its letter; their rows are not part of ``all``. A
+benchmark whose prompts occur in any training data of the recipe is refused by name.
+
 The evaluation stage (``slingshot.stages.evaluate``) is the loop over families around these.
 """
 
@@ -16,15 +22,19 @@ from __future__ import annotations
 import csv
 import io
 import random
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from slingshot.algorithms.metrics import pass_at_k
+from slingshot.config import BenchmarkConfig, PipelineConfig
+from slingshot.data.benchmarks import read_benchmark, read_prompts
 from slingshot.data.chat import prompt_token_ids, render_prompt
+from slingshot.data.prompt_sets import load_prompt_set
 from slingshot.data.tasks import content_hash, derive_seed, load_entries
 from slingshot.data.teacher import task_prompt
-from slingshot.rewards import extract, score
+from slingshot.rewards import answer_region, extract, math_equal, score
 
 ALL = "all"  # the row aggregating every family
 
@@ -62,6 +72,71 @@ def check_held_out(entries: Sequence[dict], data: dict[str, str]) -> None:
         )
 
 
+def load_benchmarks(specs: Sequence[BenchmarkConfig], seed: int) -> dict[str, list[dict]]:
+    """Each benchmark's entries by name: every row, or a seeded draw of ``limit`` (as for tasks)."""
+    out = {}
+    for spec in specs:
+        entries = read_benchmark(spec)
+        out[spec.name] = select_prompts(entries, spec.limit, seed) if spec.limit else entries
+    return out
+
+
+def training_prompt_sources(
+    cfg: PipelineConfig, variant: str, data: dict[str, str], synth_dataset: str | None = None
+) -> dict[str, Iterable[str]]:
+    """The prompts of every training source of ``variant``, by name (read lazily): the tasks
+    train split, the reasoning corpus, SFT's extra datasets, the synthesized set and the ProRL
+    prompt sets (as the data stage converted them)."""
+    sources: dict[str, Iterable[str]] = {
+        "tasks_train": (e["question"] for e in load_entries(data["tasks_train"]))
+    }
+    if data.get("corpus_reasoning"):
+        sources["corpus_reasoning"] = read_prompts(data["corpus_reasoning"], "prompt")
+    stages = cfg.variant_stages(variant)
+    if stages.sft.enabled:
+        for i, ds in enumerate(stages.sft.extra_datasets):
+            fmt = "hf_disk" if ds.format == "hf" else ds.format
+            sources[f"stages.sft.extra_datasets.{i}"] = read_prompts(ds.path, ds.prompt_field, fmt)
+    if synth_dataset:
+        sources["synth"] = read_prompts(synth_dataset, "problem", "hf_disk")
+    if stages.prorl.enabled:
+        for spec in stages.prorl.datasets:
+            entries = load_prompt_set(data, spec.name)
+            sources[f"stages.prorl.datasets.{spec.name}"] = (e["question"] for e in entries)
+    return sources
+
+
+def check_benchmarks_held_out(
+    benchmarks: Mapping[str, Sequence[dict]], sources: Mapping[str, Iterable[str]]
+) -> None:
+    """Raise naming every benchmark whose question (or rendered prompt) occurs in a training source.
+
+    Compared by content hash of the normalised text (case and spacing do not matter), as the
+    held-out check of the generated tasks.
+    """
+    owner = {
+        h: (name, e["id"])
+        for name, es in benchmarks.items()
+        for e in es
+        for h in (e["hash"], e["prompt_hash"])
+    }
+    found: dict[str, dict[str, set[str]]] = {}  # benchmark -> training source -> entry ids
+    for source, prompts in sources.items():
+        for prompt in prompts:
+            hit = owner.get(content_hash(prompt))
+            if hit is not None:
+                found.setdefault(hit[0], {}).setdefault(source, set()).add(hit[1])
+    lines = []
+    for name, by_source in sorted(found.items()):
+        leaked = len(set().union(*by_source.values()))
+        where = "; ".join(
+            f"{src}: {len(ids)}, e.g. {sorted(ids)[:3]}" for src, ids in sorted(by_source.items())
+        )
+        lines.append(f"benchmark {name!r}: {leaked} prompts also occur in training data ({where})")
+    if lines:
+        raise RuntimeError("contaminated benchmarks refused:\n" + "\n".join(lines))
+
+
 def select_prompts(entries: Sequence[dict], prompts_per_task: int, seed: int) -> list[dict]:
     """``prompts_per_task`` entries per family, drawn by ``seed`` independently of file order.
 
@@ -93,10 +168,36 @@ def encode_prompt(tokenizer: Any, entry: dict) -> list[int]:
 
 
 # --------------------------------------------------------------------------- scoring
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+_LETTER = re.compile(r"^\(?([A-Z])\)?(?:[.:)\s]|$)")
+
+
+def benchmark_answer(entry: dict, completion: str) -> str | None:
+    """The answer a completion gives to a benchmark entry: boxed or tagged after ``</think>``;
+    for GSM8K/AIME else the last number of that region; multiple choice reduced to its letter."""
+    answer = extract(completion).answer
+    if answer is None and entry["benchmark"] in ("gsm8k", "aime"):
+        region = answer_region(completion)[1]
+        numbers = _NUMBER.findall(region) if region is not None else []
+        answer = numbers[-1].replace(",", "") if numbers else None
+    if answer is None or entry["benchmark"] != "multiple_choice":
+        return answer
+    text = re.sub(r"\\text(?:bf)?\{([^}]*)\}", r"\1", answer).strip().upper()
+    letter = _LETTER.match(text)
+    return letter.group(1) if letter else None
+
+
 def judge(entry: dict, completion: str, finished: bool) -> tuple[bool, bool]:
     """(parsed, correct) of one completion; a truncated completion is neither."""
     if not finished:
         return False, False
+    if "benchmark" in entry:
+        answer = benchmark_answer(entry, completion)
+        if answer is None:
+            return False, False
+        if entry["benchmark"] == "multiple_choice":
+            return True, answer == entry["answer"]
+        return True, math_equal(str(entry["answer"]), answer)
     parsed = extract(completion).parse_ok
     return parsed, parsed and score(entry, completion, binary=True) == 1.0
 

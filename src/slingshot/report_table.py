@@ -2,7 +2,9 @@
 
 A row holds the stage's evaluation metrics (pass@k for every k any variant evaluates,
 mean response length, parse rate); a metric the evaluation did not report is NaN, written
-as an empty cell in ``table.csv`` and as "–" in ``table.md``.
+as an empty cell in ``table.csv`` and as "–" in ``table.md``. The benchmark table
+(:func:`benchmark_rows`) has one row per variant x evaluated stage x benchmark, read from
+the evaluation's ``bench/<name>/<metric>`` metrics.
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Iterator
 from typing import Any
 
 from slingshot.config import MODEL_CHAIN, PipelineConfig
 from slingshot.plan import Plan
 
 BASE_COLUMNS = ("variant", "stage", "model", "prompts")
+BENCH_BASE_COLUMNS = ("variant", "stage", "benchmark", "prompts")
 TAIL_COLUMNS = ("response_tokens", "parse_rate")
 
 
@@ -26,10 +30,10 @@ def k_columns(cfg: PipelineConfig) -> list[str]:
     return [f"pass_at_{k}" for k in sorted(ks)]
 
 
-def table_rows(cfg: PipelineConfig, plan: Plan, manifests: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Variant x stage rows in recipe order; a metric the evaluation did not report is NaN."""
-    columns = k_columns(cfg)
-    rows = []
+def evaluated(
+    cfg: PipelineConfig, plan: Plan, manifests: dict[str, dict[str, Any]]
+) -> Iterator[tuple[str, str, str, dict[str, float]]]:
+    """(variant, stage kind, model node, metrics) of every evaluation with a manifest, in recipe order."""
     for variant in cfg.variants:
         for kind in MODEL_CHAIN:
             try:
@@ -37,18 +41,42 @@ def table_rows(cfg: PipelineConfig, plan: Plan, manifests: dict[str, dict[str, A
             except KeyError:
                 continue  # this variant does not evaluate (or has no) such stage
             manifest = manifests.get(node.key)
-            if manifest is None:
-                continue
-            metrics = manifest.get("metrics", {})
-            row: dict[str, Any] = {
-                "variant": variant,
-                "stage": kind,
-                "model": node.model_from or "",
-                "prompts": int(metrics["prompts"]) if "prompts" in metrics else "",
-            }
-            for name in (*columns, *TAIL_COLUMNS):
-                row[name] = float(metrics.get(name, math.nan))
-            rows.append(row)
+            if manifest is not None:
+                yield variant, kind, node.model_from or "", manifest.get("metrics", {})
+
+
+def _metric_row(
+    base: dict[str, Any], metrics: dict[str, float], columns: list[str], prefix: str = ""
+) -> dict:
+    prompts = metrics.get(f"{prefix}prompts")
+    row: dict[str, Any] = {**base, "prompts": int(prompts) if prompts is not None else ""}
+    for name in (*columns, *TAIL_COLUMNS):
+        row[name] = float(metrics.get(f"{prefix}{name}", math.nan))
+    return row
+
+
+def table_rows(cfg: PipelineConfig, plan: Plan, manifests: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Variant x stage rows in recipe order; a metric the evaluation did not report is NaN."""
+    columns = k_columns(cfg)
+    return [
+        _metric_row({"variant": variant, "stage": kind, "model": model}, metrics, columns)
+        for variant, kind, model, metrics in evaluated(cfg, plan, manifests)
+    ]
+
+
+def benchmark_rows(
+    cfg: PipelineConfig, plan: Plan, manifests: dict[str, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Variant x stage x benchmark rows (the variant's ``stages.evaluate.benchmarks`` order) for
+    every benchmark the evaluation reported; the same metric columns as :func:`table_rows`."""
+    columns = k_columns(cfg)
+    rows = []
+    for variant, kind, _, metrics in evaluated(cfg, plan, manifests):
+        for bench in cfg.variant_stages(variant).evaluate.benchmarks:
+            prefix = f"bench/{bench.name}/"
+            if any(key.startswith(prefix) for key in metrics):
+                base = {"variant": variant, "stage": kind, "benchmark": bench.name}
+                rows.append(_metric_row(base, metrics, columns, prefix))
     return rows
 
 

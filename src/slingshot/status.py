@@ -11,14 +11,15 @@ no daemon and works from any shell in the pipeline's directory:
   (it checkpointed and asked to be requeued) or ``lost`` (no result at all: killed,
   cancelled, node failure); no record at all: ``not started``.
 - job id, restarts (submissions after the first + Slurm requeues), elapsed time,
-- the latest value of the stage's key metric and the MLflow run id.
+- the latest value of the stage's key metric and the MLflow run id; for a finished
+  evaluation also each benchmark's pass@1 (``bench/<name>/pass_at_1`` in its manifest).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ class StageStatus:
     value: float | None = None
     step: int | None = None
     detail: str = ""
+    benchmarks: dict[str, float] = field(default_factory=dict)  # benchmark name -> pass@1 (evaluations)
 
     @property
     def stage(self) -> str:
@@ -132,6 +134,7 @@ def node_status(cfg: PipelineConfig, node: Node, variant: str) -> StageStatus:
         status.elapsed_s = manifest.get("wall_time_s")
         status.restarts = int(manifest.get("slurm", {}).get("restarts", status.restarts))
         status.run_id = manifest.get("mlflow_run_id") or status.run_id
+        status.benchmarks = benchmark_pass_at_1(manifest.get("metrics", {}))
         return status
     status.state, status.detail = _job_state(cfg, node, launch)
     started = launch.first_submitted_at
@@ -139,6 +142,15 @@ def node_status(cfg: PipelineConfig, node: Node, variant: str) -> StageStatus:
         end = time.time() if status.state in ("running", "pending") else _ended_at(cfg, node, launch)
         status.elapsed_s = (end - started) if end else None
     return status
+
+
+def benchmark_pass_at_1(metrics: dict[str, float]) -> dict[str, float]:
+    """{benchmark: pass@1} from an evaluation's ``bench/<name>/pass_at_1`` metrics."""
+    return {
+        key.split("/")[1]: value
+        for key, value in metrics.items()
+        if key.startswith("bench/") and key.endswith("/pass_at_1") and key.count("/") == 2
+    }
 
 
 def collect_status(cfg: PipelineConfig, with_metrics: bool = True) -> list[StageStatus]:
@@ -248,6 +260,8 @@ def render_table(cfg: PipelineConfig, rows: list[StageStatus]) -> Any:
             state += f"\n[dim]{r.detail[:80]}[/]"
         job = f"{r.backend}:{r.job_id}" if r.job_id else ""
         metric = f"{r.metric}={r.value:.4g} @{r.step}" if r.metric is not None and r.value is not None else ""
+        if r.benchmarks:
+            metric += "".join(f"\n{name} pass@1={value:.4g}" for name, value in r.benchmarks.items())
         table.add_row(
             r.variant or "-",
             stage,

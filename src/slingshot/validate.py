@@ -283,6 +283,10 @@ def check_plan(cfg: PipelineConfig) -> list[str]:
             problem = _data_file_problem(dataset.path, dataset.format)
             if problem:
                 problems.append(f"{where}stages.sft.extra_datasets.{i}.path: {problem}")
+        for i, bench in enumerate(stages.evaluate.benchmarks if stages.evaluate.enabled else []):
+            problem = _data_file_problem(bench.path, bench.file_format)
+            if problem:
+                problems.append(f"{where}stages.evaluate.benchmarks.{i}.path: {problem}")
         for i, prompt_set in enumerate(stages.prorl.datasets if stages.prorl.enabled else []):
             problem = _data_file_problem(prompt_set.path, prompt_set.format)
             if problem:

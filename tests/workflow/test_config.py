@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from real_recipe import write_recipe_data
 
 from slingshot.config import PipelineConfig
 from slingshot.plan import build_plan
@@ -37,7 +38,7 @@ def fake_models(tmp_path, monkeypatch):
         (tmp_path / name / "model.safetensors").write_bytes(b"")
         (tmp_path / name / "tokenizer.json").write_text("{}")
     monkeypatch.setenv("SLINGSHOT_MODELS", str(tmp_path))
-    (tmp_path / "math-prompts.jsonl").write_text('{"problem": "1+1?", "answer": 2}\n')
+    write_recipe_data(tmp_path)  # the real recipe's benchmarks and math prompt set
     monkeypatch.setenv("SLINGSHOT_DATA", str(tmp_path))
     monkeypatch.setenv("SLINGSHOT_SITE_DIR", str(REPO / "cluster"))
     monkeypatch.setenv("SLINGSHOT_SITE", "example-site")

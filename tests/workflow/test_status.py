@@ -126,3 +126,33 @@ def _job_gone(pid: int) -> bool:
         return True
     with open(f"/proc/{pid}/stat") as handle:
         return handle.read().split(")")[-1].split()[0] == "Z"
+
+
+def test_a_finished_evaluation_shows_each_benchmarks_pass_at_1(tmp_path, monkeypatch):
+    import io
+    import json
+
+    from rich.console import Console
+
+    from slingshot.plan import build_plan
+    from slingshot.status import render_table
+
+    config = write_config(tmp_path, {"pipeline": {"name": "bench"}})
+    monkeypatch.chdir(tmp_path)
+    cfg = load_pipeline_config(config)
+    manifest = build_plan(cfg).node(next(iter(cfg.variants)), "evaluate-rlp").manifest_path(cfg)
+    manifest.parent.mkdir(parents=True)
+    metrics = {
+        "pass_at_1": 0.5,
+        "bench/gsm8k/pass_at_1": 0.25,
+        "bench/gsm8k/pass_at_4": 0.5,
+        "bench/aime/pass_at_1": 0,
+    }
+    manifest.write_text(json.dumps({"metrics": metrics, "wall_time_s": 3.0}))
+    rows = collect_status(cfg, with_metrics=False)
+    evaluation = next(r for r in rows if r.stage == "evaluate-rlp")
+    assert evaluation.state == "done" and evaluation.benchmarks == {"gsm8k": 0.25, "aime": 0}
+    assert all(not r.benchmarks for r in rows if r is not evaluation)
+    out = io.StringIO()
+    Console(file=out, width=200).print(render_table(cfg, rows))
+    assert "gsm8k pass@1=0.25" in out.getvalue() and "aime pass@1=0" in out.getvalue()

@@ -12,8 +12,14 @@ answered ``n_samples`` times through the rollout backend. Per family and overall
 A sample that hit ``max_new_tokens`` before its stop token is truncated: it counts as
 unparsed and wrong (as in ProRL's reward), even if a box happened to appear in it.
 
+Benchmarks (``config.benchmarks``: GSM8K, MATH, AIME, multiple choice, local files) are
+read from their files, refused by name when a prompt occurs in the recipe's training data
+(tasks train split, reasoning corpus, SFT datasets, the synthesized set), and evaluated as
+families ``bench/<name>`` with the same n samples and seeds; their rows follow ``all``, their
+metrics are ``bench/<name>/pass_at_1`` etc.
+
 Outputs (``output_dir``): ``eval_table.csv`` / ``eval_table.json`` (one row per family
-plus ``all``), ``samples.jsonl`` (every completion with its verdict). Families done are
+plus ``all``, then one per benchmark), ``samples.jsonl`` (every completion with its verdict). Families done are
 cached in the work dir, so a requeued job does not generate them again. Ranks split the
 families and gather the samples. Prompts, scoring and the table are in
 :mod:`slingshot.evaluation`.
@@ -27,23 +33,36 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from slingshot.context import StageContext, StageResult
+from slingshot.context import StageContext, StageResult, read_manifest
 from slingshot.data.chat import stop_token_ids
 from slingshot.data.tasks import derive_seed, load_entries
 from slingshot.dist import all_gather_objects
 from slingshot.evaluation import (
     SampleResult,
     answer_budget,
+    check_benchmarks_held_out,
     check_held_out,
     evaluate_family,
     flat_metrics,
+    load_benchmarks,
     max_positions,
     mean,
     select_prompts,
     summarize,
     table_csv,
+    training_prompt_sources,
 )
 from slingshot.io import atomic_write_json, atomic_write_text, sha256_json
+from slingshot.plan import build_plan
+
+
+def synth_dataset(ctx: StageContext) -> str | None:
+    """The synthesized SFT set of this variant, once its synthesis has run (else None)."""
+    stages = ctx.pipeline.variant_stages(ctx.variant)
+    if not (stages.synth.enabled and stages.sft.enabled and stages.sft.use_synth):
+        return None
+    manifest = build_plan(ctx.pipeline).node(ctx.variant, "synth").manifest_path(ctx.pipeline)
+    return read_manifest(manifest)["outputs"]["dataset"] if manifest.is_file() else None
 
 
 def run(ctx: StageContext, rollout_factory: Any = None) -> StageResult:
@@ -69,6 +88,13 @@ def run(ctx: StageContext, rollout_factory: Any = None) -> StageResult:
     ctx.log_file_input(
         "eval-prompts", prompts_path, context="evaluation", digest=sha256_json([e["hash"] for e in chosen])
     )
+    benchmarks = load_benchmarks(cfg.benchmarks, seed)
+    if benchmarks:
+        sources = training_prompt_sources(ctx.pipeline, ctx.variant, data, synth_dataset(ctx))
+        check_benchmarks_held_out(benchmarks, sources)
+    for spec in cfg.benchmarks:
+        digest = sha256_json([e["hash"] for e in benchmarks[spec.name]])
+        ctx.log_file_input(f"bench-{spec.name}", spec.path, context="evaluation", digest=digest)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -79,18 +105,20 @@ def run(ctx: StageContext, rollout_factory: Any = None) -> StageResult:
         model, tokenizer, stop_ids
     )
 
-    families = sorted({e["family"] for e in chosen})
-    mine = families[ctx.dist.rank :: ctx.dist.world_size]
+    groups: dict[str, list[dict]] = {}
+    for entry in chosen + [e for entries in benchmarks.values() for e in entries]:
+        groups.setdefault(entry["family"], []).append(entry)
+    mine = sorted(groups)[ctx.dist.rank :: ctx.dist.world_size]
     cache_dir = ctx.work_dir / "families"
     results: list[SampleResult] = []
     budgets: dict[str, int] = {}
     for family in mine:
-        cached = cache_dir / f"{family}.json"
+        cached = cache_dir / f"{family}.json"  # bench/<name>.json for a benchmark
         if cached.is_file():  # done before a requeue: same prompts, same seed, same model
             results += [SampleResult(**r) for r in json.loads(cached.read_text())]
             continue
         t0 = time.monotonic()
-        family_entries = [e for e in chosen if e["family"] == family]
+        family_entries = groups[family]
         max_new = answer_budget(tokenizer, family_entries, cfg.max_new_tokens, max_positions(model))
         budgets[family] = max_new
         if max_new < cfg.max_new_tokens:
@@ -115,8 +143,12 @@ def run(ctx: StageContext, rollout_factory: Any = None) -> StageResult:
             flush=True,
         )
     results = [r for part in all_gather_objects(results) for r in part]  # every rank's families
-    rows = summarize(results, cfg.k)
+    is_bench = {f: f.startswith("bench/") for f in groups}
+    rows = summarize([r for r in results if not is_bench[r.family]], cfg.k)
+    bench_rows = summarize([r for r in results if is_bench[r.family]], cfg.k)[:-1] if benchmarks else []
+    rows += bench_rows  # after "all": a benchmark is not part of the task families' overall score
     metrics = flat_metrics(rows)
+    metrics.update({f"{r['family']}/prompts": float(r["prompts"]) for r in bench_rows})
     metrics["eval_seconds"] = time.monotonic() - started
 
     outputs = {
@@ -144,6 +176,7 @@ def run(ctx: StageContext, rollout_factory: Any = None) -> StageResult:
                 "model_dir": str(model_dir),
                 "model_from": ctx.model_from,
                 "prompts": len(chosen),
+                "benchmarks": {name: len(entries) for name, entries in benchmarks.items()},
                 "n_samples": cfg.n_samples,
                 "k": sorted(set(cfg.k)),
                 "temperature": cfg.temperature,

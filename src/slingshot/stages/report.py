@@ -4,6 +4,8 @@ Reads every evaluation manifest (its upstream) and writes to ``results/report/``
 
 - ``table.csv`` / ``table.md``: one row per variant x evaluated stage, in recipe order
   (pretrain, rlp, sft, prorl), with pass@1, pass@k, mean response length, parse rate;
+- ``benchmarks.csv`` / ``benchmarks.md`` (when ``stages.evaluate.benchmarks`` is set): one
+  row per variant x evaluated stage x benchmark, with the same columns;
 - ``pass_at_1.png``: pass@1 by stage, one line per variant;
 - ``curves.png``: each training stage's key metric over its steps, read from MLflow via
   the run ids in the stage manifests (metric names are looked up, not assumed: a stage
@@ -16,7 +18,8 @@ Reads every evaluation manifest (its upstream) and writes to ``results/report/``
 The table is built by :mod:`slingshot.report_table`, the figures by
 :mod:`slingshot.report_plots`. Everything is logged as artifacts of the report run and of
 EVERY variant's parent run, and each parent run gets ``eval.<metric>`` metrics at step =
-the stage's index in the recipe, so MLflow's own charts compare variants stage by stage.
+the stage's index in the recipe, so MLflow's own charts compare variants stage by stage
+(``eval.bench/<name>/<metric>`` for the benchmarks).
 """
 
 from __future__ import annotations
@@ -30,7 +33,16 @@ from slingshot.context import StageContext, StageResult
 from slingshot.io import atomic_write_text
 from slingshot.plan import build_plan
 from slingshot.report_plots import fetch_curves, plot_curves, plot_pass_at_1, training_runs
-from slingshot.report_table import BASE_COLUMNS, TAIL_COLUMNS, k_columns, table_csv, table_md, table_rows
+from slingshot.report_table import (
+    BASE_COLUMNS,
+    BENCH_BASE_COLUMNS,
+    TAIL_COLUMNS,
+    benchmark_rows,
+    k_columns,
+    table_csv,
+    table_md,
+    table_rows,
+)
 from slingshot.report_ui import screenshot_runs_page, ui_wanted
 
 
@@ -41,6 +53,16 @@ def parent_run_ids(cfg: PipelineConfig) -> dict[str, str]:
         if path.is_file() and path.read_text().strip():
             out[variant] = path.read_text().strip()
     return out
+
+
+def metric_prefix(row: dict[str, Any]) -> str:
+    """'' for a stage's row, ``bench/<name>/`` for a benchmark row."""
+    return f"bench/{row['benchmark']}/" if "benchmark" in row else ""
+
+
+def json_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """NaN is not JSON: a metric an evaluation did not report is null in the manifest."""
+    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]
 
 
 def log_to_parents(
@@ -59,10 +81,11 @@ def log_to_parents(
         positions = []
         for r in (r for r in rows if r["variant"] == variant):
             step = MODEL_CHAIN.index(r["stage"])
-            positions.append(f"{step}:{r['stage']}")
+            if "benchmark" not in r:
+                positions.append(f"{step}:{r['stage']}")
             for name in (*columns, *TAIL_COLUMNS):
                 if not math.isnan(r[name]):
-                    metrics.append(Metric(f"eval.{name}", r[name], now, step))
+                    metrics.append(Metric(f"eval.{metric_prefix(r)}{name}", r[name], now, step))
         tags = [RunTag("slingshot.eval_steps", ",".join(positions))]
         client.log_batch(run_id, metrics=metrics, tags=tags, synchronous=True)
 
@@ -73,6 +96,7 @@ def run(ctx: StageContext) -> StageResult:
     out = ctx.output_dir
     columns = k_columns(cfg)
     rows = table_rows(cfg, plan, ctx.upstream)
+    bench = benchmark_rows(cfg, plan, ctx.upstream)
     all_columns = [*BASE_COLUMNS, *columns, *TAIL_COLUMNS]
     files = {
         "table_csv": out / "table.csv",
@@ -80,10 +104,16 @@ def run(ctx: StageContext) -> StageResult:
         "pass_at_1_png": out / "pass_at_1.png",
         "curves_png": out / "curves.png",
     }
+    if bench:
+        files |= {"benchmarks_csv": out / "benchmarks.csv", "benchmarks_md": out / "benchmarks.md"}
     if not ctx.dist.is_main:
         return StageResult(outputs={k: str(v) for k, v in files.items()})
     atomic_write_text(files["table_csv"], table_csv(rows, all_columns))
     atomic_write_text(files["table_md"], table_md(rows, all_columns))
+    if bench:
+        bench_columns = [*BENCH_BASE_COLUMNS, *columns, *TAIL_COLUMNS]
+        atomic_write_text(files["benchmarks_csv"], table_csv(bench, bench_columns))
+        atomic_write_text(files["benchmarks_md"], table_md(bench, bench_columns))
     plot_pass_at_1(rows, files["pass_at_1_png"])
 
     ui: dict[str, Any] | None = None
@@ -110,24 +140,21 @@ def run(ctx: StageContext) -> StageResult:
         ctx.tracker.log_artifact(path, "report")
     parents = parent_run_ids(cfg)
     if ctx.tracker.enabled:
-        log_to_parents(ctx.tracker.client, parents, rows, list(files.values()), columns)
+        log_to_parents(ctx.tracker.client, parents, rows + bench, list(files.values()), columns)
 
     metrics: dict[str, float] = {}
-    for r in rows:
+    for r in rows + bench:
         for name in (*columns, *TAIL_COLUMNS):
             if not math.isnan(r[name]):
-                metrics[f"{r['variant']}/{r['stage']}/{name}"] = r[name]
+                metrics[f"{r['variant']}/{r['stage']}/{metric_prefix(r)}{name}"] = r[name]
     ctx.tracker.log_metrics(metrics, step=0)
     return StageResult(
         outputs={k: str(v) for k, v in files.items()},
         metrics=metrics,
         extra={
             "report": {
-                # NaN is not JSON: a metric an evaluation did not report is null in the manifest.
-                "rows": [
-                    {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
-                    for r in rows
-                ],
+                "rows": json_rows(rows),
+                "benchmark_rows": json_rows(bench),
                 "curves": {k: sorted(v) for k, v in curves.items()},
                 "parent_runs": parents,
                 "mlflow_ui": ui,

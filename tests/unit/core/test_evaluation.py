@@ -7,22 +7,27 @@ import math
 
 import pytest
 
+from slingshot.config import BenchmarkConfig, PipelineConfig
 from slingshot.data.tasks import content_hash, load_entries
 from slingshot.data.teacher import task_prompt
 from slingshot.evaluation import (
     ALL,
     SampleResult,
     answer_budget,
+    benchmark_answer,
+    check_benchmarks_held_out,
     check_held_out,
     encode_prompt,
     evaluate_family,
     flat_metrics,
     judge,
+    load_benchmarks,
     mean,
     prompt_text,
     select_prompts,
     summarize,
     table_csv,
+    training_prompt_sources,
 )
 from slingshot.rollout import Rollout
 
@@ -167,3 +172,112 @@ def test_check_held_out_refuses_a_test_question_seen_in_training(tmp_path):
     corpus.write_text(json.dumps({"prompt": "  what is 2+2? "}) + "\n")
     with pytest.raises(RuntimeError, match=r"1 test instances also occur in training data .* \['t1'\]"):
         check_held_out(test, {"tasks_train": str(train), "corpus_reasoning": str(corpus)})
+
+
+def _bench_entry(fmt: str, answer: str) -> dict:
+    return {"id": "b/0", "family": "bench/b", "benchmark": fmt, "question": "q", "answer": answer}
+
+
+@pytest.mark.parametrize(
+    ("fmt", "gold", "completion", "verdict"),
+    [
+        ("math", "\\frac{1}{2}", "<think>\nx\n</think>\nSo \\boxed{0.5}", (True, True)),  # math-verify
+        ("math", "0.5", "</think>\\boxed{\\frac{2}{4}}", (True, True)),
+        ("math", "\\frac{1}{2}", "</think>\\boxed{0.6}", (True, False)),
+        ("math", "3", "</think>the answer is 3", (False, False)),  # MATH needs a box
+        ("gsm8k", "1250", "<think>3 steps</think>It costs $1,250 in all.", (True, True)),  # last number
+        ("aime", "33", "</think>\\boxed{033}", (True, True)),
+        ("aime", "33", "<think>33 is it", (False, False)),  # thought never closed: truncated
+        ("multiple_choice", "B", "</think>\\boxed{(b)}", (True, True)),
+        ("multiple_choice", "B", "</think>\\boxed{\\text{B. blood}}", (True, True)),
+        ("multiple_choice", "B", "</think>\\boxed{C}", (True, False)),
+        ("multiple_choice", "B", "</think>\\boxed{blood}", (False, False)),  # no letter
+    ],
+)
+def test_benchmark_answers_are_graded_by_math_verify_or_letter(fmt, gold, completion, verdict):
+    entry = _bench_entry(fmt, gold)
+    assert judge(entry, completion, finished=True) == verdict
+    assert judge(entry, completion, finished=False) == (False, False)
+
+
+def test_benchmark_answer_reduces_choices_to_their_letter():
+    assert benchmark_answer(_bench_entry("multiple_choice", "A"), "</think>\\boxed{ d) }") == "D"
+    assert benchmark_answer(_bench_entry("gsm8k", "1"), "</think>-3 or 2.5") == "2.5"
+
+
+def test_benchmark_pass_at_k_by_hand():
+    # n = 4 samples: prompt x has c = 1, prompt y has c = 2, prompt z has c = 0.
+    results = [_sample(p, "bench/b", i < c) for p, c in (("x", 1), ("y", 2), ("z", 0)) for i in range(4)]
+    (row, _) = summarize(results, [1, 2, 4])
+    # pass@2 = 1 - C(n-c, 2) / C(4, 2): x 1 - 3/6 = 1/2, y 1 - 1/6 = 5/6, z 0
+    assert row["pass_at_1"] == pytest.approx((1 / 4 + 2 / 4 + 0) / 3)
+    assert row["pass_at_2"] == pytest.approx((1 / 2 + 5 / 6 + 0) / 3)
+    assert row["pass_at_4"] == pytest.approx(2 / 3)
+    assert flat_metrics([row])["bench/b/pass_at_2"] == pytest.approx(4 / 9)
+
+
+def _benchmark(name: str, questions: list[str]) -> list[dict]:
+    return [
+        {"id": f"{name}/{i}", "hash": content_hash(q), "prompt_hash": content_hash(q + "\n\nBox it.")}
+        for i, q in enumerate(questions)
+    ]
+
+
+def test_a_contaminated_benchmark_is_refused_by_name():
+    benchmarks = {
+        "gsm8k": _benchmark("gsm8k", ["What is 2+2?", "fresh"]),
+        "aime": _benchmark("aime", ["hard"]),
+    }
+    check_benchmarks_held_out(benchmarks, {"tasks_train": ["other"], "sft": iter(["unrelated"])})
+    sources = {
+        "tasks_train": ["  WHAT is 2+2? "],  # case and spacing do not matter
+        "stages.prorl.datasets.mine": ["fresh\n\nbox it."],  # the rendered prompt counts too
+    }
+    with pytest.raises(RuntimeError) as error:
+        check_benchmarks_held_out(benchmarks, sources)
+    assert str(error.value) == (
+        "contaminated benchmarks refused:\n"
+        "benchmark 'gsm8k': 2 prompts also occur in training data "
+        "(stages.prorl.datasets.mine: 1, e.g. ['gsm8k/1']; tasks_train: 1, e.g. ['gsm8k/0'])"
+    )
+
+
+def test_training_prompt_sources_cover_tasks_corpus_sft_and_prorl_sets(tmp_path):
+    train = tmp_path / "train.jsonl"
+    train.write_text(json.dumps({"question": "t1"}) + "\n")
+    corpus = tmp_path / "reasoning.jsonl"
+    corpus.write_text(json.dumps({"prompt": "r1", "response": "x"}) + "\n")
+    sft = tmp_path / "sft.jsonl"
+    sft.write_text(json.dumps({"instruction": "s1", "output": "y"}) + "\n")
+    sft_set = {"path": str(sft), "prompt_field": "instruction", "response_field": "output"}
+    converted = tmp_path / "prompt_sets" / "mine.jsonl"  # as the data stage writes a ProRL prompt set
+    converted.parent.mkdir()
+    converted.write_text(json.dumps({"id": "mine:1", "question": "p1", "answer": "2"}) + "\n")
+    prompt_set = {"name": "mine", "path": str(tmp_path / "raw.jsonl")}
+    stages = {"sft": {"extra_datasets": [sft_set]}, "prorl": {"datasets": [prompt_set]}}
+    cfg = PipelineConfig.model_validate({"stages": stages})
+    data = {"tasks_train": str(train), "corpus_reasoning": str(corpus), "prompt_set_mine": str(converted)}
+    sources = training_prompt_sources(cfg, "main", data)
+    assert {k: list(v) for k, v in sources.items()} == {
+        "tasks_train": ["t1"],
+        "corpus_reasoning": ["r1"],
+        "stages.sft.extra_datasets.0": ["s1"],
+        "stages.prorl.datasets.mine": ["p1"],
+    }
+
+
+def test_a_benchmark_limit_is_a_seeded_draw_independent_of_file_order(tmp_path):
+    rows = [json.dumps({"q": f"problem {i}", "a": i}) for i in range(20)]
+    forward, backward = tmp_path / "f.jsonl", tmp_path / "b.jsonl"
+    forward.write_text("\n".join(rows) + "\n")
+    backward.write_text("\n".join(reversed(rows)) + "\n")
+
+    def drawn(path, limit, seed):
+        spec = BenchmarkConfig(
+            name="b", format="local", path=str(path), prompt_key="q", answer_key="a", limit=limit
+        )
+        return sorted(e["answer"] for e in load_benchmarks([spec], seed)["b"])
+
+    a = drawn(forward, 5, seed=1)
+    assert len(a) == 5 and a == drawn(backward, 5, seed=1) and a != drawn(forward, 5, seed=2)
+    assert len(drawn(forward, None, seed=1)) == 20

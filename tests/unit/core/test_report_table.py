@@ -9,7 +9,9 @@ from stages import pipeline_config
 from slingshot.plan import build_plan
 from slingshot.report_table import (
     BASE_COLUMNS,
+    BENCH_BASE_COLUMNS,
     TAIL_COLUMNS,
+    benchmark_rows,
     format_cell,
     k_columns,
     table_csv,
@@ -64,3 +66,36 @@ def test_rows_in_recipe_order_with_missing_metrics_as_nan(tmp_path):
 
 def test_format_cell():
     assert format_cell(1 / 3) == "0.3333" and format_cell(math.nan) == "" and format_cell(7) == "7"
+
+
+def test_benchmark_rows_per_stage_and_benchmark_in_config_order(tmp_path):
+    benchmarks = [{"name": n, "format": "aime", "path": str(tmp_path / n)} for n in ("math500", "aime24")]
+    cfg = pipeline_config(
+        tmp_path, {"stages": {"evaluate": {"n_samples": 4, "k": [1, 4], "benchmarks": benchmarks}}}
+    )
+    plan = build_plan(cfg)
+    manifests = {
+        "main/evaluate-sft": {
+            "metrics": {
+                "pass_at_1": 0.5,
+                "bench/aime24/prompts": 30.0,
+                "bench/aime24/pass_at_1": 0.1,
+                "bench/aime24/pass_at_4": 0.3,
+                "bench/math500/prompts": 500.0,
+                "bench/math500/pass_at_1": 0.4,
+            }
+        },
+        "main/evaluate-pretrain": {"metrics": {"pass_at_1": 0.25}},  # evaluated before benchmarks existed
+    }
+    rows = benchmark_rows(cfg, plan, manifests)
+    assert [(r["stage"], r["benchmark"], r["prompts"]) for r in rows] == [
+        ("sft", "math500", 500),
+        ("sft", "aime24", 30),
+    ]
+    columns = [*BENCH_BASE_COLUMNS, *k_columns(cfg), *TAIL_COLUMNS]
+    assert table_csv(rows, columns) == (
+        "variant,stage,benchmark,prompts,pass_at_1,pass_at_4,response_tokens,parse_rate\n"
+        "main,sft,math500,500,0.4000,,,\n"
+        "main,sft,aime24,30,0.1000,0.3000,,\n"
+    )
+    assert len(table_rows(cfg, plan, manifests)) == 2  # the stage table is unchanged by benchmarks

@@ -161,3 +161,82 @@ def test_a_test_instance_in_training_data_is_refused(tmp_path, small_data, model
     ctx = make_ctx(tmp_path, "evaluate", cfg, upstream, stage="evaluate-sft", model_from="main/sft")
     with pytest.raises(RuntimeError, match="also occur in training data"):
         evaluate.run(ctx, rollout_factory=lambda m, t, s: None)
+
+
+def _benchmarks(tmp_path) -> list[dict]:
+    gsm8k = tmp_path / "gsm8k.jsonl"
+    rows = [{"question": "Ann has 3 pens and buys 4. How many?", "answer": "3+4=7\n#### 7"}]
+    rows.append({"question": "Bob has 5 cups and buys 3. How many?", "answer": "5+3=8\n#### 8"})
+    gsm8k.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    mc = tmp_path / "mc.jsonl"
+    mc.write_text(json.dumps({"question": "Which is 7?", "choices": ["six", "seven"], "answer": 1}) + "\n")
+    return [
+        {"name": "gsm8k", "format": "gsm8k", "path": str(gsm8k)},
+        {"name": "mc", "format": "multiple_choice", "path": str(mc), "instruction": "Box the letter."},
+    ]
+
+
+class BoxedSeven:
+    """Every sample answers ``\\boxed{7}``: right for the first GSM8K row only, and no letter."""
+
+    def __init__(self, tokenizer):
+        self.ids = list(tokenizer("<think>\nx\n</think>\n\\boxed{7}", add_special_tokens=False)["input_ids"])
+        self.eos = tokenizer.eos_token_id
+
+    def generate(self, prompts, n, max_new_tokens, temperature, top_p=1.0, seed=None):
+        return [[Rollout(list(p), self.ids + [self.eos], True) for _ in range(n)] for p in prompts]
+
+
+def test_benchmarks_get_rows_and_metrics_of_their_own(tmp_path, small_data, model_dir):
+    ctx = _ctx(tmp_path, small_data, model_dir, prompts_per_task=1, benchmarks=_benchmarks(tmp_path))
+    result = evaluate.run(ctx, rollout_factory=lambda m, t, s: BoxedSeven(t))
+    m = result.metrics
+    assert (m["bench/gsm8k/pass_at_1"], m["bench/gsm8k/pass_at_4"], m["bench/gsm8k/prompts"]) == (
+        0.5,
+        0.5,
+        2.0,
+    )
+    assert (m["bench/mc/pass_at_1"], m["bench/mc/parse_rate"], m["bench/mc/prompts"]) == (0.0, 0.0, 1.0)
+    families = sorted({e["family"] for e in load_entries(small_data["outputs"]["tasks_test"])})
+    assert m["prompts"] == len(families)  # "all" is over the task families only
+    with open(result.outputs["table_csv"]) as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["family"] for r in rows] == [*families, "all", "bench/gsm8k", "bench/mc"]
+    assert result.extra["evaluation"]["benchmarks"] == {"gsm8k": 2, "mc": 1}
+    samples = [json.loads(line) for line in Path(result.outputs["samples"]).read_text().splitlines()]
+    mc = [s for s in samples if s["family"] == "bench/mc"]
+    assert len(mc) == N and not any(s["parsed"] for s in mc)
+
+
+def test_a_benchmark_rerun_reproduces_its_samples(tmp_path, small_data, model_dir):
+    benchmarks = _benchmarks(tmp_path)
+    runs = []
+    for attempt in ("a", "b"):  # fresh work dirs: nothing cached, both generate
+        ctx = _ctx(
+            tmp_path / attempt,
+            small_data,
+            model_dir,
+            n_samples=2,
+            k=[1, 2],
+            prompts_per_task=1,
+            max_new_tokens=6,
+            temperature=1.0,
+            benchmarks=benchmarks,
+        )
+        result = evaluate.run(ctx)
+        samples = Path(result.outputs["samples"]).read_text().splitlines()
+        runs.append([json.loads(line) for line in samples if '"bench/' in line])
+    assert len(runs[0]) == 2 * 3 and runs[0] == runs[1]
+    assert len({s["completion"] for s in runs[0]}) > 1  # sampled, not one fixed string
+
+
+def test_a_benchmark_prompt_seen_in_training_is_refused_by_name(tmp_path, small_data, model_dir):
+    train_question = load_entries(small_data["outputs"]["tasks_train"])[0]["question"]
+    leaky = tmp_path / "leaky.jsonl"
+    leaky.write_text(json.dumps({"q": train_question.upper(), "a": "1"}) + "\n")
+    bench = {"name": "leaky", "format": "local", "path": str(leaky), "prompt_key": "q", "answer_key": "a"}
+    ctx = _ctx(tmp_path, small_data, model_dir, benchmarks=[*_benchmarks(tmp_path), bench])
+    with pytest.raises(
+        RuntimeError, match=r"benchmark 'leaky': 1 prompts also occur .*corpus_reasoning: 1.*tasks_train: 1"
+    ):
+        evaluate.run(ctx, rollout_factory=lambda m, t, s: None)
