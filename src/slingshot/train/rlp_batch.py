@@ -373,9 +373,16 @@ class PositionStream:
         return out
 
 
-def proxy_entropy_fn(model: torch.nn.Module, pad_id: int, batch_size: int, device: torch.device) -> EntropyFn:
-    """An :data:`EntropyFn` running ``model`` (frozen, no grad) in right-padded batches."""
-    from slingshot.train.logprobs import token_logprobs
+def proxy_entropy_fn(
+    model: torch.nn.Module,
+    pad_id: int,
+    batch_size: int,
+    device: torch.device,
+    tokens_per_micro_batch: int = 16384,
+) -> EntropyFn:
+    """An :data:`EntropyFn` running ``model`` (frozen, no grad) in right-padded batches of at
+    most ``batch_size`` rows and ``tokens_per_micro_batch`` tokens."""
+    from slingshot.train.logprobs import batched_token_logprobs
 
     @torch.no_grad()
     def entropies(sequences: list[list[int]]) -> list[torch.Tensor]:
@@ -383,7 +390,10 @@ def proxy_entropy_fn(model: torch.nn.Module, pad_id: int, batch_size: int, devic
         for start in range(0, len(sequences), batch_size):
             chunk = sequences[start : start + batch_size]
             ids, attention = _right_pad(chunk, pad_id)
-            _, entropy = token_logprobs(model, ids.to(device), attention.to(device), with_entropy=True)
+            ids, attention = ids.to(device), attention.to(device)
+            _, entropy = batched_token_logprobs(
+                model, ids, attention, with_entropy=True, tokens_per_micro_batch=tokens_per_micro_batch
+            )
             assert entropy is not None
             out += [entropy[i, : len(seq) - 1].cpu() for i, seq in enumerate(chunk)]
         return out
