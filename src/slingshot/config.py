@@ -201,6 +201,10 @@ class MemoryConfig(StrictModel):
     # covers at most this many tokens (rows x padded width, at least one row), so peak
     # memory follows this, not the batch. The default holds the tiny recipe's batches whole.
     logprob_tokens_per_micro_batch: PositiveInt = 16384
+    # RLP and ProRL: the output layer runs over this many tokens at a time, each chunk
+    # recomputed in the backward pass, so no more logits than that are ever alive (one
+    # 16k-token row of a 150k vocabulary is 10 GB of fp32 logits). None: the whole micro-batch.
+    logits_chunk_tokens: PositiveInt | None = None
     bf16: bool = True  # bf16 autocast over fp32 master weights on GPUs; CPU always runs fp32
     activation_checkpointing: bool = False  # recompute each decoder layer in the backward pass
     # The frozen copy (ProRL's reference, RLP's EMA teacher): device = fp32 next to the policy;

@@ -23,6 +23,7 @@ logits copy) are estimates that a GPU run has yet to confirm.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -308,12 +309,23 @@ def model_dims_for(stages: StagesConfig, kind: str) -> ModelDims | None:
             continue
         if section.init_model:
             path = Path(section.init_model)
-            return ModelDims.from_model_dir(path) if (path / "config.json").is_file() else None
+            return _dir_dims(str(path.resolve())) if (path / "config.json").is_file() else None
         if name == "pretrain" and section.enabled:
-            from slingshot.models.export import hf_config
-
-            return ModelDims.from_hf_config(hf_config(section.model))
+            return _pretrain_dims(section.model.model_dump_json())
     return None
+
+
+@functools.lru_cache(maxsize=32)
+def _dir_dims(path: str) -> ModelDims:  # a DAG build plans every node of every variant
+    return ModelDims.from_model_dir(path)
+
+
+@functools.lru_cache(maxsize=32)
+def _pretrain_dims(model_json: str) -> ModelDims:
+    from slingshot.models.config import GPTModelConfig
+    from slingshot.models.export import hf_config
+
+    return ModelDims.from_hf_config(hf_config(GPTModelConfig.model_validate_json(model_json)))
 
 
 def plan_node(node: Node, stages: StagesConfig, on_gpu: bool = True) -> StagePlan | None:
@@ -327,7 +339,7 @@ def plan_node(node: Node, stages: StagesConfig, on_gpu: bool = True) -> StagePla
         phase = next(p for p in stages.prorl.phases if p.name == node.phase)
         return plan_prorl(node.stage, stages.prorl, dims, phase.max_response_tokens, on_gpu)
     if node.kind == "rlp":
-        proxy = ModelDims.from_model_dir(stages.rlp.proxy_model) if stages.rlp.proxy_model else None
+        proxy = _dir_dims(str(Path(stages.rlp.proxy_model).resolve())) if stages.rlp.proxy_model else None
         return plan_rlp(node.stage, stages.rlp, dims, on_gpu, proxy)
     return plan_sft(node.stage, stages.sft, dims, on_gpu)
 

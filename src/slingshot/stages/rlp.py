@@ -55,6 +55,7 @@ from slingshot.models.hf import (
 )
 from slingshot.rollout import RolloutBackend, make_rollout
 from slingshot.train.logging import StepLogger
+from slingshot.train.logprobs import PassSettings
 from slingshot.train.optim import build_optimizer, build_scheduler
 from slingshot.train.policy_update import UpdateSettings, ema_teacher_hook, update_on_thoughts
 from slingshot.train.rlp_batch import PositionStream, build_thought_batch, prompt_ids, proxy_entropy_fn
@@ -109,7 +110,7 @@ def run(ctx: StageContext) -> StageResult:
     think_open, think_close = special_ids(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     # φ: a copy of the input model at the first step (a resume overwrites it from the checkpoint).
-    memory = cfg.memory
+    memory, passes = cfg.memory, PassSettings.from_memory(cfg.memory)
     ema = frozen_copy(policy, memory.frozen_copy)
     if memory.activation_checkpointing:
         enable_activation_checkpointing(policy)
@@ -120,9 +121,7 @@ def run(ctx: StageContext) -> StageResult:
         # The proxy is frozen: the input model as loaded (never the drifting policy), or another model.
         proxy = load_causal_lm(cfg.proxy_model, device=device) if cfg.proxy_model else copy.deepcopy(policy)
         proxy.eval().requires_grad_(False)
-        entropy_fn = proxy_entropy_fn(
-            proxy, pad_id, cfg.micro_batch_size, device, memory.logprob_tokens_per_micro_batch
-        )
+        entropy_fn = proxy_entropy_fn(proxy, pad_id, cfg.micro_batch_size, device, passes)
 
     spec, digest = _corpus(ctx, cfg.corpus)
     ctx.log_file_input(f"corpus-{spec.name}", spec.path, context="training", digest=digest)
@@ -167,9 +166,8 @@ def run(ctx: StageContext) -> StageResult:
         )
         t1 = time.perf_counter()
         batch = build_thought_batch(positions, rollouts, think_open, think_close, pad_id)
-        budget = (memory.logprob_tokens_per_micro_batch, memory.bf16)
-        scores = score_thoughts(policy, batch, cfg.micro_batch_size, device, *budget)
-        s_ema = score_baseline(ema, positions, pad_id, cfg.micro_batch_size, device, *budget)
+        scores = score_thoughts(policy, batch, cfg.micro_batch_size, device, passes)
+        s_ema = score_baseline(ema, positions, pad_id, cfg.micro_batch_size, device, passes)
         b, g = batch.groups
         k = cfg.target_tokens
         s_pred = scores.s_pred.view(b, g, k)

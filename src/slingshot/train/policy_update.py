@@ -36,7 +36,7 @@ from slingshot.algorithms.policy_loss import Aggregation, PolicyLossOutput, clip
 from slingshot.algorithms.rlp import ema_update_
 from slingshot.config import ProRLConfig, RLPConfig
 from slingshot.models.hf import resident
-from slingshot.train.logprobs import batched_token_logprobs, compute_dtype, micro_batches, token_logprobs
+from slingshot.train.logprobs import PassSettings, batched_token_logprobs, micro_batches, token_logprobs
 from slingshot.train.rl_batch import RLBatch, masked_mean
 
 if TYPE_CHECKING:
@@ -64,8 +64,7 @@ class UpdateSettings:
     mini_batches: int = 1  # optimizer steps per pass: the batch split evenly ...
     minibatch_rows: int | None = None  # ... unless a fixed number of rows per step is given
     micro_batch_rows: int | None = None  # at most this many rows per forward pass ...
-    tokens_per_micro_batch: int = 16384  # ... and at most this many tokens (rows x width)
-    bf16: bool = False  # bf16 autocast of the forward passes (GPUs only)
+    passes: PassSettings = PassSettings()  # ... and at most this many tokens; precision
 
     @classmethod
     def from_config(cls, cfg: ProRLConfig | RLPConfig) -> UpdateSettings:
@@ -79,8 +78,7 @@ class UpdateSettings:
                 kl_kind=cfg.kl_kind,
                 top_entropy_q=cfg.top_entropy_q,
                 minibatch_rows=cfg.mini_batch_prompts * cfg.n_samples,  # whole groups
-                tokens_per_micro_batch=cfg.memory.logprob_tokens_per_micro_batch,
-                bf16=cfg.memory.bf16,
+                passes=PassSettings.from_memory(cfg.memory),
             )
         return cls(
             eps_low=cfg.eps_low,
@@ -90,8 +88,7 @@ class UpdateSettings:
             epochs=cfg.ppo_epochs,
             mini_batches=cfg.mini_batches,
             micro_batch_rows=cfg.micro_batch_size,
-            tokens_per_micro_batch=cfg.memory.logprob_tokens_per_micro_batch,
-            bf16=cfg.memory.bf16,
+            passes=PassSettings.from_memory(cfg.memory),
         )
 
     def minibatch_bounds(self, rows: int) -> list[tuple[int, int]]:
@@ -101,7 +98,7 @@ class UpdateSettings:
 
     def micro_bounds(self, start: int, stop: int, width: int) -> list[tuple[int, int]]:
         """``[start, stop)`` row ranges of the forward passes over rows [start, stop) of ``width``."""
-        micro = micro_batches(stop - start, width, self.tokens_per_micro_batch, self.micro_batch_rows)
+        micro = micro_batches(stop - start, width, self.passes.tokens_per_micro_batch, self.micro_batch_rows)
         return [(start + a, start + b) for a, b in micro]
 
 
@@ -208,12 +205,11 @@ def update_on_groups(
         raise ValueError("update_on_groups makes one pass: θ_old of the first mini-batch is its own forward")
     bounds = settings.minibatch_bounds(train.batch.size)
     minibatches = [train.batch.rows(slice(start, stop)).to(device) for start, stop in bounds]
-    dtype = compute_dtype(device, settings.bf16)
+    passes = settings.passes
 
     def no_grad_pass(model: torch.nn.Module, mb: RLBatch, with_entropy: bool) -> tuple[torch.Tensor, ...]:
         ids, attention, positions = mb.input_ids, mb.attention_mask, mb.position_ids
-        budget = settings.tokens_per_micro_batch
-        return batched_token_logprobs(model, ids, attention, positions, with_entropy, budget, dtype=dtype)
+        return batched_token_logprobs(model, ids, attention, positions, with_entropy, passes)
 
     old_logp: list[torch.Tensor | None] = [None]
     entropy: list[torch.Tensor | None] = [None]
@@ -246,7 +242,7 @@ def update_on_groups(
             resp = mb.response_mask
             width = resp.shape[1]
             logp, ent = token_logprobs(
-                policy, mb.input_ids, mb.attention_mask, mb.position_ids, with_entropy=i == 0, dtype=dtype
+                policy, mb.input_ids, mb.attention_mask, mb.position_ids, with_entropy=i == 0, passes=passes
             )
             if i == 0:
                 old = logp.detach()
@@ -320,7 +316,6 @@ def update_on_thoughts(
     covers whole groups; its loss is the mean over its thoughts of the per-thought token
     mean, accumulated over micro-batches with weight (thoughts in micro)/(thoughts in mini).
     """
-    dtype = compute_dtype(device, settings.bf16)
     width = batch.input_ids.shape[1]
     has_thought = batch.thought_mask.any(dim=1)
     # Clip statistics are per valid token: each micro-batch's are weighted by its tokens.
@@ -335,7 +330,7 @@ def update_on_thoughts(
         for start, stop in settings.micro_bounds(mini, mini_stop, width):
             sub = batch.rows(start, stop)
             logp, _ = token_logprobs(
-                policy, sub.input_ids.to(device), sub.attention_mask.to(device), dtype=dtype
+                policy, sub.input_ids.to(device), sub.attention_mask.to(device), passes=settings.passes
             )
             mask = sub.thought_mask.to(device)
             old = old_logp[start:stop, : logp.shape[1]].to(device)

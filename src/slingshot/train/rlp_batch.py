@@ -38,6 +38,7 @@ from slingshot.rollout.base import Rollout
 
 if TYPE_CHECKING:
     from slingshot.config import RLPConfig
+    from slingshot.train.logprobs import PassSettings
 
 
 @dataclass(frozen=True)
@@ -378,10 +379,10 @@ def proxy_entropy_fn(
     pad_id: int,
     batch_size: int,
     device: torch.device,
-    tokens_per_micro_batch: int = 16384,
+    passes: PassSettings | None = None,
 ) -> EntropyFn:
     """An :data:`EntropyFn` running ``model`` (frozen, no grad) in right-padded batches of at
-    most ``batch_size`` rows and ``tokens_per_micro_batch`` tokens."""
+    most ``batch_size`` rows and ``passes.tokens_per_micro_batch`` tokens."""
     from slingshot.train.logprobs import batched_token_logprobs
 
     @torch.no_grad()
@@ -391,9 +392,7 @@ def proxy_entropy_fn(
             chunk = sequences[start : start + batch_size]
             ids, attention = _right_pad(chunk, pad_id)
             ids, attention = ids.to(device), attention.to(device)
-            _, entropy = batched_token_logprobs(
-                model, ids, attention, with_entropy=True, tokens_per_micro_batch=tokens_per_micro_batch
-            )
+            _, entropy = batched_token_logprobs(model, ids, attention, with_entropy=True, passes=passes)
             assert entropy is not None
             out += [entropy[i, : len(seq) - 1].cpu() for i, seq in enumerate(chunk)]
         return out

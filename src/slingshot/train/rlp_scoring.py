@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from slingshot.models.hf import resident
-from slingshot.train.logprobs import compute_dtype, micro_batches, token_logprobs
+from slingshot.train.logprobs import PassSettings, micro_batches, token_logprobs
 from slingshot.train.rlp_batch import Position, ThoughtBatch, build_baseline_batch
 
 
@@ -32,19 +32,18 @@ def score_thoughts(
     batch: ThoughtBatch,
     micro_batch_size: int,
     device: torch.device,
-    tokens_per_micro_batch: int = 16384,
-    bf16: bool = False,
+    passes: PassSettings | None = None,
 ) -> ThoughtScores:
     """One teacher-forced pass (in micro-batches) over all B·G thought sequences."""
     n, width = batch.input_ids.shape
     old_logp = torch.zeros((n, width - 1))
     s_pred = torch.empty(batch.target_index.shape)
     entropy_sum = 0.0
-    dtype = compute_dtype(device, bf16)
-    for start, stop in micro_batches(n, width, tokens_per_micro_batch, micro_batch_size):
+    passes = passes or PassSettings()
+    for start, stop in micro_batches(n, width, passes.tokens_per_micro_batch, micro_batch_size):
         sub = batch.rows(start, stop)
         logp, entropy = token_logprobs(
-            model, sub.input_ids.to(device), sub.attention_mask.to(device), with_entropy=True, dtype=dtype
+            model, sub.input_ids.to(device), sub.attention_mask.to(device), with_entropy=True, passes=passes
         )
         assert entropy is not None
         mask = sub.thought_mask.to(device)
@@ -61,19 +60,19 @@ def score_baseline(
     pad_id: int,
     micro_batch_size: int,
     device: torch.device,
-    tokens_per_micro_batch: int = 16384,
-    bf16: bool = False,
+    passes: PassSettings | None = None,
 ) -> torch.Tensor:
     """S_ema = log p_φ(target | context), no thought: [B, k] (a CPU-offloaded φ visits the device)."""
     batch = build_baseline_batch(positions, pad_id)
     out = []
-    dtype = compute_dtype(device, bf16)
+    passes = passes or PassSettings()
+    width = batch.input_ids.shape[1]
     with resident(ema, device):
         for start, stop in micro_batches(
-            len(positions), batch.input_ids.shape[1], tokens_per_micro_batch, micro_batch_size
+            len(positions), width, passes.tokens_per_micro_batch, micro_batch_size
         ):
             ids = batch.input_ids[start:stop].to(device)
             attention = batch.attention_mask[start:stop].to(device)
-            logp, _ = token_logprobs(ema, ids, attention, dtype=dtype)
+            logp, _ = token_logprobs(ema, ids, attention, passes=passes)
             out.append(logp.gather(1, batch.target_index[start:stop].to(device)).cpu())
     return torch.cat(out)
