@@ -40,7 +40,7 @@ ACTIVATION_BYTES = {"fp32": 4.0, "bf16": 2.4}
 LOGITS_TRAIN_RL = 2.5  # token_logprobs forward + backward: logits, their log-softmax and its gradient
 LOGITS_TRAIN_SFT = 2.3  # token_loss_sum: cross-entropy over the unshifted logits
 LOGITS_BF16_EXTRA = 0.5
-ROW_TEMPORARIES_ENTROPY = 4  # token_entropy, one row at a time: [T, V] temporaries
+PIECE_TEMPORARIES_ENTROPY = 4  # token_entropy: [PIECE_TOKENS, V] temporaries at a time
 PLANNED_KINDS = ("rlp", "sft", "prorl")
 
 
@@ -180,8 +180,18 @@ def _frozen(placement: str, dims: ModelDims) -> float:
     return {"device": 4.0, "bf16": 2.0, "cpu": 0.0}[placement] * dims.params
 
 
+def _logit_tokens(tokens: int, chunk: int | None) -> int:
+    """Tokens whose logits are alive at once: the whole pass, or one checkpointed chunk."""
+    return min(tokens, chunk) if chunk else tokens
+
+
 def _training_pass(
-    dims: ModelDims, tokens: int, checkpointing: bool, precision: str, logits_factor: float
+    dims: ModelDims,
+    tokens: int,
+    checkpointing: bool,
+    precision: str,
+    logits_factor: float,
+    chunk: int | None = None,
 ) -> tuple[float, float]:
     """(activations, logits) bytes at the peak of a forward + backward over ``tokens``."""
     value = ACTIVATION_BYTES[precision]
@@ -189,18 +199,21 @@ def _training_pass(
     # The backward's transient: one layer's full activations (recomputed, or its gradients).
     transient = dims.layer_values_per_token() * tokens * value
     extra = LOGITS_BF16_EXTRA if precision == "bf16" else 0.0
-    return saved + transient, (logits_factor + extra) * tokens * dims.vocab * 4.0
+    return saved + transient, (logits_factor + extra) * _logit_tokens(tokens, chunk) * dims.vocab * 4.0
 
 
 def _no_grad_pass(
-    dims: ModelDims, rows: int, width: int, precision: str, entropy: bool
+    dims: ModelDims, rows: int, width: int, precision: str, entropy: bool, chunk: int | None = None
 ) -> tuple[float, float]:
     """(activations, logits) bytes at the peak of a no-grad log-prob pass of ``rows`` x ``width``."""
     tokens = rows * width
     activations = dims.layer_values_per_token() * tokens * ACTIVATION_BYTES[precision]
-    row_temporaries = (ROW_TEMPORARIES_ENTROPY if entropy else 1) / rows
+    from slingshot.train.logprobs import PIECE_TOKENS
+
+    alive = _logit_tokens(tokens, chunk)
+    pieces = (PIECE_TEMPORARIES_ENTROPY if entropy else 1) * min(PIECE_TOKENS, alive)
     extra = LOGITS_BF16_EXTRA if precision == "bf16" else 0.0
-    return activations, (1.0 + row_temporaries + extra) * tokens * dims.vocab * 4.0
+    return activations, ((1.0 + extra) * alive + pieces) * dims.vocab * 4.0
 
 
 def _peak(lines: dict[str, float], passes: dict[str, tuple[float, float]]) -> str:
@@ -226,6 +239,7 @@ def plan_prorl(
     from slingshot.train.logprobs import micro_batch_rows
 
     par, precision, memory = stage_parallelism("prorl", cfg, on_gpu), _precision(cfg, on_gpu), cfg.memory
+    chunk = memory.logits_chunk_tokens
     width = PROMPT_TOKENS + max_response_tokens
     mini_rows = cfg.mini_batch_prompts * cfg.n_samples
     rows = micro_batch_rows(mini_rows, width, memory.logprob_tokens_per_micro_batch)
@@ -238,9 +252,9 @@ def plan_prorl(
     plan.lines["step log-prob buffers"] = buffers * cfg.batch_prompts * cfg.n_samples * width * 4.0
     passes = {
         "training forward+backward": _training_pass(
-            dims, rows * width, memory.activation_checkpointing, precision, LOGITS_TRAIN_RL
+            dims, rows * width, memory.activation_checkpointing, precision, LOGITS_TRAIN_RL, chunk
         ),
-        "no-grad log-prob pass": _no_grad_pass(dims, rows, width, precision, entropy=True),
+        "no-grad log-prob pass": _no_grad_pass(dims, rows, width, precision, True, chunk),
     }
     plan.peak_pass = _peak(plan.lines, passes)
     _rollout(plan, cfg.rollout, dims, cfg.batch_prompts * cfg.n_samples, width)
@@ -253,6 +267,7 @@ def plan_rlp(
     from slingshot.train.logprobs import micro_batch_rows
 
     par, precision, memory = stage_parallelism("rlp", cfg, on_gpu), _precision(cfg, on_gpu), cfg.memory
+    chunk = memory.logits_chunk_tokens
     width = cfg.context_tokens + cfg.thought_tokens + 2 + cfg.target_tokens  # <think> c </think> x_t..
     thoughts = cfg.positions_per_step // max(par.ranks, 1) * cfg.group_size
     budget = memory.logprob_tokens_per_micro_batch
@@ -265,9 +280,9 @@ def plan_rlp(
     # (θ_old of the thoughts waits in host memory: score_thoughts moves it to the CPU.)
     passes = {
         "training forward+backward": _training_pass(
-            dims, rows * width, memory.activation_checkpointing, precision, LOGITS_TRAIN_RL
+            dims, rows * width, memory.activation_checkpointing, precision, LOGITS_TRAIN_RL, chunk
         ),
-        "no-grad scoring pass": _no_grad_pass(dims, rows, width, precision, entropy=True),
+        "no-grad scoring pass": _no_grad_pass(dims, rows, width, precision, True, chunk),
     }
     plan.peak_pass = _peak(plan.lines, passes)
     _rollout(plan, cfg.rollout, dims, thoughts, width)
@@ -397,6 +412,11 @@ def fixes(node: Node, stages: StagesConfig, gpu_bytes: float) -> list[str]:
         plan = plan_node(node, changed)
         assert plan is not None
         found.append((plan.training_bytes, label))
+    if node.kind in ("prorl", "rlp") and section.memory.logits_chunk_tokens is None:
+        changed = stages.model_copy(update={node.kind: _with_memory(section, {"logits_chunk_tokens": 2048})})
+        plan = plan_node(node, changed)
+        if plan is not None:
+            found.append((plan.training_bytes, "memory.logits_chunk_tokens: 2048"))
     if node.kind in ("prorl", "rlp") and base.lines.get("logits", 0) > 0:
         budget = section.memory.logprob_tokens_per_micro_batch // 2
         changed = stages.model_copy(
@@ -416,7 +436,16 @@ def fixes(node: Node, stages: StagesConfig, gpu_bytes: float) -> list[str]:
         return fitting
     ranked = sorted((v, label) for v, label in found if v == v)
     hints = [f"{prefix}{label} (~{value / GIB:.1f} GiB)" for value, label in ranked[:2]]
-    return hints + [prefix + label for value, label in found if value != value]
+    hints += [prefix + label for value, label in found if value != value]
+    if node.kind == "sft":
+        hints.append(f"{prefix}seq_length or {prefix}micro_batch_size lower")
+    state = sum(base.lines[key] for key in ("weights", "gradients", "optimizer state"))
+    if state > limit:  # no knob of the passes can help
+        hints.append(
+            f"GPUs with more memory: the weights, gradients and AdamW state alone are {state / GIB:.1f} GiB "
+            f"per rank ({base.parallelism.kind})"
+        )
+    return hints
 
 
 def memory_problem(node: Node, stages: StagesConfig, gpu_gb: float, where: str) -> str | None:

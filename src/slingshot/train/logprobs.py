@@ -13,8 +13,8 @@ they dominate everything else, so every pass here is bounded twice (:class:`Pass
 Within a pass the log-prob of the sampled token comes from the fused cross-entropy
 kernel over the unsliced logits, which keeps one ``[tokens, V]`` fp32 tensor for the
 backward pass (``log_softmax`` then ``gather`` keeps more, as does ``logsumexp``; slicing
-the logits copies them). Without gradient it runs one row at a time. Entropies are only
-ever detached statistics: computed without gradient, one row at a time.
+the logits copies them). Without gradient it runs ``PIECE_TOKENS`` positions at a time. Entropies are only
+ever detached statistics: computed without gradient, ``PIECE_TOKENS`` positions at a time.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from slingshot.config import MemoryConfig
 
 IGNORE = -100
+PIECE_TOKENS = 256  # no-grad log-probs and entropies: [256, V] temporaries at a time
 # Config keys of models whose logits are not plain lm_head(hidden): the chunked path would skip them.
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 
@@ -92,13 +93,17 @@ def _logits_stats(
     logits = logits.float()  # a no-op in fp32; in bf16 the one fp32 copy
     if torch.is_grad_enabled():
         logp = _fused_logprobs(logits, targets)
-    else:  # one row at a time: no [rows, T, V] temporary beside the logits
-        pairs = zip(logits.split(1), targets.split(1), strict=True)
-        logp = torch.cat([_fused_logprobs(row, row_targets) for row, row_targets in pairs])
+    else:  # PIECE_TOKENS at a time: no [rows, T, V] temporary beside the logits
+        flat, flat_targets = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1, 1)
+        pairs = zip(flat.split(PIECE_TOKENS), flat_targets.split(PIECE_TOKENS), strict=True)
+        logp = torch.cat([_fused_logprobs(piece, piece_targets) for piece, piece_targets in pairs])
+        logp = logp.view(targets.shape)
     entropy = None
     if with_entropy:
-        with torch.no_grad():  # a statistic: no graph, and one row's temporaries at a time
-            entropy = torch.cat([token_entropy(row) for row in logits.detach().split(1)])
+        with torch.no_grad():  # a statistic: no graph, and PIECE_TOKENS' temporaries at a time
+            flat = logits.detach().reshape(-1, logits.shape[-1])
+            entropy = torch.cat([token_entropy(piece) for piece in flat.split(PIECE_TOKENS)])
+            entropy = entropy.view(targets.shape)
     return logp, entropy
 
 
