@@ -207,7 +207,9 @@ def _no_grad_pass(
 ) -> tuple[float, float]:
     """(activations, logits) bytes at the peak of a no-grad log-prob pass of ``rows`` x ``width``."""
     tokens = rows * width
-    activations = dims.layer_values_per_token() * tokens * ACTIVATION_BYTES[precision]
+    # Nothing is saved without gradient: at the logits' peak only the final hidden states
+    # (and their norm) are alive; a layer's transients are far smaller than [tokens, V].
+    activations = 2 * dims.hidden * tokens * ACTIVATION_BYTES[precision]
     from slingshot.train.logprobs import PIECE_TOKENS
 
     alive = _logit_tokens(tokens, chunk)
