@@ -96,7 +96,11 @@ def enable_activation_checkpointing(model: PreTrainedModel) -> None:
     checkpoints a layer that is in training mode: call :func:`eval_mode_keeping_checkpoints`
     for a model trained in eval mode (RLP: no dropout).
     """
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x (the old name is deprecated)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     model.config.use_cache = False  # a recomputed layer must not write the KV cache twice
 
 
