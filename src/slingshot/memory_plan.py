@@ -325,11 +325,21 @@ def model_dims_for(stages: StagesConfig, kind: str) -> ModelDims | None:
         if not section.enabled and name != kind:
             continue
         if section.init_model:
-            path = Path(section.init_model)
-            return _dir_dims(str(path.resolve())) if (path / "config.json").is_file() else None
+            return _readable_dims(Path(section.init_model))
         if name == "pretrain" and section.enabled:
             return _pretrain_dims(section.model.model_dump_json())
     return None
+
+
+def _readable_dims(path: Path) -> ModelDims | None:
+    """None when the directory's config.json is missing or not a causal LM's (nothing to plan
+    from; the model-directory check or the stage itself names that problem)."""
+    try:
+        if "model_type" not in json.loads((path / "config.json").read_text()):
+            return None  # read without transformers: a DAG build of a placeholder stays cheap
+        return _dir_dims(str(path.resolve()))
+    except (ValueError, KeyError, OSError, AttributeError):
+        return None
 
 
 @functools.lru_cache(maxsize=32)
@@ -356,7 +366,7 @@ def plan_node(node: Node, stages: StagesConfig, on_gpu: bool = True) -> StagePla
         phase = next(p for p in stages.prorl.phases if p.name == node.phase)
         return plan_prorl(node.stage, stages.prorl, dims, phase.max_response_tokens, on_gpu)
     if node.kind == "rlp":
-        proxy = _dir_dims(str(Path(stages.rlp.proxy_model).resolve())) if stages.rlp.proxy_model else None
+        proxy = _readable_dims(Path(stages.rlp.proxy_model)) if stages.rlp.proxy_model else None
         return plan_rlp(node.stage, stages.rlp, dims, on_gpu, proxy)
     return plan_sft(node.stage, stages.sft, dims, on_gpu)
 
