@@ -245,7 +245,8 @@ def plan_prorl(
     width = PROMPT_TOKENS + max_response_tokens
     mini_rows = cfg.mini_batch_prompts * cfg.n_samples
     rows = micro_batch_rows(mini_rows, width, memory.logprob_tokens_per_micro_batch)
-    plan = StagePlan(stage, "prorl", par, precision, f"{rows} x {width} tokens")
+    micro = f"{rows} x {width} tokens, prompts taken as {PROMPT_TOKENS}"
+    plan = StagePlan(stage, "prorl", par, precision, micro)
     _static(plan.lines, dims, par, on_gpu, precision)
     if cfg.kl_coef > 0:
         plan.lines["reference copy"] = _frozen(memory.frozen_copy, dims)
