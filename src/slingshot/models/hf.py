@@ -92,7 +92,8 @@ def save_model_dir(
 def enable_activation_checkpointing(model: PreTrainedModel) -> None:
     """Recompute each decoder layer in the backward pass instead of keeping its activations.
 
-    Non-reentrant checkpointing (works with frozen inputs and under FSDP2). Transformers only
+    Non-reentrant checkpointing (works with frozen inputs and under FSDP2). Generation (no
+    gradient) runs the layers as they are, KV cache included. Transformers only
     checkpoints a layer that is in training mode: call :func:`eval_mode_keeping_checkpoints`
     for a model trained in eval mode (RLP: no dropout).
     """
@@ -101,7 +102,6 @@ def enable_activation_checkpointing(model: PreTrainedModel) -> None:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    model.config.use_cache = False  # a recomputed layer must not write the KV cache twice
 
 
 def eval_mode_keeping_checkpoints(model: torch.nn.Module) -> None:

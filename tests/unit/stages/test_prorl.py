@@ -317,3 +317,21 @@ def test_short_run_raises_validation_pass_at_1(tmp_path, sft_setup):
     # 320 validation samples per point (same sampling seed each time): a rise of 0.05 over
     # the last two points is well beyond the noise of one point (~0.025).
     assert (curve[20] + curve[30]) / 2 >= curve[0] + 0.05, curve
+
+
+def test_memory_switches_leave_the_step_unchanged(tmp_path, sft_setup):
+    """One-row passes, 16-token logit chunks and recomputed layers: the same update (on CPU,
+    where bf16 is off)."""
+    runs = []
+    small = {
+        "logprob_tokens_per_micro_batch": 64,
+        "logits_chunk_tokens": 16,
+        "activation_checkpointing": True,
+    }
+    for name, memory in (("default", {}), ("bounded", small)):
+        rec = Recorder()
+        prorl.run(_ctx(tmp_path / name, sft_setup, rec, steps=1, memory=memory))
+        runs.append(rec.rows[1])
+    default, bounded = runs
+    for key in ("loss", "policy_loss", "kl", "entropy", "grad_norm", "update_token_frac", "clip_frac"):
+        assert bounded[key] == pytest.approx(default[key], rel=1e-4, abs=1e-6), key
