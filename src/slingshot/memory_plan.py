@@ -166,7 +166,7 @@ class StagePlan:
 # --------------------------------------------------------------------------- per stage
 
 
-def _static(lines: dict[str, float], dims: ModelDims, par: Parallelism, on_gpu: bool, precision: str) -> None:
+def _static(lines: dict[str, float], dims: ModelDims, par: Parallelism, precision: str) -> None:
     lines["weights"] = dims.params * 4.0 / par.shard  # fp32 master weights
     if par.kind == "fsdp" and precision == "bf16":
         # The bf16 all-gather of the unit in use and the next one (prefetch); the
@@ -247,7 +247,7 @@ def plan_prorl(
     rows = micro_batch_rows(mini_rows, width, memory.logprob_tokens_per_micro_batch)
     micro = f"{rows} x {width} tokens, prompts taken as {PROMPT_TOKENS}"
     plan = StagePlan(stage, "prorl", par, precision, micro)
-    _static(plan.lines, dims, par, on_gpu, precision)
+    _static(plan.lines, dims, par, precision)
     if cfg.kl_coef > 0:
         plan.lines["reference copy"] = _frozen(memory.frozen_copy, dims)
     # θ_old and reference log-probs and θ_old entropies of the whole batch, kept for the step.
@@ -276,7 +276,7 @@ def plan_rlp(
     budget = memory.logprob_tokens_per_micro_batch
     rows = micro_batch_rows(thoughts // cfg.mini_batches, width, budget, cfg.micro_batch_size)
     plan = StagePlan(stage, "rlp", par, precision, f"{rows} x {width} tokens")
-    _static(plan.lines, dims, par, on_gpu, precision)
+    _static(plan.lines, dims, par, precision)
     plan.lines["EMA teacher copy"] = _frozen(memory.frozen_copy, dims)
     if cfg.position_selection == "entropy":
         plan.lines["entropy proxy copy"] = (proxy or dims).params * 4.0
@@ -296,7 +296,7 @@ def plan_sft(stage: str, cfg: SFTConfig, dims: ModelDims, on_gpu: bool = True) -
     par, precision, memory = stage_parallelism("sft", cfg, on_gpu), _precision(cfg, on_gpu), cfg.memory
     tokens = cfg.micro_batch_size * cfg.seq_length  # packed rows are full
     plan = StagePlan(stage, "sft", par, precision, f"{cfg.micro_batch_size} x {cfg.seq_length} tokens")
-    _static(plan.lines, dims, par, on_gpu, precision)
+    _static(plan.lines, dims, par, precision)
     activations, logits = _training_pass(
         dims, tokens, memory.activation_checkpointing, precision, LOGITS_TRAIN_SFT
     )
@@ -389,21 +389,13 @@ def pipeline_plans(cfg: PipelineConfig) -> list[tuple[str, StagePlan]]:
 
 # --------------------------------------------------------------------------- the check
 
+_CHECKPOINTING = ("memory.activation_checkpointing: true", {"activation_checkpointing": True})
+_BF16 = ("memory.bf16: true", {"bf16": True})
+_RL_KNOBS = [_CHECKPOINTING, ("memory.frozen_copy: cpu", {"frozen_copy": "cpu"}), _BF16]
 KNOBS: dict[str, list[tuple[str, dict[str, Any]]]] = {
-    "prorl": [
-        ("memory.activation_checkpointing: true", {"activation_checkpointing": True}),
-        ("memory.frozen_copy: cpu", {"frozen_copy": "cpu"}),
-        ("memory.bf16: true", {"bf16": True}),
-    ],
-    "rlp": [
-        ("memory.activation_checkpointing: true", {"activation_checkpointing": True}),
-        ("memory.frozen_copy: cpu", {"frozen_copy": "cpu"}),
-        ("memory.bf16: true", {"bf16": True}),
-    ],
-    "sft": [
-        ("memory.activation_checkpointing: true", {"activation_checkpointing": True}),
-        ("memory.bf16: true", {"bf16": True}),
-    ],
+    "prorl": _RL_KNOBS,
+    "rlp": _RL_KNOBS,
+    "sft": [_CHECKPOINTING, _BF16],
 }
 
 
@@ -455,7 +447,7 @@ def fixes(node: Node, stages: StagesConfig, gpu_bytes: float) -> list[str]:
     state = sum(base.lines[key] for key in ("weights", "gradients", "optimizer state"))
     if state > limit:  # no knob of the passes can help
         hints.append(
-            f"GPUs with more memory: the weights, gradients and AdamW state alone are {state / GIB:.1f} GiB "
+            f"use GPUs with more memory: the weights, gradients and AdamW state alone are {state / GIB:.1f} GiB "
             f"per rank ({base.parallelism.kind})"
         )
     return hints
