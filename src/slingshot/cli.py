@@ -5,6 +5,7 @@ slingshot validate [CONFIG]                         validate a pipeline config, 
 slingshot schema                                    print the config's JSON schema
 slingshot profiles install                          install the Snakemake profiles for --profile
 slingshot status [--config FILE]                    stage table: state, job, restarts, metric, run
+slingshot plan --memory CONFIG [--gpu-memory-gb G]  per-GPU memory plan of the training stages
 """
 
 from __future__ import annotations
@@ -77,6 +78,44 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return print_status(args.config)
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    """Print each training stage's memory plan per rank; exit 1 when one does not fit."""
+    import yaml
+    from pydantic import ValidationError
+
+    from slingshot.config import PipelineConfig
+    from slingshot.launch.site import SiteError, load_site
+    from slingshot.memory_plan import GIB, pipeline_plans
+
+    # The schema only, not the DAG checks: this command is how a user finds out why a
+    # stage does not fit, on any machine, before the weights are there.
+    try:
+        cfg = PipelineConfig.model_validate(yaml.safe_load(Path(args.memory).read_text()) or {})
+    except (OSError, yaml.YAMLError, ValidationError) as error:
+        print(f"{args.memory}: {error}", file=sys.stderr)
+        return 2
+    gpu_gb, source = args.gpu_memory_gb, "--gpu-memory-gb"
+    if gpu_gb is None and (args.site or cfg.launcher.site or os.environ.get("SLINGSHOT_SITE")):
+        try:
+            site = load_site(args.site or cfg.launcher.site)
+        except SiteError as error:
+            print(f"launcher.site: {error}", file=sys.stderr)
+            return 2
+        name, partition = site.partition_for(cfg.launcher.default_resources)
+        gpu_gb, source = partition.gpu_memory_gb, f"partition '{name}' of site '{site.name}'"
+    status = 0
+    for variant, plan in pipeline_plans(cfg):
+        gpu_bytes = gpu_gb * GIB if gpu_gb else None
+        print(f"[{variant}] {plan.describe(gpu_bytes)}")
+        if gpu_bytes:
+            limit = plan.limit_bytes(gpu_bytes)
+            fits = plan.training_bytes <= limit
+            status |= 0 if fits else 1
+            verdict = "fits" if fits else "DOES NOT FIT"
+            print(f"    {verdict}: {limit / GIB:.2f} GiB for training of {gpu_gb:g} GiB ({source})")
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="slingshot", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -108,6 +147,14 @@ def main(argv: list[str] | None = None) -> int:
         "--config", default=None, help="default: the config of the last DAG build, else " + DEFAULT_CONFIG
     )
     p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("plan", help="per-GPU memory plan of the training stages (no weights needed)")
+    p.add_argument("--memory", required=True, metavar="CONFIG", help="the pipeline config to plan")
+    p.add_argument(
+        "--site", default=None, help="cluster/<site>.yaml to check against (default launcher.site)"
+    )
+    p.add_argument("--gpu-memory-gb", type=float, default=None, help="check against this GPU size instead")
+    p.set_defaults(func=_cmd_plan)
 
     args = parser.parse_args(argv)
     return int(args.func(args))

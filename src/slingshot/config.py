@@ -193,6 +193,26 @@ class PretrainConfig(ModelStageConfig):
         return self
 
 
+class MemoryConfig(StrictModel):
+    """What bounds a training stage's GPU memory (SFT, RLP, ProRL); ``slingshot plan --memory``
+    adds up what these settings leave (slingshot.memory_plan)."""
+
+    # RLP and ProRL: every log-prob, scoring and entropy forward (training forwards included)
+    # covers at most this many tokens (rows x padded width, at least one row), so peak
+    # memory follows this, not the batch. The default holds the tiny recipe's batches whole.
+    logprob_tokens_per_micro_batch: PositiveInt = 16384
+    # RLP and ProRL: the output layer runs over this many tokens at a time, each chunk
+    # recomputed in the backward pass, so no more logits than that are ever alive (one
+    # 16k-token row of a 150k vocabulary is 10 GB of fp32 logits). None: the whole micro-batch.
+    logits_chunk_tokens: PositiveInt | None = None
+    bf16: bool = True  # bf16 autocast over fp32 master weights on GPUs; CPU always runs fp32
+    activation_checkpointing: bool = False  # recompute each decoder layer in the backward pass
+    # The frozen copy (ProRL's reference, RLP's EMA teacher): device = fp32 next to the policy;
+    # bf16 = on the GPU in bf16 (reference only: EMA steps of (1-tau) vanish in bf16);
+    # cpu = fp32 in host memory, brought to the GPU for its passes only.
+    frozen_copy: Literal["device", "bf16", "cpu"] = "device"
+
+
 class RolloutConfig(StrictModel):
     backend: Literal["hf", "vllm"] = "hf"
     gpu_memory_utilization: Fraction = 0.5  # vLLM colocated with the trainer
@@ -227,6 +247,7 @@ class RLPConfig(ModelStageConfig):
     ppo_epochs: PositiveInt = 1
     mini_batches: PositiveInt = 1
     micro_batch_size: PositiveInt = 8  # sequences per forward pass (scoring and update)
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)
 
     @model_validator(mode="after")
     def _check_rlp(self) -> RLPConfig:
@@ -237,6 +258,11 @@ class RLPConfig(ModelStageConfig):
             )
         if self.proxy_model is not None:
             self.proxy_model = expand_path(self.proxy_model)
+        if self.memory.frozen_copy == "bf16":
+            raise ValueError(
+                "memory.frozen_copy: bf16 would freeze the EMA teacher (a step of (1 - ema_tau) of the "
+                "difference is below bf16's resolution); use cpu to save its GPU memory"
+            )
         return self
 
 
@@ -318,6 +344,7 @@ class SFTConfig(ModelStageConfig):
     # None: the model's own (sdpa for most). flash_attention_2 packs by position ids
     # without a dense [T, T] mask per row: the choice for long sequences on GPUs.
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2", "flash_attention_3"] | None = None
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)  # SFT: bf16 and activation_checkpointing
 
 
 class EntropyControl(StrictModel):
@@ -402,6 +429,7 @@ class ProRLConfig(ModelStageConfig):
     # reasoning-gym training tasks by weight; task_weight 0 trains on the user sets only.
     datasets: list[PromptSet] = Field(default_factory=list)
     task_weight: Annotated[float, Field(ge=0)] = 1.0
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)
     # The length schedule: each phase is its own job in the DAG, starting from the previous.
     phases: list[ProRLPhase] = Field(
         default_factory=lambda: [ProRLPhase(name="len8k", steps=100, max_response_tokens=8192)], min_length=1

@@ -8,7 +8,8 @@ The schemas and defaults are in :mod:`slingshot.config`; this module turns a raw
 2. the same inside each variant (its overrides merged onto the base stages);
 3. DAG-level checks (:func:`check_plan`): the chain is consistent (mid-recipe entry, a model
    for synthesis, data for SFT), model directories and data files exist, GPU requests fit
-   the Slurm site or this machine.
+   the Slurm site or this machine, and each training stage's memory plan fits the site's
+   GPUs (:mod:`slingshot.memory_plan`).
 
 The tracking server of an http(s) ``tracking.uri`` is checked separately
 (:func:`tracking_problems`): the DAG build and each launch call it, a dry run does not.
@@ -338,4 +339,27 @@ def _site_problems(cfg: PipelineConfig) -> list[str]:
             section = getattr(stages, name)
             if section.enabled:
                 problems += [f"stages.{name}.resources.{p}" for p in site.check(section.resources)]
+    if not problems:  # the memory plan only of stages that fit the site otherwise
+        problems += _memory_problems(cfg, site)
     return sorted(set(problems))
+
+
+def _memory_problems(cfg: PipelineConfig, site: Any) -> list[str]:
+    """Stages whose memory plan exceeds the GPU memory (``gpu_memory_gb``) of their partition."""
+    from slingshot.memory_plan import PLANNED_KINDS, memory_problem
+    from slingshot.plan import build_plan
+
+    problems = []
+    for node in build_plan(cfg).ordered():
+        if node.kind not in PLANNED_KINDS:
+            continue
+        stages = cfg.variant_stages(node.owner)
+        resources = getattr(stages, node.kind).resources
+        name, partition = site.partition_for(resources)
+        if partition.gpu_memory_gb is None or resources.gpus_per_node == 0:
+            continue
+        where = f"partition '{name}' of site '{site.name}' (gpu_memory_gb: {partition.gpu_memory_gb:g})"
+        problem = memory_problem(node, stages, partition.gpu_memory_gb, where)
+        if problem:
+            problems.append(problem)
+    return problems

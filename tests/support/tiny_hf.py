@@ -19,3 +19,21 @@ def tiny_llama(vocab: int = 64) -> LlamaForCausalLM:
         max_position_embeddings=64,
     )
     return LlamaForCausalLM(cfg)
+
+
+def vocab_heavy_qwen3(vocab: int = 4096) -> torch.nn.Module:
+    """A tiny Qwen3 whose logits dominate its memory, as at real vocabularies (32 wide, seeded)."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen3Config(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        tie_word_embeddings=True,
+    )
+    return Qwen3ForCausalLM(cfg)

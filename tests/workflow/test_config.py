@@ -152,3 +152,21 @@ def test_a_partial_optimizer_section_keeps_the_stage_defaults(tmp_path):
         stages.rlp.optimizer.weight_decay,
     ) == ("constant", 0, 0.0)
     assert stages.sft.optimizer.weight_decay == 0.0 and stages.sft.optimizer.lr == 0.01
+
+
+def test_memory_defaults_hold_the_tiny_recipe_and_a_bf16_ema_teacher_is_refused(tmp_path):
+    cfg = load_pipeline_config(DEFAULT).variant_stages("flr")
+    for section in (cfg.rlp, cfg.sft, cfg.prorl):
+        memory = section.memory
+        assert (memory.bf16, memory.activation_checkpointing, memory.frozen_copy) == (True, False, "device")
+        assert memory.logits_chunk_tokens is None
+    # 16384 tokens hold the tiny recipe's passes whole: 32 ProRL rows of <= 96 + prompt, 16 RLP rows.
+    assert (
+        cfg.prorl.mini_batch_prompts * cfg.prorl.n_samples * (96 + 200)
+        <= cfg.prorl.memory.logprob_tokens_per_micro_batch
+    )
+    rlp_width = cfg.rlp.context_tokens + cfg.rlp.thought_tokens + 2 + cfg.rlp.target_tokens
+    assert cfg.rlp.micro_batch_size * rlp_width <= cfg.rlp.memory.logprob_tokens_per_micro_batch
+    path = write(tmp_path, "stages:\n  rlp:\n    memory: {frozen_copy: bf16}\n")
+    with pytest.raises(ConfigError, match=r"stages\.rlp: .*would freeze the EMA teacher.*bad.yaml:2"):
+        load_pipeline_config(path)

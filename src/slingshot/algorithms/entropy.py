@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["token_entropy", "top_entropy_mask", "EntropyController"]
+__all__ = ["token_entropy", "top_entropy_counts", "top_entropy_mask", "EntropyController"]
 
 
 def token_entropy(logits: Tensor) -> Tensor:
@@ -30,6 +30,17 @@ def token_entropy(logits: Tensor) -> Tensor:
     # (−)0 instead of 0·(−inf) = NaN.
     logp_finite = logp.clamp_min(torch.finfo(logp.dtype).min)
     return -(logp.exp() * logp_finite).sum(dim=-1)
+
+
+def top_entropy_counts(mask: Tensor, top_q: float) -> Tensor:
+    """k_i = ceil(q · n_i): how many tokens :func:`top_entropy_mask` keeps in each row ``[N]``.
+
+    Known from the mask alone, before any entropy: a micro-batched update weighs its parts by it.
+    """
+    n_valid = mask.bool().sum(dim=1).to(torch.float64)
+    # Subtract a hair so q·n that is an integer up to rounding (0.7·10 = 7.000000000000001)
+    # is not rounded up to the next one.
+    return torch.ceil(n_valid * top_q - 1e-9).to(torch.int64)
 
 
 def top_entropy_mask(entropy: Tensor, mask: Tensor, top_q: float) -> Tensor:
@@ -56,10 +67,7 @@ def top_entropy_mask(entropy: Tensor, mask: Tensor, top_q: float) -> Tensor:
     valid = mask.bool()
     if top_q == 1.0:
         return valid.clone()
-    n_valid = valid.sum(dim=1).to(torch.float64)
-    # Subtract a hair so q·n that is an integer up to rounding (0.7·10 = 7.000000000000001)
-    # is not rounded up to the next one.
-    k = torch.ceil(n_valid * top_q - 1e-9).to(torch.int64)  # [N]
+    k = top_entropy_counts(valid, top_q)  # [N]
     # Two stable sorts = lexicographic order (valid first, then entropy descending, then
     # position ascending); works even if a valid entropy equals −inf or the padding value.
     key = torch.where(valid, entropy.detach(), torch.full_like(entropy, -math.inf))

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError
 
 from slingshot.config import Resources
 
@@ -28,6 +28,9 @@ class Partition(BaseModel):
     mem_gb: float | None = None
     max_nodes: PositiveInt | None = None
     max_time_min: PositiveInt | None = None
+    # Memory of one GPU (GiB): `slingshot validate` refuses a stage whose memory plan
+    # (slingshot.memory_plan) exceeds it. None: not checked.
+    gpu_memory_gb: PositiveFloat | None = None
 
 
 class Site(BaseModel):

@@ -2,14 +2,18 @@
 
 Loading checks the directory first (clear errors for missing files or a tokenizer that
 does not fit the model); saving writes a temp directory and swaps it in whole, so a
-reader never sees half a model.
+reader never sees half a model. The memory switches of the training stages (activation
+checkpointing, the frozen reference/EMA copy's placement) are here too.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from copy import deepcopy
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
@@ -83,3 +87,60 @@ def save_model_dir(
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
     return Path(out_dir)
+
+
+def enable_activation_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute each decoder layer in the backward pass instead of keeping its activations.
+
+    Non-reentrant checkpointing (works with frozen inputs and under FSDP2). Generation (no
+    gradient) runs the layers as they are, KV cache included. Transformers only
+    checkpoints a layer that is in training mode: call :func:`eval_mode_keeping_checkpoints`
+    for a model trained in eval mode (RLP: no dropout).
+    """
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x (the old name is deprecated)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def eval_mode_keeping_checkpoints(model: torch.nn.Module) -> None:
+    """``model.eval()``, but the checkpointed decoder layers keep ``training=True`` (the flag
+    transformers checks), while their submodules (attention, dropout) stay in eval mode."""
+    model.eval()
+    for module in model.modules():
+        if getattr(module, "gradient_checkpointing", False):
+            module.training = True
+
+
+FrozenPlacement = Literal["device", "bf16", "cpu"]
+
+
+def frozen_copy(model: torch.nn.Module, placement: FrozenPlacement) -> torch.nn.Module:
+    """A frozen (no-grad, eval) deep copy of ``model``: fp32 where the model is (``device``),
+    cast to bf16 there (``bf16``), or fp32 in host memory (``cpu``; see :func:`resident`)."""
+    copy = deepcopy(model).eval().requires_grad_(False)
+    if placement == "bf16":
+        copy.to(torch.bfloat16)
+    elif placement == "cpu":
+        copy.to("cpu")
+    return copy
+
+
+@contextmanager
+def resident(model: torch.nn.Module | None, device: torch.device | str) -> Iterator[None]:
+    """Within the block ``model`` is on ``device``; a model kept elsewhere (a CPU-offloaded
+    frozen copy) is moved there for the block and back after it. None: nothing to do."""
+    if model is None:
+        yield
+        return
+    home = next(model.parameters()).device
+    target = torch.device(device)
+    moved = home.type != target.type
+    if moved:
+        model.to(target)
+    try:
+        yield
+    finally:
+        if moved:
+            model.to(home)

@@ -26,7 +26,6 @@ Single process: rollouts and updates share one device (world_size > 1 is refused
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import time
 from typing import Any
@@ -37,7 +36,12 @@ from slingshot.data.chat import ChatFormat
 from slingshot.data.prompt_sets import load_prompt_set
 from slingshot.data.tasks import derive_seed, load_entries
 from slingshot.loop import resumable_steps
-from slingshot.models.hf import load_model_and_tokenizer, save_model_dir
+from slingshot.models.hf import (
+    enable_activation_checkpointing,
+    frozen_copy,
+    load_model_and_tokenizer,
+    save_model_dir,
+)
 from slingshot.rollout import make_rollout
 from slingshot.train.logging import StepLogger
 from slingshot.train.optim import build_optimizer, build_scheduler
@@ -107,7 +111,9 @@ def run(ctx: StageContext) -> StageResult:
     policy, tokenizer = load_model_and_tokenizer(input_model, device=device)
     policy.train()
     # β = 0 disables the reference model entirely: no copy, no forward pass.
-    reference = copy.deepcopy(policy).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
+    reference = frozen_copy(policy, cfg.memory.frozen_copy) if cfg.kl_coef > 0 else None
+    if cfg.memory.activation_checkpointing:
+        enable_activation_checkpointing(policy)
     optimizer = build_optimizer(policy, cfg.optimizer)
     updates_per_step = cfg.batch_prompts // cfg.mini_batch_prompts
     scheduler = build_scheduler(optimizer, cfg.optimizer, phase.steps * updates_per_step)

@@ -45,9 +45,17 @@ from slingshot.data.corpora import CorpusSpec, read_corpus, record_text
 from slingshot.data.packing import tokenize_documents
 from slingshot.io import sha256_file
 from slingshot.loop import resumable_steps
-from slingshot.models.hf import load_causal_lm, load_model_and_tokenizer, save_model_dir
+from slingshot.models.hf import (
+    enable_activation_checkpointing,
+    eval_mode_keeping_checkpoints,
+    frozen_copy,
+    load_causal_lm,
+    load_model_and_tokenizer,
+    save_model_dir,
+)
 from slingshot.rollout import RolloutBackend, make_rollout
 from slingshot.train.logging import StepLogger
+from slingshot.train.logprobs import PassSettings
 from slingshot.train.optim import build_optimizer, build_scheduler
 from slingshot.train.policy_update import UpdateSettings, ema_teacher_hook, update_on_thoughts
 from slingshot.train.rlp_batch import PositionStream, build_thought_batch, prompt_ids, proxy_entropy_fn
@@ -102,14 +110,18 @@ def run(ctx: StageContext) -> StageResult:
     think_open, think_close = special_ids(tokenizer, ctx.pipeline.chat)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     # φ: a copy of the input model at the first step (a resume overwrites it from the checkpoint).
-    ema = copy.deepcopy(policy).requires_grad_(False)
+    memory, passes = cfg.memory, PassSettings.from_memory(cfg.memory)
+    ema = frozen_copy(policy, memory.frozen_copy)
+    if memory.activation_checkpointing:
+        enable_activation_checkpointing(policy)
+        eval_mode_keeping_checkpoints(policy)
 
     entropy_fn = None
     if cfg.position_selection == "entropy":
         # The proxy is frozen: the input model as loaded (never the drifting policy), or another model.
         proxy = load_causal_lm(cfg.proxy_model, device=device) if cfg.proxy_model else copy.deepcopy(policy)
         proxy.eval().requires_grad_(False)
-        entropy_fn = proxy_entropy_fn(proxy, pad_id, cfg.micro_batch_size, device)
+        entropy_fn = proxy_entropy_fn(proxy, pad_id, cfg.micro_batch_size, device, passes)
 
     spec, digest = _corpus(ctx, cfg.corpus)
     ctx.log_file_input(f"corpus-{spec.name}", spec.path, context="training", digest=digest)
@@ -154,8 +166,8 @@ def run(ctx: StageContext) -> StageResult:
         )
         t1 = time.perf_counter()
         batch = build_thought_batch(positions, rollouts, think_open, think_close, pad_id)
-        scores = score_thoughts(policy, batch, cfg.micro_batch_size, device)
-        s_ema = score_baseline(ema, positions, pad_id, cfg.micro_batch_size, device)
+        scores = score_thoughts(policy, batch, cfg.micro_batch_size, device, passes)
+        s_ema = score_baseline(ema, positions, pad_id, cfg.micro_batch_size, device, passes)
         b, g = batch.groups
         k = cfg.target_tokens
         s_pred = scores.s_pred.view(b, g, k)

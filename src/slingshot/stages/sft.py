@@ -32,7 +32,7 @@ from slingshot.context import StageContext, StageResult
 from slingshot.data.corpora import CorpusSpec, FieldMap, read_corpus
 from slingshot.data.packing import SFTExample, tokenize_sft
 from slingshot.io import sha256_file
-from slingshot.models.hf import load_model_and_tokenizer, save_model_dir
+from slingshot.models.hf import enable_activation_checkpointing, load_model_and_tokenizer, save_model_dir
 from slingshot.train.supervised import SupervisedSettings, SupervisedTrainer
 
 _FORMATS = {"jsonl": "jsonl", "parquet": "parquet", "hf": "hf_disk"}
@@ -154,6 +154,8 @@ def run(ctx: StageContext) -> StageResult:
     model, tokenizer = load_model_and_tokenizer(ctx.require_input_model())
     if cfg.attn_implementation:
         model.set_attn_implementation(cfg.attn_implementation)
+    if cfg.memory.activation_checkpointing:
+        enable_activation_checkpointing(model)
     # Packed positions restart per example, so only one example must fit the model's positions.
     max_length = min(cfg.seq_length, getattr(model.config, "max_position_embeddings", None) or cfg.seq_length)
     think_tags = (ctx.pipeline.chat.think_open, ctx.pipeline.chat.think_close)

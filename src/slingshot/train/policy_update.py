@@ -10,11 +10,15 @@ loss: the decoupled-clip policy loss plus, when a reference is given, β·KL to 
 The two stages lay out their batches differently, so each has its own entry point that
 supplies the per-mini-batch loss (and keeps its own metrics exactly as before):
 
-* :func:`update_on_groups` (ProRL): response groups, one forward per mini-batch, θ_old of
-  the first mini-batch from its own training forward, the top-entropy ("forking token")
-  mask, KL to the reference;
+* :func:`update_on_groups` (ProRL): response groups, θ_old of the first mini-batch from its
+  own training forward, the top-entropy ("forking token") mask, KL to the reference;
 * :func:`update_on_thoughts` (RLP): thought tokens only, micro-batches weighted by their
   share of the mini-batch's thoughts, ``ppo_epochs`` passes, token-weighted clip statistics.
+
+Every forward pass, with or without gradient, covers at most ``tokens_per_micro_batch``
+tokens (:func:`slingshot.train.logprobs.micro_batches`); a mini-batch of several
+micro-batches accumulates their gradients with the weights that make the sum equal the
+whole mini-batch's loss.
 """
 
 from __future__ import annotations
@@ -26,12 +30,13 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 import torch
 
 from slingshot import dist
-from slingshot.algorithms.entropy import top_entropy_mask
+from slingshot.algorithms.entropy import top_entropy_counts, top_entropy_mask
 from slingshot.algorithms.kl import KLKind, kl_penalty
 from slingshot.algorithms.policy_loss import Aggregation, PolicyLossOutput, clipped_policy_loss
 from slingshot.algorithms.rlp import ema_update_
 from slingshot.config import ProRLConfig, RLPConfig
-from slingshot.train.logprobs import token_logprobs
+from slingshot.models.hf import resident
+from slingshot.train.logprobs import PassSettings, batched_token_logprobs, micro_batches, token_logprobs
 from slingshot.train.rl_batch import RLBatch, masked_mean
 
 if TYPE_CHECKING:
@@ -58,7 +63,8 @@ class UpdateSettings:
     epochs: int = 1  # passes over the batch
     mini_batches: int = 1  # optimizer steps per pass: the batch split evenly ...
     minibatch_rows: int | None = None  # ... unless a fixed number of rows per step is given
-    micro_batch_rows: int | None = None  # rows per forward pass (None: a whole mini-batch)
+    micro_batch_rows: int | None = None  # at most this many rows per forward pass ...
+    passes: PassSettings = PassSettings()  # ... and at most this many tokens; precision
 
     @classmethod
     def from_config(cls, cfg: ProRLConfig | RLPConfig) -> UpdateSettings:
@@ -72,6 +78,7 @@ class UpdateSettings:
                 kl_kind=cfg.kl_kind,
                 top_entropy_q=cfg.top_entropy_q,
                 minibatch_rows=cfg.mini_batch_prompts * cfg.n_samples,  # whole groups
+                passes=PassSettings.from_memory(cfg.memory),
             )
         return cls(
             eps_low=cfg.eps_low,
@@ -81,12 +88,18 @@ class UpdateSettings:
             epochs=cfg.ppo_epochs,
             mini_batches=cfg.mini_batches,
             micro_batch_rows=cfg.micro_batch_size,
+            passes=PassSettings.from_memory(cfg.memory),
         )
 
     def minibatch_bounds(self, rows: int) -> list[tuple[int, int]]:
         """``[start, stop)`` row ranges of the mini-batches of a batch of ``rows`` rows."""
         size = self.minibatch_rows or rows // self.mini_batches
         return [(start, start + size) for start in range(0, rows, size)]
+
+    def micro_bounds(self, start: int, stop: int, width: int) -> list[tuple[int, int]]:
+        """``[start, stop)`` row ranges of the forward passes over rows [start, stop) of ``width``."""
+        micro = micro_batches(stop - start, width, self.passes.tokens_per_micro_batch, self.micro_batch_rows)
+        return [(start + a, start + b) for a, b in micro]
 
 
 @dataclass(frozen=True)
@@ -135,17 +148,23 @@ def clipped_loss(
     settings: UpdateSettings,
     response_mask: torch.Tensor | None = None,
     ref_logp: torch.Tensor | None = None,
+    weights: tuple[float, float] = (1.0, 1.0),
 ) -> tuple[torch.Tensor, PolicyLossOutput, torch.Tensor | None]:
     """The clipped policy loss over ``update_mask``, plus β·KL to the reference over
-    ``response_mask`` when ``ref_logp`` is given; returns (loss, policy-loss parts, KL)."""
+    ``response_mask`` when ``ref_logp`` is given; returns (loss, policy-loss parts, KL).
+
+    ``weights``: (policy, KL) weights of this micro-batch's means in the mini-batch's (its
+    share of the tokens or rows each mean is over); the returned loss is the weighted one."""
     out = clipped_policy_loss(
         logp, old_logp, advantages, update_mask, settings.eps_low, settings.eps_high, settings.loss_agg
     )
+    policy_loss = out.loss if weights[0] == 1.0 else out.loss * weights[0]
     if ref_logp is None:
-        return out.loss, out, None
+        return policy_loss, out, None
     assert response_mask is not None
     kl = masked_mean(kl_penalty(logp, ref_logp, settings.kl_kind), response_mask)
-    return out.loss + settings.kl_coef * kl, out, kl
+    kl_term = kl if weights[1] == 1.0 else kl * weights[1]
+    return policy_loss + settings.kl_coef * kl_term, out, kl
 
 
 def ema_teacher_hook(ema: torch.nn.Module, policy: torch.nn.Module, tau: float) -> Callable[[], None]:
@@ -160,10 +179,16 @@ def ema_teacher_hook(ema: torch.nn.Module, policy: torch.nn.Module, tau: float) 
 # --------------------------------------------------------------------------- ProRL: response groups
 
 
-def _logprobs(
-    model: torch.nn.Module, batch: RLBatch, with_entropy: bool
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    return token_logprobs(model, batch.input_ids, batch.attention_mask, batch.position_ids, with_entropy)
+def _weights(
+    mb: RLBatch, update_mask: torch.Tensor, totals: dict[str, float], agg: Aggregation
+) -> tuple[float, float]:
+    """(policy, KL) weights of a micro-batch: its share of the mini-batch's update tokens
+    (token-mean) or of its rows with update tokens (seq-mean), and of its response tokens."""
+    if agg == "token-mean":
+        policy_weight = float(update_mask.sum()) / max(totals["update_tokens"], 1.0)
+    else:
+        policy_weight = float(update_mask.any(dim=1).sum()) / max(totals["update_rows"], 1.0)
+    return policy_weight, float(mb.response_mask.sum()) / max(totals["response_tokens"], 1.0)
 
 
 def update_on_groups(
@@ -180,50 +205,72 @@ def update_on_groups(
         raise ValueError("update_on_groups makes one pass: θ_old of the first mini-batch is its own forward")
     bounds = settings.minibatch_bounds(train.batch.size)
     minibatches = [train.batch.rows(slice(start, stop)).to(device) for start, stop in bounds]
+    passes = settings.passes
+
+    def no_grad_pass(model: torch.nn.Module, mb: RLBatch, with_entropy: bool) -> tuple[torch.Tensor, ...]:
+        ids, attention, positions = mb.input_ids, mb.attention_mask, mb.position_ids
+        return batched_token_logprobs(model, ids, attention, positions, with_entropy, passes)
+
     old_logp: list[torch.Tensor | None] = [None]
     entropy: list[torch.Tensor | None] = [None]
     ref_logp: list[torch.Tensor] = []
-    with torch.no_grad():
-        # θ_old is the policy before this step's first update, for every mini-batch. The first
-        # mini-batch is trained before any update, so its θ_old values come from its own
-        # training forward (detached): one forward pass saved, as on-policy trainers do.
-        for i, mb in enumerate(minibatches):
-            if i > 0:
-                lp, ent = _logprobs(policy, mb, with_entropy=True)
-                old_logp.append(lp)
-                entropy.append(ent)
-            if reference is not None:
-                ref_logp.append(_logprobs(reference, mb, with_entropy=False)[0])
+    # θ_old is the policy before this step's first update, for every mini-batch. The first
+    # mini-batch is trained before any update, so its θ_old values come from its own
+    # training forward (detached): one forward pass saved, as on-policy trainers do.
+    for mb in minibatches[1:]:
+        lp, ent = no_grad_pass(policy, mb, with_entropy=True)
+        old_logp.append(lp)
+        entropy.append(ent)
+    if reference is not None:
+        with resident(reference, device):  # a CPU-offloaded reference visits the GPU once per step
+            ref_logp = [no_grad_pass(reference, mb, with_entropy=False)[0] for mb in minibatches]
 
-    def minibatch_loss(i: int, mb: RLBatch) -> dict[str, float]:
-        resp = mb.response_mask
-        if i == 0:
-            logp, ent = _logprobs(policy, mb, with_entropy=True)
-            ent = ent.detach()
-            old = logp.detach()
-        else:
-            logp, _ = _logprobs(policy, mb, with_entropy=False)
-            ent, old = entropy[i], old_logp[i]
-        stats = {
-            "entropy_sum": float(torch.where(resp, ent, torch.zeros_like(ent)).sum()),
-            "entropy_tokens": float(resp.sum()),
-        }
-        # Forking tokens: the gradient flows only through each response's highest-entropy
-        # tokens (under θ_old); the KL still covers every response token.
+    def minibatch_loss(i: int, mini: RLBatch) -> dict[str, float]:
         q = settings.top_entropy_q
-        update_mask = top_entropy_mask(ent, resp, q) if q < 1.0 else resp
-        start, stop = bounds[i]
-        adv = train.advantages[start:stop].to(device)
-        loss, out, kl = clipped_loss(
-            logp, old, adv, update_mask, settings, resp, ref_logp[i] if reference is not None else None
-        )
-        if kl is not None:
-            stats["kl"] = float(kl.detach())
-        loss.backward()
-        stats["loss"] = float(loss.detach())
-        stats["policy_loss"] = float(out.loss.detach())
-        stats.update({key: float(getattr(out, key)) for key in CLIP_STATS})
-        stats["update_token_frac"] = float(update_mask.sum()) / max(float(resp.sum()), 1.0)
+        # The forking-token mask keeps ceil(q·n) tokens per response: the counts, and so the
+        # weights of the micro-batches, are known before any entropy is.
+        kept = top_entropy_counts(mini.response_mask, q) if q < 1.0 else mini.response_mask.sum(dim=1)
+        totals = {
+            "update_tokens": float(kept.sum()),
+            "update_rows": float((kept > 0).sum()),
+            "response_tokens": float(mini.response_mask.sum()),
+        }
+        sums = dict.fromkeys(("loss", "policy_loss", "kl", "entropy_sum", "update_tokens", *CLIP_STATS), 0.0)
+        start, _ = bounds[i]
+        for a, b in settings.micro_bounds(0, mini.size, mini.input_ids.shape[1]):
+            mb = mini.rows(slice(a, b))
+            resp = mb.response_mask
+            width = resp.shape[1]
+            logp, ent = token_logprobs(
+                policy, mb.input_ids, mb.attention_mask, mb.position_ids, with_entropy=i == 0, passes=passes
+            )
+            if i == 0:
+                old = logp.detach()
+            else:
+                old, ent = old_logp[i][a:b, :width], entropy[i][a:b, :width]  # type: ignore[index]
+            assert ent is not None
+            sums["entropy_sum"] += float(torch.where(resp, ent, torch.zeros_like(ent)).sum())
+            # Forking tokens: the gradient flows only through each response's highest-entropy
+            # tokens (under θ_old); the KL still covers every response token.
+            update_mask = top_entropy_mask(ent, resp, q) if q < 1.0 else resp
+            weights = _weights(mb, update_mask, totals, settings.loss_agg)
+            adv = train.advantages[start + a : start + b].to(device)
+            ref = ref_logp[i][a:b, :width] if reference is not None else None
+            loss, out, kl = clipped_loss(logp, old, adv, update_mask, settings, resp, ref, weights)
+            loss.backward()
+            n_update = float(update_mask.sum())
+            token_share = n_update / max(totals["update_tokens"], 1.0)
+            sums["loss"] += float(loss.detach())
+            sums["policy_loss"] += float(out.loss.detach()) * weights[0]
+            sums["kl"] += float(kl.detach()) * weights[1] if kl is not None else 0.0
+            sums["update_tokens"] += n_update
+            for key in CLIP_STATS:  # fractions of the update tokens
+                sums[key] += float(getattr(out, key)) * token_share
+        stats = {key: sums[key] for key in ("loss", "policy_loss", "entropy_sum", *CLIP_STATS)}
+        stats["entropy_tokens"] = totals["response_tokens"]
+        stats["update_token_frac"] = sums["update_tokens"] / max(totals["response_tokens"], 1.0)
+        if reference is not None:
+            stats["kl"] = sums["kl"]
         return stats
 
     steps = policy_update(policy, optimizer, scheduler, minibatches, minibatch_loss, settings)
@@ -269,8 +316,7 @@ def update_on_thoughts(
     covers whole groups; its loss is the mean over its thoughts of the per-thought token
     mean, accumulated over micro-batches with weight (thoughts in micro)/(thoughts in mini).
     """
-    micro = settings.micro_batch_rows
-    assert micro is not None, "update_on_thoughts needs micro_batch_rows"
+    width = batch.input_ids.shape[1]
     has_thought = batch.thought_mask.any(dim=1)
     # Clip statistics are per valid token: each micro-batch's are weighted by its tokens.
     clip_sums = dict.fromkeys(CLIP_STATS, 0.0)
@@ -281,10 +327,11 @@ def update_on_thoughts(
         mini, mini_stop = bounds
         n_thoughts = int(has_thought[mini:mini_stop].sum())
         mini_loss = 0.0
-        for start in range(mini, mini_stop, micro):
-            stop = min(start + micro, mini_stop)
+        for start, stop in settings.micro_bounds(mini, mini_stop, width):
             sub = batch.rows(start, stop)
-            logp, _ = token_logprobs(policy, sub.input_ids.to(device), sub.attention_mask.to(device))
+            logp, _ = token_logprobs(
+                policy, sub.input_ids.to(device), sub.attention_mask.to(device), passes=settings.passes
+            )
             mask = sub.thought_mask.to(device)
             old = old_logp[start:stop, : logp.shape[1]].to(device)
             loss, out, _ = clipped_loss(logp, old, advantages[start:stop].to(device), mask, settings)

@@ -38,6 +38,7 @@ from slingshot.rollout.base import Rollout
 
 if TYPE_CHECKING:
     from slingshot.config import RLPConfig
+    from slingshot.train.logprobs import PassSettings
 
 
 @dataclass(frozen=True)
@@ -373,9 +374,16 @@ class PositionStream:
         return out
 
 
-def proxy_entropy_fn(model: torch.nn.Module, pad_id: int, batch_size: int, device: torch.device) -> EntropyFn:
-    """An :data:`EntropyFn` running ``model`` (frozen, no grad) in right-padded batches."""
-    from slingshot.train.logprobs import token_logprobs
+def proxy_entropy_fn(
+    model: torch.nn.Module,
+    pad_id: int,
+    batch_size: int,
+    device: torch.device,
+    passes: PassSettings | None = None,
+) -> EntropyFn:
+    """An :data:`EntropyFn` running ``model`` (frozen, no grad) in right-padded batches of at
+    most ``batch_size`` rows and ``passes.tokens_per_micro_batch`` tokens."""
+    from slingshot.train.logprobs import batched_token_logprobs
 
     @torch.no_grad()
     def entropies(sequences: list[list[int]]) -> list[torch.Tensor]:
@@ -383,7 +391,8 @@ def proxy_entropy_fn(model: torch.nn.Module, pad_id: int, batch_size: int, devic
         for start in range(0, len(sequences), batch_size):
             chunk = sequences[start : start + batch_size]
             ids, attention = _right_pad(chunk, pad_id)
-            _, entropy = token_logprobs(model, ids.to(device), attention.to(device), with_entropy=True)
+            ids, attention = ids.to(device), attention.to(device)
+            _, entropy = batched_token_logprobs(model, ids, attention, with_entropy=True, passes=passes)
             assert entropy is not None
             out += [entropy[i, : len(seq) - 1].cpu() for i, seq in enumerate(chunk)]
         return out

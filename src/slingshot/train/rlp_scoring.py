@@ -3,7 +3,8 @@
 The policy scores every ``context <think> c </think> target`` sequence once at sampling
 time (θ_old): the target log-probs give S_pred and the thought-token log-probs are kept
 as the old log-probs of the update. The EMA teacher φ scores ``context target`` with no
-thought for the baseline S_ema.
+thought for the baseline S_ema. Each pass runs in micro-batches of at most
+``micro_batch_size`` rows and ``tokens_per_micro_batch`` tokens (the update's split).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from slingshot.train.logprobs import token_logprobs
+from slingshot.models.hf import resident
+from slingshot.train.logprobs import PassSettings, micro_batches, token_logprobs
 from slingshot.train.rlp_batch import Position, ThoughtBatch, build_baseline_batch
 
 
@@ -26,18 +28,22 @@ class ThoughtScores:
 
 @torch.no_grad()
 def score_thoughts(
-    model: torch.nn.Module, batch: ThoughtBatch, micro_batch_size: int, device: torch.device
+    model: torch.nn.Module,
+    batch: ThoughtBatch,
+    micro_batch_size: int,
+    device: torch.device,
+    passes: PassSettings | None = None,
 ) -> ThoughtScores:
     """One teacher-forced pass (in micro-batches) over all B·G thought sequences."""
     n, width = batch.input_ids.shape
     old_logp = torch.zeros((n, width - 1))
     s_pred = torch.empty(batch.target_index.shape)
     entropy_sum = 0.0
-    for start in range(0, n, micro_batch_size):
-        stop = min(start + micro_batch_size, n)
+    passes = passes or PassSettings()
+    for start, stop in micro_batches(n, width, passes.tokens_per_micro_batch, micro_batch_size):
         sub = batch.rows(start, stop)
         logp, entropy = token_logprobs(
-            model, sub.input_ids.to(device), sub.attention_mask.to(device), with_entropy=True
+            model, sub.input_ids.to(device), sub.attention_mask.to(device), with_entropy=True, passes=passes
         )
         assert entropy is not None
         mask = sub.thought_mask.to(device)
@@ -49,14 +55,24 @@ def score_thoughts(
 
 @torch.no_grad()
 def score_baseline(
-    ema: torch.nn.Module, positions: list[Position], pad_id: int, micro_batch_size: int, device: torch.device
+    ema: torch.nn.Module,
+    positions: list[Position],
+    pad_id: int,
+    micro_batch_size: int,
+    device: torch.device,
+    passes: PassSettings | None = None,
 ) -> torch.Tensor:
-    """S_ema = log p_φ(target | context), no thought: [B, k]."""
+    """S_ema = log p_φ(target | context), no thought: [B, k] (a CPU-offloaded φ visits the device)."""
     batch = build_baseline_batch(positions, pad_id)
     out = []
-    for start in range(0, len(positions), micro_batch_size):
-        ids = batch.input_ids[start : start + micro_batch_size].to(device)
-        attention = batch.attention_mask[start : start + micro_batch_size].to(device)
-        logp, _ = token_logprobs(ema, ids, attention)
-        out.append(logp.gather(1, batch.target_index[start : start + micro_batch_size].to(device)).cpu())
+    passes = passes or PassSettings()
+    width = batch.input_ids.shape[1]
+    with resident(ema, device):
+        for start, stop in micro_batches(
+            len(positions), width, passes.tokens_per_micro_batch, micro_batch_size
+        ):
+            ids = batch.input_ids[start:stop].to(device)
+            attention = batch.attention_mask[start:stop].to(device)
+            logp, _ = token_logprobs(ema, ids, attention, passes=passes)
+            out.append(logp.gather(1, batch.target_index[start:stop].to(device)).cpu())
     return torch.cat(out)

@@ -66,6 +66,7 @@ class SupervisedSettings:
     seed: int = 0
     data_parallel: ParallelMode = "auto"
     lookback: int = 64  # open rows searched by first-fit packing
+    bf16: bool = True  # bf16 compute on GPUs (FSDP param dtype, else autocast); CPU runs fp32
 
     @classmethod
     def from_config(cls, cfg: SFTConfig, seed: int) -> SupervisedSettings:
@@ -81,6 +82,7 @@ class SupervisedSettings:
             log_every=cfg.log_every,
             seed=seed,
             data_parallel=cfg.data_parallel,
+            bf16=cfg.memory.bf16,
         )
 
 
@@ -333,13 +335,13 @@ def resolve_parallel(mode: ParallelMode, dist: DistEnv) -> str:
     return mode
 
 
-def shard_model(model: PreTrainedModel, device: torch.device) -> None:
+def shard_model(model: PreTrainedModel, device: torch.device, bf16: bool = True) -> None:
     """FSDP2: each decoder layer its own unit (gathered just in time), then the root."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     policy = (
         MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-        if device.type == "cuda"
+        if device.type == "cuda" and bf16
         else MixedPrecisionPolicy()
     )
     layers = getattr(getattr(model, "model", None), "layers", None)
@@ -376,7 +378,7 @@ class SupervisedTrainer:
             print("[slingshot] model mixes packed examples: falling back to padding", flush=True)
         self.layout = attention_layout(model)
         if self.mode == "fsdp":
-            shard_model(model, self.device)
+            shard_model(model, self.device, settings.bf16)
         self.model = model
         self.model.train()
         self.optimizer = build_optimizer(model, settings.optimizer)
@@ -391,7 +393,7 @@ class SupervisedTrainer:
             else ModelOptimizerState(model, self.optimizer)
         )
         self.state = TrainState(dist.is_main, core=core, scheduler=self.scheduler, progress=self.progress)
-        self.autocast = self.device.type == "cuda" and self.mode != "fsdp"
+        self.autocast = self.device.type == "cuda" and self.mode != "fsdp" and settings.bf16
 
     @property
     def total_steps(self) -> int:

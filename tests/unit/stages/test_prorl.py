@@ -403,3 +403,21 @@ def test_a_run_mixing_a_user_set_with_a_family_logs_per_set_rewards(tmp_path, sf
     )
     # The SFT'd model answers these sums: the set is not all zeros (the function saw answers).
     assert any(c[3] == 1.0 for c in set_rewards.CALLS)
+
+
+def test_memory_switches_leave_the_step_unchanged(tmp_path, sft_setup):
+    """One-row passes, 16-token logit chunks and recomputed layers: the same update (on CPU,
+    where bf16 is off)."""
+    runs = []
+    small = {
+        "logprob_tokens_per_micro_batch": 64,
+        "logits_chunk_tokens": 16,
+        "activation_checkpointing": True,
+    }
+    for name, memory in (("default", {}), ("bounded", small)):
+        rec = Recorder()
+        prorl.run(_ctx(tmp_path / name, sft_setup, rec, steps=1, memory=memory))
+        runs.append(rec.rows[1])
+    default, bounded = runs
+    for key in ("loss", "policy_loss", "kl", "entropy", "grad_norm", "update_token_frac", "clip_frac"):
+        assert bounded[key] == pytest.approx(default[key], rel=1e-4, abs=1e-6), key

@@ -361,3 +361,24 @@ def test_information_gain_rises_against_a_frozen_control(tmp_path, small_data):
     assert abs(first) < 0.25  # the runs start out the same
     # Measured with chat-format reasoning text in the warm start: +0.206 -> +0.498.
     assert last > 0.3 and last > first + 0.25
+
+
+def test_memory_switches_leave_the_step_unchanged(tmp_path, small_data, tiny_model):
+    """One-row passes, 8-token logit chunks, recomputed layers (in eval mode) and a CPU-kept
+    EMA teacher: the same step, the same teacher."""
+    states, metrics = [], []
+    bounded = {
+        "logprob_tokens_per_micro_batch": 1,
+        "logits_chunk_tokens": 8,
+        "activation_checkpointing": True,
+        "frozen_copy": "cpu",
+    }
+    for name, memory in (("default", {}), ("bounded", bounded)):
+        ctx = _ctx(tmp_path / name, small_data, tiny_model, {**TINY_RLP, "steps": 1, "memory": memory})
+        metrics.append(rlp.run(ctx).metrics)
+        states.append(_state(ctx))
+    for key, value in metrics[0].items():
+        assert metrics[1][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+    for part in ("model", "ema"):
+        for name, tensor in states[0][part].items():
+            assert torch.allclose(states[1][part][name], tensor, atol=1e-6), (part, name)

@@ -195,3 +195,83 @@ def test_update_on_thoughts_calls_the_hook_after_every_optimizer_step():
         "grad_norm",
         "lr",
     }
+
+
+# --------------------------------------------------------------------------- token-budget micro-batches
+
+
+def _long_train_batch() -> TrainBatch:
+    """Two groups of four responses of 5-60 tokens over a 4096-token vocabulary."""
+    generator = torch.Generator().manual_seed(2)
+    lengths = [(4, 60), (4, 9), (4, 41), (4, 30), (6, 14), (6, 5), (6, 52), (6, 33)]
+    sequences = [
+        (
+            torch.randint(1, 4096, (p,), generator=generator).tolist(),
+            torch.randint(1, 4096, (c,), generator=generator).tolist(),
+        )
+        for p, c in lengths
+    ]
+    advantages = torch.tensor([1.0, -1.0, 0.5, -0.5, 0.2, 0.4, -0.1, -0.5])
+    return TrainBatch([], advantages.view(2, 4), advantages, build_rl_batch(sequences, 0))
+
+
+@pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-mean"])
+def test_update_on_groups_in_micro_batches_equals_whole_mini_batches_with_a_lower_peak(loss_agg: str):
+    from tiny_hf import vocab_heavy_qwen3
+
+    from slingshot.memory_probe import LiveBytes
+
+    cfg = ProRLConfig(
+        n_samples=4, batch_prompts=2, mini_batch_prompts=1, kl_coef=0.1, top_entropy_q=0.5, loss_agg=loss_agg
+    )
+    results = []
+    for budget in (10**6, 70):  # whole mini-batches; one row per forward pass
+        policy = vocab_heavy_qwen3()
+        reference = copy.deepcopy(policy).eval().requires_grad_(False)
+        optimizer = torch.optim.SGD(policy.parameters(), lr=1e-2)  # linear in the gradients, unlike Adam
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        settings = UpdateSettings.from_config(
+            cfg.model_copy(
+                update={"memory": cfg.memory.model_copy(update={"logprob_tokens_per_micro_batch": budget})}
+            )
+        )
+        with LiveBytes() as probe:
+            probe.track(policy.parameters())
+            probe.track(reference.parameters())
+            metrics = update_on_groups(
+                policy, reference, optimizer, scheduler, _long_train_batch(), settings, CPU
+            )
+        results.append((metrics, [p.detach().clone() for p in policy.parameters()], probe.peak))
+    (whole, whole_params, whole_peak), (micro, micro_params, micro_peak) = results
+    assert whole.keys() == micro.keys()
+    for key in whole:
+        assert micro[key] == pytest.approx(whole[key], abs=1e-6), key
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(whole_params, micro_params, strict=True))
+    assert micro_peak < 0.8 * whole_peak
+
+
+def test_rlp_scoring_in_micro_batches_equals_one_pass():
+    from tiny_hf import vocab_heavy_qwen3
+
+    from slingshot.train.logprobs import PassSettings
+    from slingshot.train.rlp_scoring import score_baseline
+
+    open_, close = 5, 6
+    positions = [Position(0, 3, (1, 10, 11, 40, 41), (12, 13)), Position(1, 2, (1, 20), (21, 22))]
+    rollouts = [
+        [
+            Rollout([1, 10, 11, 40, 41, open_], [30, 34, 35, close], True),
+            Rollout([1, 10, 11, 40, 41, open_], [31, 32], False),
+        ],
+        [Rollout([1, 20, open_], [close], True), Rollout([1, 20, open_], [33, 36, 37], False)],
+    ]
+    batch = build_thought_batch(positions, rollouts, open_, close, 0)
+    model = vocab_heavy_qwen3().eval()
+    whole = score_thoughts(model, batch, 8, CPU, PassSettings(10**6))
+    micro = score_thoughts(model, batch, 8, CPU, PassSettings(12, logits_chunk_tokens=5))  # one row a pass
+    valid = batch.thought_mask
+    assert torch.allclose(micro.old_logp[valid], whole.old_logp[valid], atol=1e-6)
+    assert torch.allclose(micro.s_pred, whole.s_pred, atol=1e-6)
+    assert micro.entropy_sum == pytest.approx(whole.entropy_sum, abs=1e-5)
+    baseline = [score_baseline(model, positions, 0, 8, CPU, PassSettings(b)) for b in (10**6, 1)]
+    assert torch.allclose(baseline[0], baseline[1], atol=1e-6)
