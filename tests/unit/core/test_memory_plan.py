@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from real_recipe import write_recipe_data
 
 from slingshot.config import ProRLConfig, RLPConfig, SFTConfig
 from slingshot.memory_plan import ModelDims, plan_prorl, plan_rlp, plan_sft, stage_parallelism
@@ -211,6 +212,9 @@ def qwen3_1_7b_models(tmp_path, monkeypatch) -> Path:
         (tmp_path / name / "model.safetensors").write_bytes(b"")
         (tmp_path / name / "tokenizer.json").write_text("{}")
     monkeypatch.setenv("SLINGSHOT_MODELS", str(tmp_path))
+    # The recipe's prompt set and benchmarks (the DAG checks that they exist).
+    write_recipe_data(tmp_path / "data")
+    monkeypatch.setenv("SLINGSHOT_DATA", str(tmp_path / "data"))
     return tmp_path
 
 
