@@ -58,7 +58,9 @@ def gpt_config_from_hf(
     if getattr(config, "hidden_act", "silu") != "silu":
         raise HFImportError(f"{where}: hidden_act {config.hidden_act!r}: only 'silu' (SwiGLU) is supported")
     if getattr(config, "mlp_bias", False):
-        raise HFImportError(f"{where}: mlp_bias: true is not supported (Megatron would add every linear bias)")
+        raise HFImportError(
+            f"{where}: mlp_bias: true is not supported (Megatron would add every linear bias)"
+        )
     if getattr(config, "use_sliding_window", False):
         raise HFImportError(f"{where}: use_sliding_window: true is not supported")
     theta, scaling = _rope(config, where)
@@ -139,7 +141,9 @@ def hf_to_mcore_state_dict(
     rows = cfg.padded_vocab_size(tensor_parallel_size)
     embed = _take(hf, "model.embed_tokens.weight")
     if embed.shape[0] != cfg.vocab_size:
-        raise HFImportError(f"model.embed_tokens.weight has {embed.shape[0]} rows, vocab_size is {cfg.vocab_size}")
+        raise HFImportError(
+            f"model.embed_tokens.weight has {embed.shape[0]} rows, vocab_size is {cfg.vocab_size}"
+        )
     sd: dict[str, torch.Tensor] = {"embedding.word_embeddings.weight": _pad_vocab(embed, rows)}
     for i in range(cfg.num_layers):
         p, h = f"decoder.layers.{i}", f"model.layers.{i}"
@@ -150,14 +154,18 @@ def hf_to_mcore_state_dict(
         )
         has_bias = f"{attn}.q_proj.bias" in hf
         if has_bias != cfg.add_qkv_bias:
-            raise HFImportError(f"{attn}.q_proj.bias is {'' if has_bias else 'not '}there but add_qkv_bias={cfg.add_qkv_bias}")
+            raise HFImportError(
+                f"{attn}.q_proj.bias is {'' if has_bias else 'not '}there but add_qkv_bias={cfg.add_qkv_bias}"
+            )
         if has_bias:
             sd[f"{p}.self_attention.linear_qkv.bias"] = _fuse_qkv(
                 *(_take(hf, f"{attn}.{n}_proj.bias") for n in "qkv"), cfg
             )
         o_bias = hf.get(f"{attn}.o_proj.bias")
         if o_bias is not None and bool(o_bias.any()):
-            raise HFImportError(f"{attn}.o_proj.bias is non-zero: Megatron's GPT has no output-projection bias")
+            raise HFImportError(
+                f"{attn}.o_proj.bias is non-zero: Megatron's GPT has no output-projection bias"
+            )
         if cfg.qk_layernorm:
             sd[f"{p}.self_attention.q_layernorm.weight"] = _take(hf, f"{attn}.q_norm.weight")
             sd[f"{p}.self_attention.k_layernorm.weight"] = _take(hf, f"{attn}.k_norm.weight")
