@@ -240,3 +240,25 @@ def load_hf_into_gpt(model: torch.nn.Module, hf: Mapping[str, torch.Tensor], cfg
     missing = [k for k in missing if not k.endswith("_extra_state")]
     if missing or unexpected:
         raise HFImportError(f"HF import does not fit the model: missing {missing}, unexpected {unexpected}")
+
+
+def continued_pretraining_config(
+    model_dir: str | os.PathLike[str], recipe: GPTModelConfig, tokenizer: Any
+) -> GPTModelConfig:
+    """The architecture of the HF checkpoint ``model_dir``, trained at the recipe's sequence
+    length and vocab padding; refuses a data tokenizer that is not the checkpoint's own."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(model_dir)
+    cfg = gpt_config_from_hf(
+        config, recipe.seq_length, recipe.make_vocab_size_divisible_by, where=f"{model_dir}/config.json"
+    )
+    if len(tokenizer) > cfg.vocab_size:
+        raise HFImportError(
+            f"the data tokenizer has {len(tokenizer)} tokens but {model_dir} only {cfg.vocab_size} embedding rows"
+        )
+    if tokenizer.get_vocab() != AutoTokenizer.from_pretrained(model_dir).get_vocab():
+        raise HFImportError(
+            f"the data stage's tokenizer is not the tokenizer of {model_dir}: set data.tokenizer.path to it"
+        )
+    return cfg
