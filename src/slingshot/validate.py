@@ -235,6 +235,9 @@ def _data_file_problem(path: str, fmt: str) -> str | None:
     """A data file that is missing or holds no records (cheap: the first record or the
     Parquet footer, never the whole file; a malformed record fails the stage that reads
     it, naming the file and line)."""
+    if fmt == "megatron":  # a tokenized .bin/.idx pair; its ids are checked by the data stage
+        missing = [path + suffix for suffix in (".bin", ".idx") if not Path(path + suffix).is_file()]
+        return f"'{missing[0]}' does not exist (path is the .bin/.idx prefix)" if missing else None
     p = Path(path)
     if not p.exists():
         return f"'{path}' does not exist"
