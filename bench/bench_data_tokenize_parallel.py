@@ -72,13 +72,17 @@ def main() -> None:
         f"RAYON_NUM_THREADS={os.environ.get('RAYON_NUM_THREADS', 'auto')}"
     )
     size_mb = Path(corpus.path).stat().st_size / 1e6
-    print(f"corpus: {corpus.records} JSONL docs, {size_mb:.1f} MB, vocab {len(tokenizer)}, {serial.tokens} tokens")
+    print(
+        f"corpus: {corpus.records} JSONL docs, {size_mb:.1f} MB, vocab {len(tokenizer)}, {serial.tokens} tokens"
+    )
     print(f"serial   (1 process):          {serial.tokens / t_serial:>12,.0f} tokens/s  ({t_serial:.2f} s)")
     print(
         f"parallel ({args.workers} worker processes): {serial.tokens / t_parallel:>12,.0f} tokens/s  "
         f"({t_parallel:.2f} s)"
     )
-    print(f"ratio parallel/serial: {t_serial / t_parallel:.2f}x (goal >= 1.8x on 2 cores); outputs byte-identical")
+    print(
+        f"ratio parallel/serial: {t_serial / t_parallel:.2f}x (goal >= 1.8x on 2 cores); outputs byte-identical"
+    )
     # What the machine's other load cannot distort: the CPU time left in the main process
     # (reading, writing, pickling) bounds the speedup on N idle cores (Amdahl).
     bound = cpu_serial / max(cpu_main, cpu_serial / args.workers)
