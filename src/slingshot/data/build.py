@@ -94,7 +94,10 @@ def job_cpus() -> int:
 def chunk_encoder(tokenizer: Any, workers: int) -> Iterator[Any]:
     """``encode(chunks) -> DocumentBatch``es in order: in ``workers`` processes, or in this one
     (workers <= 1). Both give the same batches, so the written files are the same bytes."""
-    state = (tokenizer.backend_tokenizer.to_str(), tokenizer.eos_token_id)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise ValueError(f"data.tokenizer: {type(tokenizer).__name__} is not a fast (Rust) tokenizer")
+    state = (backend.to_str(), tokenizer.eos_token_id)
     if workers <= 1:
         encoder = ChunkEncoder(*state)
         yield lambda chunks: map(encoder, chunks)

@@ -98,11 +98,10 @@ def read_hf_state_dict(model_dir: str | os.PathLike[str]) -> dict[str, torch.Ten
         ("pytorch_model.bin.index.json", "pytorch_model.bin"),
     ):
         index = root / index_name
-        files = (
-            sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            if index.is_file()
-            else [single] * (root / single).is_file()
-        )
+        if index.is_file():
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        else:
+            files = [single] if (root / single).is_file() else []
         if files:
             out: dict[str, torch.Tensor] = {}
             for name in files:
