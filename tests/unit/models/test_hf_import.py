@@ -170,3 +170,14 @@ def test_split_inverts_merge(hf_dirs: dict[str, Path]) -> None:
     assert torch.equal(gate0, gate[:48]) and torch.equal(up0, up[:48])
     merged = merge_tp_shards(shards)
     assert all(torch.equal(merged[k], full[k]) for k in full)
+
+
+def test_sharded_safetensors_are_read_whole(tmp_path: Path) -> None:
+    model = _hf_model(FAMILIES["qwen3_untied"])
+    model.save_pretrained(tmp_path, max_shard_size="100KB")
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    read = read_hf_state_dict(tmp_path)
+    expected = model.state_dict()
+    assert read.keys() == expected.keys() and all(torch.equal(read[k], expected[k]) for k in read)
+    with pytest.raises(HFImportError, match="no model.safetensors"):
+        read_hf_state_dict(tmp_path / "nothing")
