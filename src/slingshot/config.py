@@ -165,6 +165,8 @@ def _tiny_gpt() -> GPTModelConfig:
 
 class PretrainConfig(ModelStageConfig):
     # vocab_size is replaced by the tokenizer's actual size at run time.
+    # With init_model (continued pretraining) the HF config decides the architecture and
+    # vocabulary; only seq_length and make_vocab_size_divisible_by are read from `model`.
     model: GPTModelConfig = Field(default_factory=_tiny_gpt)
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)
     total_tokens: PositiveInt = 2_000_000

@@ -170,7 +170,9 @@ def _add_variant(plan: Plan, variant: str, stages: StagesConfig, data: Node) -> 
         stage: str, kind: str, section: StageConfig, identity: dict[str, Any], **extra: Any
     ) -> Node:
         nonlocal model
-        init_model = getattr(section, "init_model", None)
+        # Only the first node of a phased stage starts from init_model; later phases
+        # continue from the previous phase (extra["starts_chain"] = False).
+        init_model = getattr(section, "init_model", None) if extra.pop("starts_chain", True) else None
         upstream_model = None if init_model else model
         upstream = [data.key] + ([upstream_model.key] if upstream_model else []) + extra.pop("upstream", [])
         digest = _digest(
@@ -207,7 +209,9 @@ def _add_variant(plan: Plan, variant: str, stages: StagesConfig, data: Node) -> 
             phases = section.phases
             for i, phase in enumerate(phases):
                 identity = _identity(section, phases=[p.model_dump(mode="json") for p in phases[: i + 1]])
-                node = chain_node(f"{kind}-{phase.name}", kind, section, identity, phase=phase.name)
+                node = chain_node(
+                    f"{kind}-{phase.name}", kind, section, identity, phase=phase.name, starts_chain=i == 0
+                )
                 model = node
         else:
             upstream = sft_upstream if kind == "sft" else []

@@ -205,10 +205,41 @@ def _vocab_mismatch(model_dir: Path) -> str | None:
     )
 
 
+def _tokenizer_vocab(tokenizer_dir: Path) -> tuple[Any, Any] | None:
+    """(vocab, added tokens) of a directory's tokenizer.json; None if unreadable."""
+    try:
+        tok = json.loads((tokenizer_dir / "tokenizer.json").read_text())
+        return tok["model"]["vocab"], [(t["id"], t["content"]) for t in tok.get("added_tokens", [])]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _pretrain_tokenizer_problem(init_model: str, data_tokenizer: str | None) -> str | None:
+    """Continued pretraining trains on corpora the data stage tokenized: with the model's
+    own tokenizer, or the token ids would mean other words to the imported embeddings."""
+    if data_tokenizer is None:
+        return (
+            f"the data stage trains its own tokenizer, but '{init_model}' has one: set "
+            f"data.tokenizer.path: {init_model} so the corpora are tokenized with the model's tokenizer"
+        )
+    if Path(data_tokenizer).resolve() == Path(init_model).resolve():
+        return None
+    ours, theirs = _tokenizer_vocab(Path(data_tokenizer)), _tokenizer_vocab(Path(init_model))
+    if ours is None or ours != theirs:
+        return (
+            f"data.tokenizer.path '{data_tokenizer}' is not the tokenizer of '{init_model}' "
+            "(their tokenizer.json vocabularies differ): the corpora must be tokenized with the model's"
+        )
+    return None
+
+
 def _data_file_problem(path: str, fmt: str) -> str | None:
     """A data file that is missing or holds no records (cheap: the first record or the
     Parquet footer, never the whole file; a malformed record fails the stage that reads
     it, naming the file and line)."""
+    if fmt == "megatron":  # a tokenized .bin/.idx pair; its ids are checked by the data stage
+        missing = [path + suffix for suffix in (".bin", ".idx") if not Path(path + suffix).is_file()]
+        return f"'{missing[0]}' does not exist (path is the .bin/.idx prefix)" if missing else None
     p = Path(path)
     if not p.exists():
         return f"'{path}' does not exist"
@@ -240,7 +271,9 @@ def check_plan(cfg: PipelineConfig) -> list[str]:
         stages = cfg.variant_stages(variant)
         enabled = [k for k in MODEL_CHAIN if getattr(stages, k).enabled]
         if stages.pretrain.enabled and stages.pretrain.init_model:
-            problems.append(f"{where}stages.pretrain.init_model: pretraining starts from scratch; remove it")
+            problem = _pretrain_tokenizer_problem(stages.pretrain.init_model, cfg.data.tokenizer.path)
+            if problem:
+                problems.append(f"{where}stages.pretrain.init_model: {problem}")
         for i, kind in enumerate(enabled):
             section = getattr(stages, kind)
             if section.init_model:

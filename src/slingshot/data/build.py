@@ -15,15 +15,26 @@ and sha256 digests of every file.
 from __future__ import annotations
 
 import itertools
+import multiprocessing
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from slingshot.data.config import DataConfig
-from slingshot.data.corpora import CorpusSpec, read_corpus, record_text, write_jsonl
-from slingshot.data.megatron_indexed import write_indexed_dataset
-from slingshot.data.packing import tokenize_documents
+from slingshot.data.corpora import (
+    CorpusSpec,
+    TextChunk,
+    chunk_texts,
+    read_corpus,
+    record_text,
+    text_chunks,
+    write_jsonl,
+)
+from slingshot.data.megatron_indexed import DocumentBatch, check_indexed_corpus, write_indexed_batches
 from slingshot.data.synthetic import generate_general_text, reasoning_records
 from slingshot.data.tasks import held_out_hashes, make_splits
 from slingshot.data.teacher import ProceduralTeacher
@@ -33,18 +44,78 @@ from slingshot.io import sha256_file, sha256_json
 
 def _texts(specs: list[CorpusSpec]) -> Iterator[str]:
     for spec in specs:
-        for rec in read_corpus(spec):
-            yield record_text(rec)
+        if spec.format != "megatron":  # already tokenized: no text
+            for rec in read_corpus(spec):
+                yield record_text(rec)
 
 
-def _token_docs(tokenizer: Any, spec: CorpusSpec, batch: int = 1024) -> Iterator[list[int]]:
-    it = read_corpus(spec)
-    while chunk := [record_text(r) for r in itertools.islice(it, batch)]:
-        yield from tokenize_documents(tokenizer, chunk, batch_size=batch)
+class ChunkEncoder:
+    """A text chunk -> its :data:`DocumentBatch` (each document's ids, then ``eod_id``).
+
+    Built from the backend tokenizer's serialised state, so a worker process encodes with
+    exactly the tokenizer of the main process (the Rust ``encode_batch`` the serial path uses).
+    """
+
+    def __init__(self, tokenizer_json: str, eod_id: int | None) -> None:
+        from tokenizers import Tokenizer
+
+        self.backend = Tokenizer.from_str(tokenizer_json)
+        self.eod = [] if eod_id is None else [eod_id]
+
+    def __call__(self, chunk: TextChunk) -> DocumentBatch:
+        docs = [
+            e.ids + self.eod for e in self.backend.encode_batch(chunk_texts(chunk), add_special_tokens=False)
+        ]
+        docs = [d for d in docs if d]  # Megatron cannot sample from an empty sequence
+        flat = np.fromiter(itertools.chain.from_iterable(docs), dtype=np.int64)
+        return flat, np.asarray([len(d) for d in docs], dtype=np.int64)
 
 
-def build_tiny_corpora(cfg: DataConfig, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Build tasks, corpora, tokenizer and indexed datasets; return counts and digests."""
+_WORKER_ENCODER: ChunkEncoder | None = None
+
+
+def _init_worker(tokenizer_json: str, eod_id: int | None) -> None:
+    global _WORKER_ENCODER
+    os.environ["RAYON_NUM_THREADS"] = "1"  # one process per CPU: no tokenizer threads on top
+    _WORKER_ENCODER = ChunkEncoder(tokenizer_json, eod_id)
+
+
+def _encode_in_worker(chunk: TextChunk) -> DocumentBatch:
+    assert _WORKER_ENCODER is not None
+    return _WORKER_ENCODER(chunk)
+
+
+def job_cpus() -> int:
+    """The CPUs this job may run on (Slurm and taskset restrict the affinity mask)."""
+    return len(os.sched_getaffinity(0))
+
+
+@contextmanager
+def chunk_encoder(tokenizer: Any, workers: int) -> Iterator[Any]:
+    """``encode(chunks) -> DocumentBatch``es in order: in ``workers`` processes, or in this one
+    (workers <= 1). Both give the same batches, so the written files are the same bytes."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise ValueError(f"data.tokenizer: {type(tokenizer).__name__} is not a fast (Rust) tokenizer")
+    state = (backend.to_str(), tokenizer.eos_token_id)
+    if workers <= 1:
+        encoder = ChunkEncoder(*state)
+        yield lambda chunks: map(encoder, chunks)
+        return
+    # spawn: the main process holds torch/tokenizer threads that a fork would copy mid-state.
+    with multiprocessing.get_context("spawn").Pool(workers, _init_worker, state) as pool:
+        yield lambda chunks: pool.imap(_encode_in_worker, chunks, chunksize=1)
+
+
+def build_tiny_corpora(
+    cfg: DataConfig, out_dir: str | os.PathLike[str], workers: int | None = None
+) -> dict[str, Any]:
+    """Build tasks, corpora, tokenizer and indexed datasets; return counts and digests.
+
+    Corpora are tokenized in ``workers`` processes (None: one per CPU of the job); the
+    files are the same bytes for any number. ``format: megatron`` corpora are taken as
+    they are, once their token ids are checked to fit the tokenizer.
+    """
     out = Path(out_dir)
     manifest: dict[str, Any] = {"config_sha256": sha256_json(cfg.model_dump(mode="json"))}
 
@@ -92,13 +163,15 @@ def build_tiny_corpora(cfg: DataConfig, out_dir: str | os.PathLike[str]) -> dict
     manifest["indexed"] = {}
     manifest["tokens"] = {}
     if cfg.write_indexed:
-        for spec in specs:
-            stats = write_indexed_dataset(
-                out / "indexed" / spec.name,
-                _token_docs(tokenizer, spec),
-                vocab_size=len(tokenizer),
-                eod_id=tokenizer.eos_token_id,
-            )
-            manifest["indexed"][spec.name] = stats.model_dump()
-            manifest["tokens"][spec.name] = stats.tokens
+        with chunk_encoder(tokenizer, job_cpus() if workers is None else workers) as encode:
+            for spec in specs:
+                if spec.format == "megatron":
+                    where = f"data.extra_corpora '{spec.name}'"
+                    stats = check_indexed_corpus(spec.path, len(tokenizer), where)
+                else:
+                    stats = write_indexed_batches(
+                        out / "indexed" / spec.name, encode(text_chunks(spec)), len(tokenizer)
+                    )
+                manifest["indexed"][spec.name] = stats.model_dump()
+                manifest["tokens"][spec.name] = stats.tokens
     return manifest

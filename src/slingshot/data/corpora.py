@@ -1,5 +1,9 @@
 """Corpus readers (JSONL, Parquet, HF ``save_to_disk``) and writers.
 
+A ``format: megatron`` corpus is an already tokenized Megatron indexed dataset (``path``
+is the ``.bin``/``.idx`` prefix): the data stage takes it as it is
+(``megatron_indexed.check_indexed_corpus``); it has no text to read here.
+
 Every reader streams: JSONL line by line, Parquet one record batch at a time (never
 the whole file), HF datasets through Arrow's memory map. A record is normalised to
 ``{"id", "text"}`` or ``{"id", "prompt", "response"}`` by a declared field mapping, so
@@ -10,6 +14,7 @@ silently skipped record would shift every downstream sample.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -20,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 from slingshot.io import atomic_path, sha256_file
 
-Format = Literal["auto", "jsonl", "parquet", "hf_disk"]
+Format = Literal["auto", "jsonl", "parquet", "hf_disk", "megatron"]
 
 
 class CorpusFormatError(ValueError):
@@ -99,17 +104,26 @@ def _normalise(raw: Any, fields: FieldMap, where: str, default_id: str) -> dict[
     return out
 
 
-def _read_jsonl(spec: CorpusSpec) -> Iterator[dict[str, str]]:
+def _jsonl_lines(spec: CorpusSpec) -> Iterator[tuple[int, str]]:
+    """(line number, line) of every non-blank line."""
     with open(spec.path, encoding="utf-8") as handle:
         for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{spec.path}:{lineno}"
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise CorpusFormatError(f"{where}: invalid JSON ({exc.msg})") from None
-            yield _normalise(raw, spec.fields, f"{where} (line {lineno})", f"{spec.name}:{lineno}")
+            if line.strip():
+                yield lineno, line
+
+
+def _jsonl_record(spec: CorpusSpec, lineno: int, line: str) -> dict[str, str]:
+    where = f"{spec.path}:{lineno}"
+    try:
+        raw = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise CorpusFormatError(f"{where}: invalid JSON ({exc.msg})") from None
+    return _normalise(raw, spec.fields, f"{where} (line {lineno})", f"{spec.name}:{lineno}")
+
+
+def _read_jsonl(spec: CorpusSpec) -> Iterator[dict[str, str]]:
+    for lineno, line in _jsonl_lines(spec):
+        yield _jsonl_record(spec, lineno, line)
 
 
 def _read_parquet(spec: CorpusSpec, batch_size: int) -> Iterator[dict[str, str]]:
@@ -149,6 +163,10 @@ def _read_hf_disk(spec: CorpusSpec) -> Iterator[dict[str, str]]:
 def read_corpus(spec: CorpusSpec, batch_size: int = 1024) -> Iterator[dict[str, str]]:
     """Stream the normalised records of one corpus."""
     fmt = detect_format(spec.path) if spec.format == "auto" else spec.format
+    if fmt == "megatron":
+        raise CorpusFormatError(
+            f"corpus {spec.name!r} ({spec.path}) is a tokenized Megatron dataset: it has no text to read"
+        )
     if fmt == "jsonl":
         return _read_jsonl(spec)
     if fmt == "parquet":
@@ -161,6 +179,33 @@ def record_text(record: dict[str, str]) -> str:
     if "text" in record:
         return record["text"]
     return f"{record['prompt']}\n{record['response']}"
+
+
+# A corpus in pieces for tokenizing in worker processes: ("jsonl", (spec, [(line number, line)]))
+# — parsing JSON is most of the reading, so the workers do it — or ("texts", [text]).
+TextChunk = tuple[str, Any]
+
+
+def text_chunks(spec: CorpusSpec, chunk_records: int = 1024) -> Iterator[TextChunk]:
+    """The corpus's records in order, ``chunk_records`` at a time (see :func:`chunk_texts`)."""
+    fmt = detect_format(spec.path) if spec.format == "auto" else spec.format
+    if fmt == "jsonl":
+        lines = _jsonl_lines(spec)
+        while chunk := list(itertools.islice(lines, chunk_records)):
+            yield "jsonl", (spec, chunk)
+        return
+    records = read_corpus(spec, batch_size=chunk_records)
+    while texts := [record_text(r) for r in itertools.islice(records, chunk_records)]:
+        yield "texts", texts
+
+
+def chunk_texts(chunk: TextChunk) -> list[str]:
+    """The plain texts of one chunk, in order (a malformed JSONL line fails naming file:line)."""
+    kind, payload = chunk
+    if kind == "texts":
+        return payload
+    spec, lines = payload
+    return [record_text(_jsonl_record(spec, lineno, line)) for lineno, line in lines]
 
 
 # --------------------------------------------------------------------------- writers

@@ -20,7 +20,7 @@ Found on megatron-core 0.16.1 (CPU, no Apex/TE):
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,18 +48,49 @@ def token_dtype(vocab_size: int) -> type[np.number]:
     return DType.optimal_dtype(vocab_size)
 
 
+# A batch of documents: their token ids concatenated (end-of-document ids included), and
+# each document's length.
+DocumentBatch = tuple[np.ndarray, np.ndarray]
+
+
+def document_batches(
+    documents: Iterable[Sequence[int]], eod_id: int | None = None, batch_size: int = 1024
+) -> Iterator[DocumentBatch]:
+    """Documents as :data:`DocumentBatch` es, ``eod_id`` appended to each when given, empty ones dropped."""
+    flat: list[int] = []
+    lengths: list[int] = []
+    for doc in documents:
+        ids = list(doc) + ([eod_id] if eod_id is not None else [])
+        if ids:  # Megatron cannot sample from an empty sequence
+            flat += ids
+            lengths.append(len(ids))
+        if len(lengths) == batch_size:
+            yield np.asarray(flat, dtype=np.int64), np.asarray(lengths, dtype=np.int64)
+            flat, lengths = [], []
+    if lengths:
+        yield np.asarray(flat, dtype=np.int64), np.asarray(lengths, dtype=np.int64)
+
+
 def write_indexed_dataset(
     prefix: str | os.PathLike[str],
     documents: Iterable[Sequence[int]],
     vocab_size: int,
     eod_id: int | None = None,
 ) -> IndexedStats:
-    """Write ``prefix.bin``/``prefix.idx``; append ``eod_id`` to each document when given.
+    """Write ``prefix.bin``/``prefix.idx``; append ``eod_id`` to each document when given."""
+    return write_indexed_batches(prefix, document_batches(documents, eod_id), vocab_size)
 
-    Both files are written to temp names and renamed, .bin first then .idx, so a reader
-    that finds the .idx always finds its complete .bin.
+
+def write_indexed_batches(
+    prefix: str | os.PathLike[str], batches: Iterable[DocumentBatch], vocab_size: int
+) -> IndexedStats:
+    """Write ``prefix.bin``/``prefix.idx`` from :data:`DocumentBatch` es, one sequence per document.
+
+    The bytes are those of ``IndexedDatasetBuilder.add_item`` + ``end_document`` per
+    document; a batch is written at once (the per-document calls cost more than the
+    tokenizer). Both files are written to temp names and renamed, .bin first then .idx,
+    so a reader that finds the .idx always finds its complete .bin.
     """
-    import torch
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
     dtype = token_dtype(vocab_size)
@@ -69,25 +100,55 @@ def write_indexed_dataset(
     # Nesting order matters: the inner (.bin) is renamed into place before the outer (.idx).
     with atomic_path(prefix + ".idx") as idx_tmp, atomic_path(prefix + ".bin") as bin_tmp:
         builder = IndexedDatasetBuilder(str(bin_tmp), dtype=dtype)
-        for doc in documents:
-            ids = list(doc) + ([eod_id] if eod_id is not None else [])
-            if not ids:
-                continue  # Megatron cannot sample from an empty sequence
-            if max(ids) >= vocab_size or min(ids) < 0:
-                raise ValueError(f"document {n_docs}: token id out of range [0, {vocab_size})")
-            builder.add_item(torch.tensor(ids, dtype=torch.int64))
-            builder.end_document()
-            n_docs += 1
-            n_tokens += len(ids)
+        for flat, lengths in batches:
+            if flat.size and (flat.max() >= vocab_size or flat.min() < 0):
+                bad = int(np.flatnonzero((flat >= vocab_size) | (flat < 0))[0])
+                doc = n_docs + int(np.searchsorted(np.cumsum(lengths), bad, side="right"))
+                raise ValueError(f"document {doc}: token id out of range [0, {vocab_size})")
+            builder.data_file.write(flat.astype(dtype).tobytes(order="C"))
+            start = len(builder.sequence_lengths)
+            builder.sequence_lengths.extend(lengths.tolist())
+            builder.document_indices.extend(range(start + 1, start + len(lengths) + 1))
+            n_docs += len(lengths)
+            n_tokens += int(flat.size)
         builder.finalize(str(idx_tmp))
+    return _stats(prefix, n_docs, n_tokens, np.dtype(dtype).name)
+
+
+def _stats(prefix: str, documents: int, tokens: int, dtype: str) -> IndexedStats:
     return IndexedStats(
         prefix=prefix,
-        documents=n_docs,
-        tokens=n_tokens,
-        dtype=np.dtype(dtype).name,
+        documents=documents,
+        tokens=tokens,
+        dtype=dtype,
         bin_sha256=sha256_file(prefix + ".bin"),
         idx_sha256=sha256_file(prefix + ".idx"),
     )
+
+
+def check_indexed_corpus(prefix: str | os.PathLike[str], vocab_size: int, where: str) -> IndexedStats:
+    """Take an existing Megatron dataset as it is, if the tokenizer's ids fit it: its files
+    exist, its dtype holds every id below ``vocab_size`` and no token id is ``>= vocab_size``.
+    ``where`` names the corpus in the errors."""
+    prefix = str(prefix)
+    for suffix in (".bin", ".idx"):
+        if not Path(prefix + suffix).is_file():
+            raise ValueError(f"{where}: '{prefix}{suffix}' does not exist (path is the .bin/.idx prefix)")
+    dataset = read_indexed_dataset(prefix)
+    dtype = np.dtype(dataset.index.dtype)
+    if np.iinfo(dtype).max < vocab_size - 1:
+        raise ValueError(
+            f"{where}: '{prefix}' stores {dtype.name} tokens, too narrow for the tokenizer's {vocab_size} ids: "
+            "it was tokenized with another tokenizer"
+        )
+    tokens = np.memmap(prefix + ".bin", dtype=dtype, mode="r")
+    top = int(tokens.max()) if tokens.size else -1
+    if top >= vocab_size:
+        raise ValueError(
+            f"{where}: '{prefix}' holds token id {top}, but the tokenizer has {vocab_size} ids: "
+            "it was tokenized with another tokenizer"
+        )
+    return _stats(prefix, int(len(dataset.document_indices) - 1), int(tokens.size), dtype.name)
 
 
 def read_indexed_dataset(prefix: str | os.PathLike[str]) -> Any:

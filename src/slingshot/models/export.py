@@ -1,4 +1,4 @@
-"""Exact Megatron-Core GPT -> Hugging Face Llama/Qwen2 export.
+"""Exact Megatron-Core GPT -> Hugging Face Llama/Qwen2/Qwen3 export.
 
 Parameter names observed in megatron-core 0.16.1 (`GPTModel.state_dict()`):
 
@@ -7,6 +7,8 @@ Parameter names observed in megatron-core 0.16.1 (`GPTModel.state_dict()`):
     decoder.layers.{i}.self_attention.linear_qkv.layer_norm_weight   [H]  TE spec (fused norm)
     decoder.layers.{i}.self_attention.linear_qkv.weight  [(nh+2ng)d/TP, H]  column-parallel
     decoder.layers.{i}.self_attention.linear_qkv.bias    [(nh+2ng)d/TP]     add_qkv_bias only
+    decoder.layers.{i}.self_attention.q_layernorm.weight [d]              Qwen3 QK-norm (replicated)
+    decoder.layers.{i}.self_attention.k_layernorm.weight [d]              Qwen3 QK-norm (replicated)
     decoder.layers.{i}.self_attention.linear_proj.weight [H, nh*d/TP]       row-parallel
     decoder.layers.{i}.pre_mlp_layernorm.weight       [H]             local spec
     decoder.layers.{i}.mlp.linear_fc1.layer_norm_weight  [H]          TE spec (fused norm)
@@ -38,6 +40,8 @@ from transformers import (
     PreTrainedModel,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
 )
 
 from slingshot import dist
@@ -45,6 +49,11 @@ from slingshot.io import atomic_dir
 from slingshot.models.config import GPTModelConfig
 
 StateDict = Mapping[str, torch.Tensor]
+HF_CLASSES: dict[str, type[PreTrainedModel]] = {
+    "llama": LlamaForCausalLM,
+    "qwen2": Qwen2ForCausalLM,
+    "qwen3": Qwen3ForCausalLM,
+}
 
 _LAYER_RE = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
 # Layer-local key -> how TP shards combine ("col": dim 0, "row": dim 1, "fc1": gate/up-aware,
@@ -54,6 +63,8 @@ _LAYER_SHARDING = {
     "self_attention.linear_qkv.layer_norm_weight": "rep",
     "self_attention.linear_qkv.weight": "col",
     "self_attention.linear_qkv.bias": "col",
+    "self_attention.q_layernorm.weight": "rep",
+    "self_attention.k_layernorm.weight": "rep",
     "self_attention.linear_proj.weight": "row",
     "pre_mlp_layernorm.weight": "rep",
     "mlp.linear_fc1.layer_norm_weight": "rep",
@@ -156,7 +167,7 @@ def _split_qkv(t: torch.Tensor, cfg: GPTModelConfig) -> tuple[torch.Tensor, torc
 
 
 def mcore_to_hf_state_dict(sd: StateDict, cfg: GPTModelConfig) -> dict[str, torch.Tensor]:
-    """Full (merged) mcore state dict -> HF Llama/Qwen2 tensor names, vocab padding trimmed."""
+    """Full (merged) mcore state dict -> HF Llama/Qwen2/Qwen3 tensor names, vocab padding trimmed."""
     v = cfg.vocab_size
     embed = sd["embedding.word_embeddings.weight"][:v]
     hf: dict[str, torch.Tensor] = {"model.embed_tokens.weight": embed}
@@ -187,8 +198,11 @@ def mcore_to_hf_state_dict(sd: StateDict, cfg: GPTModelConfig) -> dict[str, torc
             hf[f"{h}.self_attn.q_proj.bias"] = qb
             hf[f"{h}.self_attn.k_proj.bias"] = kb
             hf[f"{h}.self_attn.v_proj.bias"] = vb
+        if cfg.qk_layernorm:
+            hf[f"{h}.self_attn.q_norm.weight"] = sd[f"{p}.self_attention.q_layernorm.weight"]
+            hf[f"{h}.self_attn.k_norm.weight"] = sd[f"{p}.self_attention.k_layernorm.weight"]
         hf[f"{h}.self_attn.o_proj.weight"] = sd[f"{p}.self_attention.linear_proj.weight"]
-        if qb is not None and cfg.hf_architecture == "llama":  # Llama's attention_bias also adds o_proj.bias
+        if qb is not None and cfg.hf_architecture != "qwen2":  # attention_bias also adds o_proj.bias
             hf[f"{h}.self_attn.o_proj.bias"] = torch.zeros(cfg.hidden_size)
         gate, up = sd[f"{p}.mlp.linear_fc1.weight"].chunk(2, dim=0)
         hf[f"{h}.mlp.gate_proj.weight"] = gate
@@ -202,8 +216,16 @@ def mcore_to_hf_state_dict(sd: StateDict, cfg: GPTModelConfig) -> dict[str, torc
     return {k: t.contiguous() for k, t in hf.items()}
 
 
+def rope_parameters(cfg: GPTModelConfig) -> dict[str, Any]:
+    """HF's ``rope_parameters`` of ``cfg``: the default RoPE, or Llama-3's scaled one."""
+    params: dict[str, Any] = {"rope_type": "default", "rope_theta": float(cfg.rotary_base)}
+    if cfg.rope_scaling is not None:
+        params = {**params, "rope_type": "llama3", **cfg.rope_scaling.model_dump()}
+    return params
+
+
 def hf_config(cfg: GPTModelConfig, **token_ids: Any) -> PretrainedConfig:
-    """The HF config of the same function: rope_theta, RMS eps, GQA, tying, qkv bias."""
+    """The HF config of the same function: RoPE, RMS eps, GQA, tying, qkv bias, QK-norm."""
     common: dict[str, Any] = {
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.hidden_size,
@@ -215,7 +237,7 @@ def hf_config(cfg: GPTModelConfig, **token_ids: Any) -> PretrainedConfig:
         "hidden_act": "silu",
         "max_position_embeddings": cfg.max_positions,
         "rms_norm_eps": cfg.norm_epsilon,
-        "rope_parameters": {"rope_type": "default", "rope_theta": float(cfg.rotary_base)},
+        "rope_parameters": rope_parameters(cfg),
         "tie_word_embeddings": cfg.tie_embeddings,
         "initializer_range": cfg.init_method_std,
         "attention_dropout": 0.0,
@@ -223,6 +245,8 @@ def hf_config(cfg: GPTModelConfig, **token_ids: Any) -> PretrainedConfig:
     }
     if cfg.hf_architecture == "qwen2":
         return Qwen2Config(use_sliding_window=False, **common)
+    if cfg.hf_architecture == "qwen3":
+        return Qwen3Config(use_sliding_window=False, attention_bias=cfg.add_qkv_bias, **common)
     return LlamaConfig(attention_bias=cfg.add_qkv_bias, mlp_bias=False, **common)
 
 
@@ -244,7 +268,7 @@ def build_hf_model(
     """The HF model (fp32, eval mode) holding exactly the Megatron weights."""
     hf_sd = mcore_to_hf_state_dict(merge_state_dicts(state_dicts), cfg)
     config = hf_config(cfg, **_token_ids(tokenizer))
-    cls = Qwen2ForCausalLM if cfg.hf_architecture == "qwen2" else LlamaForCausalLM
+    cls = HF_CLASSES[cfg.hf_architecture]
     with torch.device("meta"):
         model = cls(config)
     model.load_state_dict(hf_sd, strict=True, assign=True)
@@ -263,7 +287,7 @@ def export_to_hf(
     *,
     dtype: torch.dtype = torch.float32,
 ) -> Path:
-    """Write an HF LlamaForCausalLM / Qwen2ForCausalLM directory (safetensors) from mcore weights.
+    """Write an HF Llama/Qwen2/Qwen3 ForCausalLM directory (safetensors) from mcore weights.
 
     `state_dicts`: one `GPTModel.state_dict()`, a list of them over TP ranks, or a list
     over pipeline stages of lists over TP ranks (see `gather_state_dicts_for_export`).

@@ -1,8 +1,8 @@
-"""Megatron-Core GPT in the Llama/Qwen2 layout, plus process-group setup.
+"""Megatron-Core GPT in the Llama/Qwen2/Qwen3 layouts, plus process-group setup.
 
 RMSNorm, SwiGLU (gated linear unit with SiLU), RoPE (non-interleaved, like HF's
-rotate_half), no linear biases (optional qkv bias for Qwen2), GQA, tied or untied
-embeddings. Transformer Engine's layer spec where TE imports, Megatron's local spec
+rotate_half; optionally Llama-3's frequency scaling), no linear biases (optional qkv bias
+for Qwen2), QK-norm for Qwen3, GQA, tied or untied embeddings. Transformer Engine's layer spec where TE imports, Megatron's local spec
 otherwise (CPU: fp32, unfused DotProductAttention with an internally built causal mask).
 """
 
@@ -131,6 +131,7 @@ def transformer_config(
         activation_func=F.silu,
         add_bias_linear=False,
         add_qkv_bias=cfg.add_qkv_bias,
+        qk_layernorm=cfg.qk_layernorm,
         hidden_dropout=0.0,
         attention_dropout=0.0,
         init_method_std=cfg.init_method_std,
@@ -152,14 +153,35 @@ def transformer_config(
     )
 
 
-def layer_spec(use_te: bool) -> ModuleSpec:
+def layer_spec(use_te: bool, qk_layernorm: bool = False) -> ModuleSpec:
     if use_te:
         from megatron.core.models.gpt.gpt_layer_specs import (
             get_gpt_layer_with_transformer_engine_spec,
         )
 
-        return get_gpt_layer_with_transformer_engine_spec()
-    return get_gpt_layer_local_spec(normalization="RMSNorm")
+        return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=qk_layernorm)
+    return get_gpt_layer_local_spec(qk_layernorm=qk_layernorm, normalization="RMSNorm")
+
+
+def _scale_rope(model: GPTModel, cfg: GPTModelConfig) -> None:
+    """Llama-3 RoPE scaling with the config's own four parameters.
+
+    GPTModel's ``rope_scaling=True`` calls ``RotaryEmbedding._apply_scaling`` with only the
+    factor, keeping low/high_freq_factor 1/4 and original_max_position_embeddings 8192
+    fixed; the method itself takes all four, so it is called here with the HF config's
+    values on the unscaled frequencies, before any forward (its cos/sin cache is empty).
+    """
+    if cfg.rope_scaling is None:
+        return
+    rope = model.rotary_pos_emb
+    scaling = cfg.rope_scaling
+    rope.inv_freq = rope._apply_scaling(
+        rope.inv_freq,
+        factor=scaling.factor,
+        low_freq_factor=scaling.low_freq_factor,
+        high_freq_factor=scaling.high_freq_factor,
+        original_max_position_embeddings=scaling.original_max_position_embeddings,
+    )
 
 
 def build_gpt(
@@ -194,7 +216,7 @@ def build_gpt(
         post_process = parallel_state.is_pipeline_last_stage()
     model = GPTModel(
         config=transformer_config(cfg, parallel, bf16=bf16, use_te=use_te),
-        transformer_layer_spec=layer_spec(use_te),
+        transformer_layer_spec=layer_spec(use_te, cfg.qk_layernorm),
         vocab_size=cfg.padded_vocab_size(parallel.tensor_parallel_size),
         max_sequence_length=cfg.max_positions,
         pre_process=pre_process,
@@ -204,6 +226,7 @@ def build_gpt(
         rotary_base=cfg.rotary_base,
         rotary_percent=1.0,
     )
+    _scale_rope(model, cfg)
     if torch.cuda.is_available():
         model = model.cuda()
     return model

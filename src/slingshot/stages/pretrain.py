@@ -7,8 +7,13 @@ then cosine to ``min_lr_ratio`` of the peak) spans ALL phases, so phase ``i`` co
 at the global step where phase ``i-1`` ended: it starts from the previous phase's FINAL
 Megatron checkpoint (model, optimizer, consumed-token counts), never from the HF export.
 
+With ``init_model`` (an HF Llama/Qwen2/Qwen3 directory) the stage continues pretraining
+it: every phase builds the checkpoint's architecture, the first phase imports its weights
+(``slingshot.models.hf_import``), and the data stage must have tokenized the corpora with
+its tokenizer (``data.tokenizer.path``; checked at validate time and here).
+
 Outputs of a phase: ``mcore_checkpoint`` (sharded dist_checkpointing directory the next
-phase starts from) and ``model_dir`` (the exact HF Llama/Qwen2 export for RLP,
+phase starts from) and ``model_dir`` (the exact HF Llama/Qwen2/Qwen3 export for RLP,
 evaluation and the rest of the chain), each written whole or not at all.
 
 Data (``slingshot.models.megatron_data``): each corpus is one GPTDataset stream for the
@@ -92,6 +97,7 @@ def _train_phase(ctx: StageContext, cfg: PretrainConfig) -> StageResult:
     from slingshot.data.tokenizer import load_tokenizer
     from slingshot.models.export import export_hf_dir
     from slingshot.models.flops import mfu
+    from slingshot.models.hf_import import continued_pretraining_config, load_hf_into_gpt, read_hf_state_dict
     from slingshot.models.megatron_checkpoint import MegatronState, save_final_checkpoint
     from slingshot.models.megatron_data import PhaseData, phase_plan
     from slingshot.models.megatron_gpt import build_gpt
@@ -101,8 +107,12 @@ def _train_phase(ctx: StageContext, cfg: PretrainConfig) -> StageResult:
     phase = cfg.phases[plan.index]
     data = ctx.upstream_of_kind("data")
     tokenizer = load_tokenizer(data["outputs"]["tokenizer_dir"])
-    # The data tokenizer decides the vocabulary; Megatron pads it for TP.
-    model_cfg = cfg.model.model_copy(update={"vocab_size": len(tokenizer)})
+    # The data tokenizer decides the vocabulary (Megatron pads it for TP); continued
+    # pretraining takes the HF checkpoint's architecture, vocabulary and tokenizer (checked).
+    if cfg.init_model:
+        model_cfg = continued_pretraining_config(cfg.init_model, cfg.model, tokenizer)
+    else:
+        model_cfg = cfg.model.model_copy(update={"vocab_size": len(tokenizer)})
     seq = model_cfg.seq_length
     dp_size = parallel_state.get_data_parallel_world_size()
     dp_rank = parallel_state.get_data_parallel_rank()
@@ -116,6 +126,8 @@ def _train_phase(ctx: StageContext, cfg: PretrainConfig) -> StageResult:
     bf16 = cfg.precision == "bf16"
     torch.manual_seed(ctx.pipeline.pipeline.seed)  # CPU-initialised full weights: identical on every rank
     model = build_gpt(model_cfg, cfg.parallel, bf16=bf16)
+    if ctx.init_model and ctx.checkpoints.latest() is None:  # the first phase of continued pretraining
+        load_hf_into_gpt(model, read_hf_state_dict(ctx.init_model), model_cfg)
     ddp, optimizer = wrap_for_training(model, cfg.optimizer, cfg.parallel, bf16=bf16)
     all_corpora = list(dict.fromkeys(name for p in cfg.phases for name in p.blend))
     blend = dict(phase.blend)

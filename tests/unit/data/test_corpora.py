@@ -119,3 +119,28 @@ def test_reasoning_records_are_verified_prompt_plus_trace() -> None:
         entry = by_id[r["id"].split("#")[0]]
         assert r["text"] == f"<|user|>\n{r['prompt']}\n<|assistant|>\n{r['response']}"
         assert is_correct(entry, r["response"])
+
+
+def test_megatron_corpus_has_no_text_to_read(tmp_path: Path) -> None:
+    from slingshot.data.corpora import CorpusFormatError, CorpusSpec, read_corpus
+
+    spec = CorpusSpec(name="tok", path=str(tmp_path / "tok"), format="megatron")
+    with pytest.raises(CorpusFormatError, match="corpus 'tok' .* is a tokenized Megatron dataset"):
+        read_corpus(spec)
+
+
+def test_text_chunks_are_the_records_in_order(tmp_path: Path) -> None:
+    from slingshot.data.corpora import (
+        CorpusSpec,
+        chunk_texts,
+        read_corpus,
+        record_text,
+        text_chunks,
+        write_jsonl,
+    )
+
+    write_jsonl(tmp_path / "c.jsonl", [{"text": f"doc {i}"} for i in range(7)])
+    spec = CorpusSpec(name="c", path=str(tmp_path / "c.jsonl"))
+    chunks = list(text_chunks(spec, chunk_records=3))
+    assert [len(chunk_texts(c)) for c in chunks] == [3, 3, 1]
+    assert [t for c in chunks for t in chunk_texts(c)] == [record_text(r) for r in read_corpus(spec)]

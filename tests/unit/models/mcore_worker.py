@@ -183,3 +183,41 @@ def train_step_checks(rank: int, world_size: int, port: int, out_root: str) -> N
         )
     finally:
         destroy_model_parallel()
+
+
+def import_cases(rank: int, world_size: int, port: int, cases: dict[str, str], out_root: str) -> None:
+    """For each case (name -> HF directory): import into a TP=world_size GPT, record its
+    logits on a fixed probe, and export it back to HF (rank 0) under ``<out_root>/<name>``."""
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    from transformers import AutoConfig
+
+    from slingshot.models.export import export_to_hf, gather_state_dicts_for_export
+    from slingshot.models.hf_import import gpt_config_from_hf, load_hf_into_gpt, read_hf_state_dict
+    from slingshot.models.megatron_gpt import (
+        build_gpt,
+        destroy_model_parallel,
+        full_logits,
+        init_model_parallel,
+    )
+
+    init_model_parallel(tp=world_size, pp=1, backend="gloo", rank=rank, world_size=world_size)
+    try:
+        for name, hf_dir in cases.items():
+            cfg = gpt_config_from_hf(AutoConfig.from_pretrained(hf_dir), SEQ, make_vocab_size_divisible_by=64)
+            torch.manual_seed(123)  # a different init than the HF model's: the load must overwrite all
+            model = build_gpt(cfg)
+            load_hf_into_gpt(model, read_hf_state_dict(hf_dir), cfg)
+            probe = torch.randint(0, cfg.vocab_size, (2, SEQ), generator=torch.Generator().manual_seed(11))
+            logits = full_logits(model, probe, cfg.vocab_size)
+            grid = gather_state_dicts_for_export(model)
+            if rank == 0:
+                assert grid is not None
+                out = Path(out_root) / name
+                export_to_hf(grid, cfg, out / "hf")
+                shapes = {k: tuple(v.shape) for k, v in grid[0][world_size - 1].items()}
+                torch.save({"tokens": probe, "logits": logits, "shard_shapes": shapes}, out / "mcore.pt")
+    finally:
+        destroy_model_parallel()

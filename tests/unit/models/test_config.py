@@ -64,3 +64,25 @@ def test_hf_config_carries_rope_eps_tying() -> None:
     assert hf.rope_parameters["rope_theta"] == 1e6
     assert hf.rms_norm_eps == 1e-5 and hf.tie_word_embeddings
     assert hf.num_key_value_heads == 2 and hf.intermediate_size == 160
+
+
+def test_qwen3_has_qk_norm_and_llama3_rope_scaling_is_llama_only() -> None:
+    qwen3 = GPTModelConfig(**{**BASE, "hf_architecture": "qwen3"})
+    assert qwen3.qk_layernorm and not GPTModelConfig(**BASE).qk_layernorm
+    # Two RMSNorm weights of head_dim per layer on top of the same Llama layout.
+    extra = qwen3.num_parameters() - GPTModelConfig(**BASE).num_parameters()
+    assert extra == BASE["num_layers"] * 2 * qwen3.head_dim
+    scaling = {"factor": 8.0, "original_max_position_embeddings": 128}
+    llama3 = GPTModelConfig(**{**BASE, "rope_scaling": scaling})
+    assert hf_config(llama3).rope_parameters == {
+        "rope_type": "llama3",
+        "rope_theta": 10000.0,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 128,
+    }
+    with pytest.raises(ValidationError, match="rope_scaling .* only for hf_architecture 'llama'"):
+        GPTModelConfig(**{**BASE, "hf_architecture": "qwen3", "rope_scaling": scaling})
+    with pytest.raises(ValidationError, match="high_freq_factor must be greater"):
+        GPTModelConfig(**{**BASE, "rope_scaling": {**scaling, "high_freq_factor": 1.0}})

@@ -52,9 +52,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _spawn(world_size: int, cases: dict[str, Any], out: Path) -> Path:
+def _spawn(world_size: int, cases: dict[str, Any], out: Path, worker: Any = run_cases) -> Path:
     mp.start_processes(
-        run_cases,
+        worker,
         args=(world_size, _free_port(), cases, str(out)),
         nprocs=world_size,
         start_method="spawn",

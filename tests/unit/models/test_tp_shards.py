@@ -89,7 +89,7 @@ def test_hf_names_shapes_and_vocab_trim() -> None:
 
 def test_unknown_parameter_is_an_error() -> None:
     with pytest.raises(KeyError, match="unsupported"):
-        merge_state_dicts({"decoder.layers.0.self_attention.q_layernorm.weight": torch.ones(2)})
+        merge_state_dicts({"decoder.layers.0.mlp.linear_fc1.bias": torch.ones(2)})  # no MLP biases
 
 
 def test_qkv_bias_must_match_config() -> None:

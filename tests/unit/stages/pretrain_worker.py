@@ -75,6 +75,7 @@ def run_jobs(
             stage=f"pretrain-{job['phase']}",
             phase=job["phase"],
             model_from=job.get("model_from"),
+            init_model=job.get("init_model"),
             tracker=tracker,
             dist=env,
         )
