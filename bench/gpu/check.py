@@ -19,6 +19,8 @@ still returns what it measured. Checks:
 - sft_stage: the SFT stage with FSDP2 (a process group of one, bf16 mixed precision).
 - rlp_stage, prorl_stage: a few steps of each with HF generation on the device; step time
   split into generation / scoring / update where the stage logs the split.
+- sft_stage, rlp_stage, prorl_stage also give the memory plan (slingshot plan --memory) of
+  the run beside torch.cuda.max_memory_allocated.
 - pytest_gpu: the GPU-marked tests (tests/gpu).
 """
 
@@ -259,6 +261,7 @@ def _record_run(kind: str, a: argparse.Namespace, overrides: dict[str, Any], **c
     started = time.perf_counter()
     result = importlib.import_module(f"slingshot.stages.{kind}").run(ctx)
     seconds = time.perf_counter() - started
+    planned, measured = _planned_bytes(ctx), peak_memory()
     steps = sorted(tracker.metrics)
     split = {
         key: sum(tracker.metrics[s].get(key, 0.0) for s in steps[1:]) / max(len(steps) - 1, 1)
@@ -271,8 +274,26 @@ def _record_run(kind: str, a: argparse.Namespace, overrides: dict[str, Any], **c
         "mean_after_first": split,
         "last": tracker.metrics[steps[-1]] if steps else {},
         "tokens": result.tokens,
-        "peak_memory_gb": (peak_memory() or 0) / 2**30,
+        "peak_memory_gb": (measured or 0) / 2**30,
+        "plan_gb": planned / 2**30,
+        "plan_over_measured": planned / measured if measured else None,
     }
+
+
+def _planned_bytes(ctx: Any) -> float:
+    """The memory plan's training bytes per rank for this stage run (slingshot plan --memory)."""
+    import torch
+
+    from slingshot import memory_plan
+
+    dims = memory_plan.ModelDims.from_model_dir(str(ctx.init_model))
+    on_gpu = torch.cuda.is_available()
+    if ctx.kind == "prorl":
+        phase = next(p for p in ctx.config.phases if p.name == ctx.phase)
+        plan = memory_plan.plan_prorl(ctx.stage, ctx.config, dims, phase.max_response_tokens, on_gpu)
+    else:
+        plan = getattr(memory_plan, f"plan_{ctx.kind}")(ctx.stage, ctx.config, dims, on_gpu)
+    return plan.training_bytes
 
 
 def check_pretrain_stage(a: argparse.Namespace) -> dict[str, Any]:
@@ -313,8 +334,24 @@ def check_pretrain_stage(a: argparse.Namespace) -> dict[str, Any]:
         "steps": len(record["metrics"]),
         "loss": last["loss"],
         "tokens_per_s": last.get("tokens_per_s"),
-        "peak_memory_gb": (peak_memory() or 0) / 2**30,
+        "peak_memory_gb": (peak_memory() or 0) / 2**30,  # Megatron's stage: not in the memory plan
     }
+
+
+def _planned_bytes(ctx: Any) -> float:
+    """The memory plan's training bytes per rank for this stage run (slingshot plan --memory)."""
+    import torch
+
+    from slingshot import memory_plan
+
+    dims = memory_plan.ModelDims.from_model_dir(str(ctx.init_model))
+    on_gpu = torch.cuda.is_available()
+    if ctx.kind == "prorl":
+        phase = next(p for p in ctx.config.phases if p.name == ctx.phase)
+        plan = memory_plan.plan_prorl(ctx.stage, ctx.config, dims, phase.max_response_tokens, on_gpu)
+    else:
+        plan = getattr(memory_plan, f"plan_{ctx.kind}")(ctx.stage, ctx.config, dims, on_gpu)
+    return plan.training_bytes
 
 
 def check_sft_stage(a: argparse.Namespace) -> dict[str, Any]:
@@ -489,6 +526,9 @@ def _figures(name: str, result: dict[str, Any]) -> str:
     ]
     if "peak_memory_gb" in result:
         parts.append(f"peak {result['peak_memory_gb']:.2f} GB")
+    if "plan_gb" in result:
+        ratio = num(result["plan_over_measured"], ".2f")
+        parts.append(f"plan {result['plan_gb']:.2f} GB (plan/measured {ratio})")
     return ", ".join(parts)
 
 
