@@ -40,6 +40,7 @@ def _model_cfg(a: argparse.Namespace) -> Any:
         vocab_size=a.vocab,
         seq_length=a.seq,
         tie_embeddings=a.tie,
+        hf_architecture=a.arch,
     )
 
 
@@ -91,13 +92,13 @@ def run_hf(a: argparse.Namespace) -> float:
     import contextlib
 
     import torch
-    from transformers import LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
     from slingshot.models.export import hf_config
 
     cfg = _model_cfg(a)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    model = LlamaForCausalLM(hf_config(cfg)).to(dev).train()
+    model = AutoModelForCausalLM.from_config(hf_config(cfg)).to(dev).train()
     opt = torch.optim.AdamW(
         model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=dev == "cuda"
     )
@@ -128,6 +129,7 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=2, help="alternating mcore/hf process pairs")
     p.add_argument("--warmup", type=int, default=5 if on_gpu else 2)
     p.add_argument("--tie", action="store_true", help="tie input and output embeddings")
+    p.add_argument("--arch", choices=["llama", "qwen2", "qwen3"], default="llama", help="layer layout")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=on_gpu)
     p.add_argument("--only", choices=["mcore", "hf"], help=argparse.SUPPRESS)  # internal: one side
     a = p.parse_args(argv)

@@ -40,13 +40,37 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 
 # Model sizes (Megatron GPTModelConfig fields) for the Megatron step check.
-MEGATRON_SIZES: dict[str, dict[str, dict[str, int]]] = {
+MEGATRON_SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "gpu": {
         "0.5B": dict(layers=24, hidden=1024, ffn=2816, heads=16, groups=8, vocab=32768, seq=2048, batch=8),
-        # Qwen3-1.7B's dims (GQA 16/8, head_dim 128, untied here: the HF peer is a Llama).
-        "1.7B": dict(layers=28, hidden=2048, ffn=6144, heads=16, groups=8, vocab=151936, seq=2048, batch=4),
+        # Qwen3-1.7B: QK-norm, GQA 16/8, head_dim 128, tied embeddings.
+        "1.7B": dict(
+            layers=28,
+            hidden=2048,
+            ffn=6144,
+            heads=16,
+            groups=8,
+            vocab=151936,
+            seq=2048,
+            batch=4,
+            arch="qwen3",
+            tie=True,
+        ),
     },
-    "cpu": {"1M": dict(layers=2, hidden=128, ffn=352, heads=4, groups=2, vocab=2048, seq=128, batch=4)},
+    "cpu": {
+        "1M": dict(
+            layers=2,
+            hidden=128,
+            ffn=352,
+            heads=4,
+            groups=2,
+            vocab=2048,
+            seq=128,
+            batch=4,
+            arch="qwen3",
+            tie=True,
+        )
+    },
 }
 # The HF model the SFT/RLP/ProRL checks train (the small data recipe's tokenizer).
 HF_SIZES = {
@@ -184,7 +208,8 @@ def check_megatron_step(a: argparse.Namespace) -> dict[str, Any]:
             if on_gpu
             else ["--steps=2", "--repeats=1", "--warmup=1"]
         )
-        argv = [f"--{k}={v}" for k, v in size.items()] + timing
+        argv = [f"--{k}={v}" for k, v in size.items() if not isinstance(v, bool)] + timing
+        argv += [f"--{k}" for k, v in size.items() if v is True]
         argv.append("--bf16" if on_gpu else "--no-bf16")
         sides = {}
         for side in ("mcore", "hf"):
@@ -205,6 +230,8 @@ def check_megatron_step(a: argparse.Namespace) -> dict[str, Any]:
             num_query_groups=size["groups"],
             vocab_size=size["vocab"],
             seq_length=size["seq"],
+            hf_architecture=size.get("arch", "llama"),
+            tie_embeddings=size.get("tie", False),
         )
         flops = train_flops_per_token(cfg)
         rows[name] = {
