@@ -41,6 +41,9 @@ def test_every_check_runs_in_cpu_mode_and_is_tabled(tmp_path):
     checks = report["checks"]
     assert checks["megatron_step"]["result"]["1M"]["mcore_tokens_per_s"] > 0
     assert checks["prorl_stage"]["result"]["last"]["groups_trained"] > 0  # the update path ran
+    assert {"time_generate_s", "time_score_s", "time_update_s"} <= set(
+        checks["prorl_stage"]["result"]["mean_after_first"]
+    )
     assert set(checks["rlp_stage"]["result"]["mean_after_first"]) == {
         "time_generate_s",
         "time_score_s",

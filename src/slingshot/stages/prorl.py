@@ -155,10 +155,12 @@ def run(ctx: StageContext) -> StageResult:
         if groups:
             train = make_train_batch(groups, cfg, tokenizer.pad_token_id)
             step_settings = dataclasses.replace(settings, eps_high=controller.eps_high)
+            update_started = time.monotonic()
             metrics.update(
                 update_on_groups(policy, reference, optimizer, scheduler, train, step_settings, device)
             )
             backend.sync_weights(policy)
+            metrics["time_update_s"] = time.monotonic() - update_started
             enabled = cfg.entropy_control.enabled
             metrics["eps_high"] = controller.update(metrics["entropy"]) if enabled else controller.eps_high
         else:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -291,13 +292,18 @@ class GroupSampler:
         kept: list[ScoredGroup] = []
         seen: list[ScoredGroup] = []
         gen_batches = tokens = informative = 0
+        generate_s = score_s = 0.0
         for g in range(cfg.max_gen_batches):
             entries = stream.take(cfg.batch_prompts)
+            started = time.perf_counter()
             rollouts = self._generate(
                 entries, cfg.n_samples, cfg.temperature, derive_seed(self.seed, "rollout", step, g)
             )
+            generate_s += time.perf_counter() - started
             gen_batches += 1
+            started = time.perf_counter()
             groups = [self._score(e, rs) for e, rs in zip(entries, rollouts, strict=True)]
+            score_s += time.perf_counter() - started
             tokens += sum(len(r.prompt_ids) + len(r.completion_ids) for rs in rollouts for r in rs)
             seen += groups
             keep = dynamic_sampling_mask(torch.tensor([grp.rewards for grp in groups], dtype=torch.float64))
@@ -318,6 +324,8 @@ class GroupSampler:
             "response_length_max": float(lengths.max()),
             "truncated_frac": sum(not r.finished for r in flat) / len(flat),
             "tokens_generated": float(tokens),
+            "time_generate_s": generate_s,
+            "time_score_s": score_s,
         }
         if cfg.datasets:
             stats.update(per_source_stats(seen))

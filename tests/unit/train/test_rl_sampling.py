@@ -158,6 +158,7 @@ def test_collect_keeps_only_groups_with_a_signal_and_counts_what_it_saw():
     assert [g.rewards for g in kept] == [[1.0, 0.0], [0.0, 1.0]]
     assert sampler.backend.seeds == [derive_seed(11, "rollout", 7, 0), derive_seed(11, "rollout", 7, 1)]
     lengths = [34, 34, 34, 10, 34, 33, 10, 34]  # finished responses end with the stop token
+    assert stats.pop("time_generate_s") >= 0 and stats.pop("time_score_s") >= 0
     assert stats == {
         "reward_mean": 4 / 8,
         "pass_rate": 4 / 8,
