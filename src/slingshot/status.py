@@ -213,6 +213,42 @@ def add_metrics(cfg: PipelineConfig, statuses: list[StageStatus]) -> None:
             s.metric, s.value, s.step = name, last.value, last.step
 
 
+# --------------------------------------------------------------------------- the driver
+@dataclass
+class DriverStatus:
+    """The `slingshot submit` job of this pipeline, from its lock file and Slurm."""
+
+    job_id: str
+    state: str
+    requeues: int
+    elapsed_s: float
+    node: str
+    log: str
+
+
+def driver_status(cfg: PipelineConfig) -> DriverStatus | None:
+    from slingshot.launch.driver import DriverLock
+    from slingshot.launch.launcher import ENDED, slurm_state
+
+    lock = DriverLock.load(cfg.work_dir)
+    if lock is None:
+        return None
+    state = slurm_state(lock.job_id)
+    log = Path(lock.log)
+    end = time.time() if state not in ENDED and state != "UNKNOWN" else None
+    if end is None:
+        end = log.stat().st_mtime if log.is_file() else lock.path.stat().st_mtime
+    node = lock.starts[-1]["node"] if lock.starts else ""
+    return DriverStatus(lock.job_id, state, lock.requeues, end - lock.submitted_at, node, lock.log)
+
+
+def render_driver(driver: DriverStatus) -> str:
+    return (
+        f"driver: slurm:{driver.job_id}  [bold]{driver.state}[/]  requeues {driver.requeues}  "
+        f"elapsed {format_elapsed(driver.elapsed_s)}  node {driver.node or '-'}  log {driver.log}"
+    )
+
+
 # --------------------------------------------------------------------------- printing
 STATE_STYLE = {
     "done": "green",
@@ -275,6 +311,9 @@ def print_status(config_path: str | None) -> int:
         return 2
     rows = collect_status(cfg)
     console = Console(width=max(Console().width, 160))
+    driver = driver_status(cfg)
+    if driver is not None:
+        console.print(render_driver(driver), soft_wrap=True)
     console.print(render_table(cfg, rows))
     counts: dict[str, int] = {}
     for r in {r.node.key: r for r in rows}.values():
