@@ -271,8 +271,10 @@ class DriverJob:
         signal.signal(signal.SIGTERM, lambda *_: stop.append("stop"))
         env = {**clean_env(dict(os.environ)), DRIVER_ENV: job_id}
         directory = parse_target(self.args).directory
-        if restart > 0 or lock.previous_job_id:
-            # The previous driver's Snakemake may have been killed holding the directory's lock.
+        locks = directory / ".snakemake" / "locks"
+        if (restart > 0 or lock.previous_job_id) and locks.is_dir() and any(locks.iterdir()):
+            # The previous driver's Snakemake was killed (node down, scancel) holding the lock.
+            say("unlocking the working directory left locked by the previous driver")
             self._snakemake(["--unlock"], env)
         finished = finished_but_incomplete(directory)
         if finished:
