@@ -26,6 +26,7 @@ from pipeline import (
     wait_for,
     write_config,
 )
+from real_pipeline import real_config
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -136,10 +137,11 @@ def test_driver_requeued_twice_completes_the_pipeline_once_and_refuses_a_second_
     status = slingshot(tmp_path, "status", env=env)
     assert f"driver: slurm:{job_id}  COMPLETED  requeues {len(requeues)}" in status.stdout, status.stdout
 
-    # The stage jobs were submitted from inside the driver but have their own resources.
+    # The stage jobs were submitted from inside the driver but have their own resources (with
+    # the driver's SLURM_MEM_PER_NODE inherited, the stage's srun fails: "mutually exclusive").
     stage_job = launch_state(tmp_path, "main/pretrain-p1")["submissions"][0]["job_id"]
     assert sacct(job_id, "ReqCPUS,ReqMem,Timelimit") == ["1", "1G", "00:01:00"]
-    assert sacct(stage_job, "ReqCPUS,ReqMem,Timelimit") == ["1", "2G", "00:07:00"]  # DefMemPerCPU
+    assert sacct(stage_job, "ReqCPUS,ReqMem,Timelimit,State") == ["1", "2G", "00:07:00", "COMPLETED"]
 
 
 def test_driver_node_down_then_scancel_and_submit_again_reattaches(tmp_path):
@@ -200,3 +202,31 @@ def test_bad_driver_site_is_refused_before_anything_is_submitted(tmp_path):
         assert f"slingshot submit: {site}: {expected}" in out.stderr, out.stderr
         assert not (tmp_path / "work" / "driver").exists()
         assert slurm_jobs_named(f"{name_of(config)}.driver") == []
+
+
+def test_slingshot_cancel_then_submit_resumes_the_real_stage_from_its_checkpoint(tmp_path, pretrain_baseline):
+    from real_pipeline import INTERVAL, KEY, assert_matches_baseline, checkpoint_steps, loss_history
+
+    config = real_config(tmp_path, "drvcancel", backend="slurm")
+    assert submit(tmp_path, config, "--until", "pretrain").returncode == 0
+    driver = driver_lock(tmp_path)["job_id"]
+    wait_for(lambda: checkpoint_steps(tmp_path / "work")[-1:] >= [2 * INTERVAL], 300, "2 checkpoints")
+    stage_job = launch_state(tmp_path, KEY)["submissions"][0]["job_id"]
+    out = slingshot(tmp_path, "cancel")
+    assert out.returncode == 0 and f"cancelled 2 job(s): {driver} {stage_job}" in out.stdout, out.stdout
+    assert wait_for(lambda: ended(stage_job), 60, "the cancelled stage job") == "CANCELLED"
+    assert ended(driver) == "CANCELLED"
+    kept = checkpoint_steps(tmp_path / "work")
+    assert kept and kept[-1] >= 2 * INTERVAL  # the checkpoints are left for the next driver
+
+    assert submit(tmp_path, config, "--until", "pretrain").returncode == 0
+    second = driver_lock(tmp_path)["job_id"]
+    assert wait_for(lambda: ended(second), 400, "the second driver", every=2) == "COMPLETED"
+    assert [s["reason"] for s in launch_state(tmp_path, KEY)["submissions"]] == ["first", "resubmit"]
+    log = (tmp_path / "results" / "logs" / "main.pretrain-p1.log").read_text()
+    assert f"pretrain-p1: resumed from {tmp_path / 'work' / KEY / 'checkpoints'}/step-" in log or (
+        "pretrain-p1: resumed from work/" in log
+    ), log[-2000:]
+    assert len(launch_state(tmp_path, "data")["submissions"]) == 1  # the data stage was not rerun
+    worst = assert_matches_baseline(loss_history(tmp_path), pretrain_baseline, 1e-6)
+    print(f"largest |loss - uninterrupted loss| over all steps: {worst:.3g}")
