@@ -7,6 +7,7 @@ limit, its node taken down, scancel, a second driver); the real pretraining stag
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -224,9 +225,11 @@ def test_slingshot_cancel_then_submit_resumes_the_real_stage_from_its_checkpoint
     assert wait_for(lambda: ended(second), 400, "the second driver", every=2) == "COMPLETED"
     assert [s["reason"] for s in launch_state(tmp_path, KEY)["submissions"]] == ["first", "resubmit"]
     log = (tmp_path / "results" / "logs" / "main.pretrain-p1.log").read_text()
-    assert f"pretrain-p1: resumed from {tmp_path / 'work' / KEY / 'checkpoints'}/step-" in log or (
-        "pretrain-p1: resumed from work/" in log
-    ), log[-2000:]
+    resumed = [
+        int(step)
+        for step in re.findall(rf"pretrain-p1: resumed from work/{KEY}/checkpoints/step-(\d{{8}})", log)
+    ]
+    assert len(resumed) == 1 and kept[-1] - INTERVAL <= resumed[0] <= kept[-1], (resumed, kept)
     assert len(launch_state(tmp_path, "data")["submissions"]) == 1  # the data stage was not rerun
     worst = assert_matches_baseline(loss_history(tmp_path), pretrain_baseline, 1e-6)
     print(f"largest |loss - uninterrupted loss| over all steps: {worst:.3g}")
