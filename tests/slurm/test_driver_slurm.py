@@ -163,15 +163,7 @@ def test_driver_node_down_then_scancel_and_submit_again_reattaches(tmp_path):
         )
         assert restarted[-1]["node"] == other
         # The stage job (killed too if it shared the node) runs under the requeued driver.
-        wait_for(
-            lambda: (
-                job_state(launch_state(tmp_path, "data")["submissions"][-1]["job_id"]) == "RUNNING"
-                and "re-attaching" in (tmp_path / "results" / "logs" / "data.log").read_text()
-                or "resubmitting" in (tmp_path / "results" / "logs" / "data.log").read_text()
-            ),
-            180,
-            "the requeued driver's launcher",
-        )
+        wait_for(lambda: _followed_again(tmp_path), 180, "the requeued driver's launcher")
     finally:
         subprocess.run(["bash", str(node_sh), "up", node], check=True, timeout=120)
     stage_job = launch_state(tmp_path, "data")["submissions"][-1]["job_id"]
@@ -187,6 +179,14 @@ def test_driver_node_down_then_scancel_and_submit_again_reattaches(tmp_path):
     assert f"re-attaching to slurm job {stage_job}" in log
     assert launch_state(tmp_path, "data")["submissions"][-1]["job_id"] == stage_job
     assert max(e["step"] for e in events(tmp_path, "data")) == 60
+
+
+def _followed_again(directory: Path) -> bool:
+    """The data stage's job runs and a launcher of the requeued driver follows it."""
+    log_path = directory / "results" / "logs" / "data.log"
+    log = log_path.read_text() if log_path.is_file() else ""
+    running = job_state(launch_state(directory, "data")["submissions"][-1]["job_id"]) == "RUNNING"
+    return running and ("re-attaching" in log or "resubmitting" in log)
 
 
 def test_bad_driver_site_is_refused_before_anything_is_submitted(tmp_path):

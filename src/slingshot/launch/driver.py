@@ -9,8 +9,8 @@
   (scancel, preemption, a node going down) stops Snakemake the same way without a requeue:
   Slurm requeues a preempted job or one whose node failed, and a cancelled one stays ended.
 - A restarted driver unlocks the directory (its Snakemake may have been killed) only while it
-  holds the driver lock, marks manifests that stages finished while it was away as complete,
-  and reruns Snakemake: launchers re-attach to running stage jobs, finished stages are skipped.
+  holds the driver lock, clears the incomplete marks its stopped Snakemake left on stage
+  manifests, and reruns Snakemake: launchers re-attach to running stage jobs, finished stages are skipped.
 - One driver at a time: ``<work_dir>/driver/driver.json`` records the driver's job id. A second
   submit, or a plain Snakemake in the directory (common.smk asks ``driver_conflict``), is
   refused while that job is pending or running; the lock of an ended job is taken over.
@@ -212,9 +212,12 @@ def submit(args: list[str]) -> DriverLock:
 
 
 # --------------------------------------------------------------------------- the driver job
-def finished_but_incomplete(directory: Path) -> list[str]:
-    """Manifests Snakemake marked incomplete although they exist: their stages finished while
-    the driver was stopped (a stage writes its manifest atomically, as its last act)."""
+def incomplete_manifests(directory: Path) -> list[str]:
+    """Stage manifests Snakemake marks incomplete: the rules of a stopped driver. The marks are
+    never needed: a stage writes its manifest atomically, as its last act, so one that exists
+    is complete (its stage finished while no driver ran) and one that does not is just missing.
+    Left, they would stop the next Snakemake (IncompleteFilesException), even one whose stage
+    finishes while it builds the DAG."""
     root = directory / ".snakemake" / "incomplete"
     if not root.is_dir():
         return []
@@ -229,7 +232,7 @@ def finished_but_incomplete(directory: Path) -> list[str]:
             path = base64.urlsafe_b64decode(encoded).decode()
         except ValueError:
             continue
-        if Path(path).name == "manifest.json" and (directory / path).is_file():
+        if Path(path).name == "manifest.json":
             found.append(path)
     return sorted(found)
 
@@ -276,10 +279,13 @@ class DriverJob:
             # The previous driver's Snakemake was killed (node down, scancel) holding the lock.
             say("unlocking the working directory left locked by the previous driver")
             self._snakemake(["--unlock"], env)
-        finished = finished_but_incomplete(directory)
-        if finished:
-            say(f"stages finished while no driver ran: {', '.join(finished)}")
-            self._snakemake(["--cleanup-metadata", *finished], env)
+        marked = incomplete_manifests(directory)
+        if marked:
+            done = [path for path in marked if (directory / path).is_file()]
+            say(
+                f"clearing the incomplete marks of {', '.join(marked)} (finished meanwhile: {', '.join(done) or '-'})"
+            )
+            self._snakemake(["--cleanup-metadata", *marked], env)
         proc = self._start(env)
         while proc.poll() is None and not stop:
             time.sleep(1.0)

@@ -15,7 +15,7 @@ from slingshot.launch.driver import (
     driver_conflict,
     driver_dir,
     driver_section,
-    finished_but_incomplete,
+    incomplete_manifests,
     parse_target,
 )
 
@@ -51,7 +51,7 @@ def _mark_incomplete(directory: Path, path: str) -> None:
     marker.write_text("")
 
 
-def test_finished_but_incomplete_lists_only_existing_manifests(tmp_path):
+def test_incomplete_manifests_lists_the_marked_manifests_only(tmp_path):
     done = tmp_path / "results" / "main" / "rlp" / "manifest.json"
     done.parent.mkdir(parents=True)
     done.write_text("{}")
@@ -60,8 +60,12 @@ def test_finished_but_incomplete_lists_only_existing_manifests(tmp_path):
     _mark_incomplete(tmp_path, "results/main/rlp/manifest.json")
     _mark_incomplete(tmp_path, "results/main/sft/manifest.json")  # not written: still running
     _mark_incomplete(tmp_path, "results/logs/x.log")  # not a manifest
-    assert finished_but_incomplete(tmp_path) == ["results/main/rlp/manifest.json"]
-    assert finished_but_incomplete(tmp_path / "nothing") == []
+    # Finished meanwhile or still running: neither mark is needed (manifests are written last, atomically).
+    assert incomplete_manifests(tmp_path) == [
+        "results/main/rlp/manifest.json",
+        "results/main/sft/manifest.json",
+    ]
+    assert incomplete_manifests(tmp_path / "nothing") == []
 
 
 def _site(tmp_path: Path, **driver) -> Path:
