@@ -12,6 +12,9 @@ no daemon and works from any shell in the pipeline's directory:
   cancelled, node failure); no record at all: ``not started``.
 - job id, restarts (submissions after the first + Slurm requeues), elapsed time,
 - the latest value of the stage's key metric and the MLflow run id.
+
+Above the table, the `slingshot submit` driver job when there is one (its lock file in
+``<work_dir>/driver``): job id, Slurm state, requeues, elapsed, node and log.
 """
 
 from __future__ import annotations

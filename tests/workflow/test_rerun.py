@@ -1,4 +1,4 @@
-"""The config-digest rerun on the local backend (toy stages, real Snakemake and launcher): a
+"""The config-digest rerun (toy stages run in-process; real Snakemake and launcher): a
 changed stage config reruns that stage and everything downstream of it, from scratch (its
 stale work dir is moved aside, not resumed from), and leaves the stages upstream alone."""
 
@@ -23,13 +23,21 @@ def _manifests(directory):
 
 
 def test_a_changed_stage_config_reruns_it_and_downstream_from_scratch_not_upstream(tmp_path):
-    config = write_config(tmp_path, {"pipeline": {"name": "rerun"}})
+    # In-process stage jobs: the digest check and the move aside are the launcher's, whatever the backend.
+    config = write_config(tmp_path, {"pipeline": {"name": "rerun"}, "launcher": {"backend": "inprocess"}})
     out = run_snakemake(tmp_path, config, TARGET)
     assert out.returncode == 0, out.stderr[-3000:]
     before = _manifests(tmp_path)
     old_rlp_run = json.loads(before[CHANGED])["mlflow_run_id"]
 
-    write_config(tmp_path, {"pipeline": {"name": "rerun"}, "stages": {"rlp": {"group_size": 8}}})
+    write_config(
+        tmp_path,
+        {
+            "pipeline": {"name": "rerun"},
+            "launcher": {"backend": "inprocess"},
+            "stages": {"rlp": {"group_size": 8}},
+        },
+    )
     out = run_snakemake(tmp_path, config, TARGET)
     assert out.returncode == 0, out.stderr[-3000:]
     after = _manifests(tmp_path)
