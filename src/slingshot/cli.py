@@ -6,6 +6,8 @@ slingshot schema                                    print the config's JSON sche
 slingshot profiles install                          install the Snakemake profiles for --profile
 slingshot status [--config FILE]                    stage table: state, job, restarts, metric, run
 slingshot plan --memory CONFIG [--gpu-memory-gb G]  per-GPU memory plan of the training stages
+slingshot submit [SNAKEMAKE ARGS]                   run Snakemake as a requeueing Slurm job; returns at once
+slingshot cancel [--config FILE]                    end the driver job and this pipeline's stage jobs
 """
 
 from __future__ import annotations
@@ -116,6 +118,36 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return status
 
 
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from slingshot.launch.driver import SubmitError, submit
+    from slingshot.launch.site import SiteError
+    from slingshot.validate import ConfigError
+
+    try:
+        lock = submit(args.snakemake_args)
+    except (SubmitError, SiteError, ConfigError, FileNotFoundError) as error:
+        print(f"slingshot submit: {error}", file=sys.stderr)
+        return 2
+    print(f"submitted driver job {lock.job_id}; log: {lock.log}")
+    print("follow it with `slingshot status`, stop it with `slingshot cancel`")
+    return 0
+
+
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    from slingshot.launch.driver import cancel
+    from slingshot.status import default_config_path
+    from slingshot.validate import ConfigError, load_pipeline_config
+
+    try:
+        cfg = load_pipeline_config(args.config or default_config_path())
+    except (ConfigError, FileNotFoundError) as error:
+        print(f"slingshot cancel: {error}", file=sys.stderr)
+        return 2
+    cancelled = cancel(cfg)
+    print(f"cancelled {len(cancelled)} job(s): {' '.join(cancelled) or '-'}; checkpoints are kept")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="slingshot", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -156,6 +188,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpu-memory-gb", type=float, default=None, help="check against this GPU size instead")
     p.set_defaults(func=_cmd_plan)
 
+    p = sub.add_parser(
+        "submit",
+        help="submit Snakemake as a Slurm job on the site's driver partition (requeued before its time limit)",
+    )
+    p.add_argument(
+        "snakemake_args", nargs=argparse.REMAINDER, help="passed to snakemake, e.g. --profile slurm"
+    )
+    p.set_defaults(func=_cmd_submit)
+
+    p = sub.add_parser(
+        "cancel", help="end the driver job and this pipeline's stage jobs (checkpoints are kept)"
+    )
+    p.add_argument(
+        "--config", default=None, help="default: the config of the last DAG build, else " + DEFAULT_CONFIG
+    )
+    p.set_defaults(func=_cmd_cancel)
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["submit"] and argv[1:2] not in (["-h"], ["--help"]):
+        # Everything after `submit` is Snakemake's, options included (argparse would claim them).
+        return _cmd_submit(argparse.Namespace(snakemake_args=argv[1:]))
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -13,6 +13,9 @@ no daemon and works from any shell in the pipeline's directory:
 - job id, restarts (submissions after the first + Slurm requeues), elapsed time,
 - the latest value of the stage's key metric and the MLflow run id; for a finished
   evaluation also each benchmark's pass@1 (``bench/<name>/pass_at_1`` in its manifest).
+
+Above the table, the `slingshot submit` driver job when there is one (its lock file in
+``<work_dir>/driver``): job id, Slurm state, requeues, elapsed, node and log.
 """
 
 from __future__ import annotations
@@ -225,6 +228,42 @@ def add_metrics(cfg: PipelineConfig, statuses: list[StageStatus]) -> None:
             s.metric, s.value, s.step = name, last.value, last.step
 
 
+# --------------------------------------------------------------------------- the driver
+@dataclass
+class DriverStatus:
+    """The `slingshot submit` job of this pipeline, from its lock file and Slurm."""
+
+    job_id: str
+    state: str
+    requeues: int
+    elapsed_s: float
+    node: str
+    log: str
+
+
+def driver_status(cfg: PipelineConfig) -> DriverStatus | None:
+    from slingshot.launch.driver import DriverLock
+    from slingshot.launch.launcher import ENDED, slurm_state
+
+    lock = DriverLock.load(cfg.work_dir)
+    if lock is None:
+        return None
+    state = slurm_state(lock.job_id)
+    log = Path(lock.log)
+    end = time.time() if state not in ENDED and state != "UNKNOWN" else None
+    if end is None:
+        end = log.stat().st_mtime if log.is_file() else lock.path.stat().st_mtime
+    node = lock.starts[-1]["node"] if lock.starts else ""
+    return DriverStatus(lock.job_id, state, lock.requeues, end - lock.submitted_at, node, lock.log)
+
+
+def render_driver(driver: DriverStatus) -> str:
+    return (
+        f"driver: slurm:{driver.job_id}  [bold]{driver.state}[/]  requeues {driver.requeues}  "
+        f"elapsed {format_elapsed(driver.elapsed_s)}  node {driver.node or '-'}  log {driver.log}"
+    )
+
+
 # --------------------------------------------------------------------------- printing
 STATE_STYLE = {
     "done": "green",
@@ -289,6 +328,9 @@ def print_status(config_path: str | None) -> int:
         return 2
     rows = collect_status(cfg)
     console = Console(width=max(Console().width, 160))
+    driver = driver_status(cfg)
+    if driver is not None:
+        console.print(render_driver(driver), soft_wrap=True)
     console.print(render_table(cfg, rows))
     counts: dict[str, int] = {}
     for r in {r.node.key: r for r in rows}.values():

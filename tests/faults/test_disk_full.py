@@ -7,6 +7,10 @@
   removed and the two complete ones are intact. With room made (the tmpfs grown), a rerun
   resumes from the newest of them, does not recompute the data stage, and ends with the
   same losses as an uninterrupted run.
+- The data stage's final datasets: its output directory is a tmpfs that holds half of them.
+  The stage fails with ``no space left on device (N of M bytes free) while writing
+  results/data/<file>``, no manifest and no temp file is left, and with room made a rerun
+  completes the stage.
 - Final outputs: pretraining's output directory is a tmpfs that holds the final Megatron
   checkpoint but only half of the HF export. The export fails with ``no space left on
   device (N of M bytes free) while writing <output dir>/model``, nothing half-written is
@@ -21,7 +25,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from pipeline import launch_state
+from pipeline import launch_state, run_snakemake
 from real_pipeline import (
     INTERVAL,
     KEY,
@@ -134,3 +138,30 @@ def test_full_disk_during_the_hf_export_fails_clearly_and_leaves_nothing_half_wr
     check_model_dir(out_dir / "model")
     assert sorted(p.name for p in out_dir.iterdir()) == ["manifest.json", "mcore", "model"]
     assert_matches_baseline(loss_history(tmp_path), pretrain_baseline, 1e-6)
+
+
+@pytest.fixture
+def small_data_disk(tmp_path, pretrain_baseline):
+    # Half of what the data stage writes (datasets, tokenizer, manifest): it runs out part-way.
+    yield from _small_tmpfs(tmp_path / "results" / "data", pretrain_baseline["data_bytes"] // 2)
+
+
+def test_full_disk_while_the_data_stage_writes_its_datasets_fails_clearly(tmp_path, small_data_disk):
+    import re
+
+    out_dir = small_data_disk
+    config = real_config(tmp_path, "fault-data-disk")
+    out = run_snakemake(tmp_path, config, "--until", "data")
+    assert out.returncode != 0
+    log = (tmp_path / "results" / "logs" / "data.log").read_text()
+    assert re.search(
+        r"no space left on device \(\d+ of \d+ bytes free\) while writing results/data/\S+", log
+    ), log[-3000:]
+    assert "FAILED" in log
+    assert not (out_dir / "manifest.json").exists()
+    assert not [p for p in out_dir.rglob(".*") if p.name.endswith(".tmp") or p.is_dir()]  # no temp left
+
+    subprocess.run(["mount", "-o", "remount,size=256m", str(out_dir)], check=True)
+    out = run_snakemake(tmp_path, config, "--until", "data")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert (out_dir / "manifest.json").is_file()

@@ -106,8 +106,8 @@ def checkpoint_steps(work_dir: Path, key: str = KEY) -> list[int]:
 
 
 def baseline_losses(directory: Path) -> dict[str, Any]:
-    """The uninterrupted run: every step's loss, the final manifest metrics and the size of
-    one checkpoint (the full-disk test sizes its filesystem from it)."""
+    """The uninterrupted run: every step's loss, the final manifest metrics, the size of one
+    checkpoint and of the data stage's outputs (the full-disk tests size their filesystems from them)."""
     cache = directory / "baseline.json"
     if cache.is_file():
         return json.loads(cache.read_text())
@@ -122,6 +122,8 @@ def baseline_losses(directory: Path) -> dict[str, Any]:
         "losses": {str(step): value for step, value in history},
         "metrics": manifest_of(run_dir, KEY)["metrics"],
         "checkpoint_bytes": sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file()),
+        # The data stage's final outputs (the disk-full test of the data stage sizes from it).
+        "data_bytes": sum(f.stat().st_size for f in (run_dir / "results" / "data").rglob("*") if f.is_file()),
     }
     cache.write_text(json.dumps(result))
     return result

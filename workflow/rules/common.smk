@@ -31,6 +31,14 @@ try:
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
 
+# One driver at a time: a `slingshot submit` job holds this directory while it is queued or running.
+if not _dry_run:
+    from slingshot.launch.driver import driver_conflict
+
+    _driver_conflict = driver_conflict(CFG.work_dir)
+    if _driver_conflict:
+        raise WorkflowError(f"refused: {_driver_conflict}")
+
 PLAN = build_plan(CFG)
 RESULTS = str(CFG.results_dir)
 # The launcher and the jobs read the config the DAG was built from.

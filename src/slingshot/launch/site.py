@@ -33,6 +33,20 @@ class Partition(BaseModel):
     gpu_memory_gb: PositiveFloat | None = None
 
 
+class DriverSection(BaseModel):
+    """Where ``slingshot submit`` runs the Snakemake driver: a small CPU job that outlives its
+    own time limit (USR2 ``signal_delay_s`` before it, it stops Snakemake and requeues itself)."""
+
+    model_config = ConfigDict(extra="forbid")
+    partition: str | None = None  # required by `slingshot submit`; checked against sinfo
+    time_min: PositiveInt = 1440
+    cpus_per_task: PositiveInt = 1
+    mem_gb: float = Field(default=2.0, gt=0)
+    max_requeues: NonNegativeInt = 30  # requeues of the driver (its time limit, node failures)
+    signal_delay_s: PositiveInt = 120
+    stop_grace_s: PositiveInt = 30  # Snakemake's time to stop before it is killed
+
+
 class Site(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
@@ -43,6 +57,7 @@ class Site(BaseModel):
     setup: list[str] = Field(default_factory=list)  # shell lines before every job
     env: dict[str, str] = Field(default_factory=dict)  # exported into every job
     sbatch: dict[str, str] = Field(default_factory=dict)  # extra sbatch flags for every job
+    driver: DriverSection | None = None  # the `slingshot submit` driver job
 
     def partition_for(self, resources: Resources) -> tuple[str, Partition]:
         name = resources.partition or self.default_partition
@@ -103,8 +118,8 @@ def site_dir() -> Path:
     return Path(os.environ.get("SLINGSHOT_SITE_DIR", "cluster"))
 
 
-def load_site(name_or_path: str | None) -> Site:
-    """A site by name (``cluster/<name>.yaml``) or path; None: $SLINGSHOT_SITE."""
+def site_file(name_or_path: str | None) -> Path:
+    """The file of a site given by name (``cluster/<name>.yaml``) or path; None: $SLINGSHOT_SITE."""
     name_or_path = name_or_path or os.environ.get("SLINGSHOT_SITE")
     if not name_or_path:
         raise SiteError(
@@ -115,6 +130,12 @@ def load_site(name_or_path: str | None) -> Site:
         path = site_dir() / f"{name_or_path}.yaml"
     if not path.is_file():
         raise SiteError(f"site file '{path}' not found")
+    return path
+
+
+def load_site(name_or_path: str | None) -> Site:
+    """A site by name (``cluster/<name>.yaml``) or path; None: $SLINGSHOT_SITE."""
+    path = site_file(name_or_path)
     try:
         return Site.model_validate(yaml.safe_load(path.read_text()))
     except (yaml.YAMLError, ValidationError) as error:
