@@ -365,22 +365,6 @@ def check_pretrain_stage(a: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _planned_bytes(ctx: Any) -> float:
-    """The memory plan's training bytes per rank for this stage run (slingshot plan --memory)."""
-    import torch
-
-    from slingshot import memory_plan
-
-    dims = memory_plan.ModelDims.from_model_dir(str(ctx.init_model))
-    on_gpu = torch.cuda.is_available()
-    if ctx.kind == "prorl":
-        phase = next(p for p in ctx.config.phases if p.name == ctx.phase)
-        plan = memory_plan.plan_prorl(ctx.stage, ctx.config, dims, phase.max_response_tokens, on_gpu)
-    else:
-        plan = getattr(memory_plan, f"plan_{ctx.kind}")(ctx.stage, ctx.config, dims, on_gpu)
-    return plan.training_bytes
-
-
 def check_sft_stage(a: argparse.Namespace) -> dict[str, Any]:
     import torch
 

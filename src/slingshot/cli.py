@@ -148,6 +148,12 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_config_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config", default=None, help="default: the config of the last DAG build, else " + DEFAULT_CONFIG
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="slingshot", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -175,9 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser(
         "status", help="table of variant x stage: state, job, restarts, elapsed, metric, run id"
     )
-    p.add_argument(
-        "--config", default=None, help="default: the config of the last DAG build, else " + DEFAULT_CONFIG
-    )
+    _add_config_option(p)
     p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser("plan", help="per-GPU memory plan of the training stages (no weights needed)")
@@ -200,9 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser(
         "cancel", help="end the driver job and this pipeline's stage jobs (checkpoints are kept)"
     )
-    p.add_argument(
-        "--config", default=None, help="default: the config of the last DAG build, else " + DEFAULT_CONFIG
-    )
+    _add_config_option(p)
     p.set_defaults(func=_cmd_cancel)
 
     argv = sys.argv[1:] if argv is None else argv
