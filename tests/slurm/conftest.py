@@ -9,6 +9,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
+# tryfirst: pytest-xdist reads the xdist_group marker in its own modifyitems hook, so the
+# marker must be on the items before that hook runs.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
     for item in items:
         if Path(item.fspath).is_relative_to(Path(__file__).parent):
