@@ -35,6 +35,7 @@ from slingshot.data.prompt_sets import load_prompt_set
 from slingshot.data.tasks import content_hash, derive_seed, load_entries
 from slingshot.data.teacher import task_prompt
 from slingshot.rewards import answer_region, extract, math_equal, score
+from slingshot.rewards.extract import THINK_TAGS
 
 ALL = "all"  # the row aggregating every family
 
@@ -172,12 +173,13 @@ _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 _LETTER = re.compile(r"^\(?([A-Z])\)?(?:[.:)\s]|$)")
 
 
-def benchmark_answer(entry: dict, completion: str) -> str | None:
-    """The answer a completion gives to a benchmark entry: boxed or tagged after ``</think>``;
-    for GSM8K/AIME else the last number of that region; multiple choice reduced to its letter."""
-    answer = extract(completion).answer
+def benchmark_answer(entry: dict, completion: str, tags: tuple[str, str] = THINK_TAGS) -> str | None:
+    """The answer a completion gives to a benchmark entry: boxed or tagged after the thought
+    (``tags``: the thinking tags); for GSM8K/AIME else the last number of that region;
+    multiple choice reduced to its letter."""
+    answer = extract(completion, tags).answer
     if answer is None and entry["benchmark"] in ("gsm8k", "aime"):
-        region = answer_region(completion)[1]
+        region = answer_region(completion, tags)[1]
         numbers = _NUMBER.findall(region) if region is not None else []
         answer = numbers[-1].replace(",", "") if numbers else None
     if answer is None or entry["benchmark"] != "multiple_choice":
@@ -187,19 +189,21 @@ def benchmark_answer(entry: dict, completion: str) -> str | None:
     return letter.group(1) if letter else None
 
 
-def judge(entry: dict, completion: str, finished: bool) -> tuple[bool, bool]:
+def judge(
+    entry: dict, completion: str, finished: bool, tags: tuple[str, str] = THINK_TAGS
+) -> tuple[bool, bool]:
     """(parsed, correct) of one completion; a truncated completion is neither."""
     if not finished:
         return False, False
     if "benchmark" in entry:
-        answer = benchmark_answer(entry, completion)
+        answer = benchmark_answer(entry, completion, tags)
         if answer is None:
             return False, False
         if entry["benchmark"] == "multiple_choice":
             return True, answer == entry["answer"]
         return True, math_equal(str(entry["answer"]), answer)
-    parsed = extract(completion).parse_ok
-    return parsed, parsed and score(entry, completion, binary=True) == 1.0
+    parsed = extract(completion, tags).parse_ok
+    return parsed, parsed and score(entry, completion, binary=True, tags=tags) == 1.0
 
 
 def summarize(results: Sequence[SampleResult], ks: Sequence[int]) -> list[dict[str, Any]]:
@@ -266,6 +270,7 @@ def evaluate_family(
     temperature: float,
     seed: int,
     stop_token_ids: Sequence[int],
+    think_tags: tuple[str, str] = THINK_TAGS,
 ) -> list[SampleResult]:
     """All samples of one family in one batched generate call, decoded and judged."""
     prompts = [encode_prompt(tokenizer, e) for e in entries]
@@ -279,7 +284,7 @@ def evaluate_family(
                 ids = ids[:-1]
             # Keep special tokens: </think> is one and the answer extractor needs it.
             text = tokenizer.decode(ids, skip_special_tokens=False)
-            parsed, correct = judge(entry, text, ro.finished)
+            parsed, correct = judge(entry, text, ro.finished, think_tags)
             out.append(
                 SampleResult(
                     entry_id=str(entry["id"]),

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from slingshot.context import StageContext, StageResult, read_manifest
-from slingshot.data.chat import stop_token_ids
+from slingshot.data.chat import ChatFormat
 from slingshot.data.tasks import derive_seed, load_entries
 from slingshot.dist import all_gather_objects
 from slingshot.evaluation import (
@@ -100,7 +100,8 @@ def run(ctx: StageContext, rollout_factory: Any = None) -> StageResult:
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     model_dir = ctx.require_input_model()
     model, tokenizer = load_model_and_tokenizer(model_dir, dtype=dtype, device=device)
-    stop_ids = stop_token_ids(tokenizer, ctx.pipeline.chat.stop_tokens)
+    chat = ChatFormat.of(tokenizer, ctx.pipeline.chat)
+    stop_ids = chat.stop_ids
     rollout = (rollout_factory or (lambda m, t, s: make_rollout(cfg.rollout, m, t, s)))(
         model, tokenizer, stop_ids
     )
@@ -134,6 +135,7 @@ def run(ctx: StageContext, rollout_factory: Any = None) -> StageResult:
             cfg.temperature,
             derive_seed(seed, "evaluate-samples", family),
             stop_ids,
+            chat.think_tags,
         )
         atomic_write_json(cached, [asdict(r) for r in got])
         results += got

@@ -72,14 +72,15 @@ class HFGenerator:
     ) -> None:
         import torch
 
+        from slingshot.data.chat import stop_token_ids
         from slingshot.models.hf import load_model_and_tokenizer
         from slingshot.rollout import make_rollout
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model, self.tokenizer = load_model_and_tokenizer(model_dir, device=device)
-        self.rollout = make_rollout(
-            RolloutConfig(backend="hf"), self.model, self.tokenizer, [self.tokenizer.eos_token_id]
-        )
+        # EOS and the chat template's end-of-turn token (a chat model ends a turn with it).
+        self.stop_ids = stop_token_ids(self.tokenizer)
+        self.rollout = make_rollout(RolloutConfig(backend="hf"), self.model, self.tokenizer, self.stop_ids)
         self.problem_temperature = problem_temperature
         self.solution_temperature = solution_temperature
         self.top_p = top_p
@@ -87,6 +88,8 @@ class HFGenerator:
         self.max_solution_tokens = max_solution_tokens
 
     def _decode(self, ids: list[int]) -> str:
+        if ids and ids[-1] in self.stop_ids:
+            ids = ids[:-1]
         return self.tokenizer.decode(ids, skip_special_tokens=False).replace(self.tokenizer.eos_token, "")
 
     def new_problems(self, examples: Sequence[dict], n: int, seed: int, exclude: set[str]) -> list[dict]:

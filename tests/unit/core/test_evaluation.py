@@ -281,3 +281,18 @@ def test_a_benchmark_limit_is_a_seeded_draw_independent_of_file_order(tmp_path):
     a = drawn(forward, 5, seed=1)
     assert len(a) == 5 and a == drawn(backward, 5, seed=1) and a != drawn(forward, 5, seed=2)
     assert len(drawn(forward, None, seed=1)) == 20
+
+
+def test_judge_reads_the_answer_after_the_configured_thinking_tags():
+    entry = {"family": "basic_arithmetic", "question": "2+3?", "answer": "5", "math": True}
+    unclosed = "<reason>2 + 3 = \\boxed{5}"  # a thought under chat.think_open: <reason>, never closed
+    assert judge(entry, unclosed, True) == (True, True)  # the default tags see no thought at all
+    assert judge(entry, unclosed, True, ("<reason>", "</reason>")) == (False, False)
+    closed = "<reason>2 + 3 = 6?</reason>\\boxed{5}"
+    assert judge(entry, closed, True, ("<reason>", "</reason>")) == (True, True)
+    bench = {"benchmark": "gsm8k", "answer": "5", "family": "bench/g"}
+    assert judge(bench, "<reason>so 5</reason>the total is 5", True, ("<reason>", "</reason>")) == (
+        True,
+        True,
+    )
+    assert judge(bench, "<reason>so 5", True, ("<reason>", "</reason>")) == (False, False)

@@ -43,3 +43,22 @@ def test_teacher_solutions_depend_on_the_request_seed(train_entries):
     first = gen.solve(train_entries[0], 6, seed=1)
     assert gen.solve(train_entries[0], 6, seed=1) == first
     assert any(gen.solve(train_entries[0], 6, seed=s) != first for s in (2, 3, 4))
+
+
+def test_hf_generator_stops_on_the_chat_templates_end_of_turn_and_drops_it(tmp_path):
+    """A chat model ends its turn with <|im_end|>, not EOS: the generator stops on both, and the
+    stop token is no part of the text it returns."""
+    from chat_tokenizers import qwen_tokenizer
+    from tiny_hf import tiny_llama
+
+    from slingshot.models.hf import save_model_dir
+
+    tokenizer = qwen_tokenizer()
+    model_dir = save_model_dir(tiny_llama(vocab=len(tokenizer)), tokenizer, tmp_path / "chat-model")
+    gen = HFGenerator(str(model_dir), 1.0, 0.75, 0.95, max_problem_tokens=8, max_solution_tokens=8)
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert gen.stop_ids == [tokenizer.eos_token_id, im_end]
+    assert gen.rollout.stop_token_ids == gen.stop_ids
+    four = tokenizer("four", add_special_tokens=False)["input_ids"]
+    assert gen._decode([*four, im_end]) == "four"
+    assert gen._decode(four) == "four"
