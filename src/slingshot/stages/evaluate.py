@@ -101,7 +101,7 @@ def run(ctx: StageContext, rollout_factory: Any = None) -> StageResult:
     model_dir = ctx.require_input_model()
     model, tokenizer = load_model_and_tokenizer(model_dir, dtype=dtype, device=device)
     stop_ids = stop_token_ids(tokenizer, ctx.pipeline.chat.stop_tokens)
-    rollout = (rollout_factory or (lambda m, t, s: make_rollout(cfg.rollout, m, t, s)))(
+    rollout = (rollout_factory or (lambda m, t, s: make_rollout(cfg.rollout, m, t, s, ctx.stage)))(
         model, tokenizer, stop_ids
     )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from slingshot.config import SynthConfig
@@ -26,8 +28,12 @@ def test_make_generator_takes_the_stage_config():
     gen = make_generator(cfg, seed=5)
     assert isinstance(gen, TeacherGenerator)
     assert (gen.teacher.error_rate, gen.teacher.seed, gen.spread) == (0.3, 5, 0.2)
-    with pytest.raises(RuntimeError, match="vllm generator needs a GPU install"):
-        make_generator(SynthConfig(generator={"backend": "vllm", "model": "/nonexistent"}), seed=0)
+
+
+def test_the_vllm_generator_without_vllm_names_the_install(tiny_model, monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # what an environment without vLLM imports
+    with pytest.raises(ImportError, match="make install-vllm"):
+        make_generator(SynthConfig(generator={"backend": "vllm", "model": str(tiny_model)}), seed=0)
 
 
 def test_few_shot_prompt_text():
