@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
+from pathlib import Path
 
 import pytest
+from stages import tiny_model_dir
 
 from slingshot.config import SynthConfig
 from slingshot.synth.generators import HFGenerator, TeacherGenerator, few_shot_prompt, make_generator
@@ -49,3 +52,18 @@ def test_teacher_solutions_depend_on_the_request_seed(train_entries):
     first = gen.solve(train_entries[0], 6, seed=1)
     assert gen.solve(train_entries[0], 6, seed=1) == first
     assert any(gen.solve(train_entries[0], 6, seed=s) != first for s in (2, 3, 4))
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed (make install-vllm)")
+def test_the_vllm_generator_writes_what_the_hf_one_does_greedily(small_data, train_entries, tmp_path):
+    """The same local model through vLLM: greedy problems and solutions equal the HF backend's."""
+    model = tiny_model_dir(tmp_path / "m", Path(small_data["outputs"]["tokenizer_dir"]), heads=2, kv_heads=1)
+    made = {
+        backend: HFGenerator(str(model), 0.0, 0.0, 1.0, 24, 16, backend=backend) for backend in ("hf", "vllm")
+    }
+    assert made["vllm"].rollout.__class__.__name__ == "VLLMRollout"
+    solved = {backend: gen.solve(train_entries[0], 2, seed=5) for backend, gen in made.items()}
+    assert solved["vllm"] == solved["hf"] and all(solved["hf"])
+    written = {backend: gen.new_problems(train_entries[:3], 2, 1, set()) for backend, gen in made.items()}
+    assert written["vllm"] == written["hf"]
