@@ -18,11 +18,15 @@ are no-ops or refused on CPU).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import tempfile
 import threading
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from slingshot.rollout.base import Rollout
@@ -46,6 +50,15 @@ def _engine_environment(cfg: RolloutConfig) -> None:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.cpu_kvcache_gb))
         # vLLM keeps a core for itself by default: on a 2-core machine that halves generation.
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+
+
+@contextlib.contextmanager
+def _kept_rng_state() -> Iterator[None]:
+    python, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        yield
+    random.setstate(python)
+    np.random.set_state(numpy_state)
 
 
 def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -74,23 +87,26 @@ class VLLMRollout:
         on_gpu = torch.cuda.is_available()
         self._sleeps = on_gpu and cfg.sleep_during_update
         dtype = next(model.parameters()).dtype
-        # The engine starts from the model as it is now (not the input directory: the stage may
-        # have changed it), written once without its tokenizer (the engine gets token ids).
+        # The engine starts from the model's config with placeholder weights, then gets the
+        # model's own tensors the way every later push does: no weight file, and on every rank
+        # (save_pretrained writes only on rank 0 of a process group).
         self._model_dir = tempfile.TemporaryDirectory(prefix="slingshot-vllm-")
-        model.save_pretrained(self._model_dir.name)
-        self.llm = LLM(
-            model=self._model_dir.name,
-            skip_tokenizer_init=True,
-            dtype=str(dtype).removeprefix("torch."),
-            distributed_executor_backend="uni",
-            enforce_eager=cfg.enforce_eager,
-            generation_config="vllm",  # no stop ids or sampling defaults from the model's files
-            max_model_len=cfg.max_model_len,
-            seed=0,
-            # GPU only (unverified here): the engine's share of the GPU, beside the trainer.
-            gpu_memory_utilization=cfg.gpu_memory_utilization,
-            enable_sleep_mode=self._sleeps,
-        )
+        model.config.save_pretrained(self._model_dir.name)
+        with _kept_rng_state():  # the engine seeds the global RNGs: the trainer's streams stay as they were
+            self.llm = LLM(
+                model=self._model_dir.name,
+                load_format="dummy",
+                skip_tokenizer_init=True,
+                dtype=str(dtype).removeprefix("torch."),
+                distributed_executor_backend="uni",
+                enforce_eager=cfg.enforce_eager,
+                generation_config="vllm",  # no stop ids or sampling defaults from the model's files
+                max_model_len=cfg.max_model_len,
+                # GPU only (unverified here): the engine's share of the GPU, beside the trainer.
+                gpu_memory_utilization=cfg.gpu_memory_utilization,
+                enable_sleep_mode=self._sleeps,
+            )
+        self._push(model)
         if self._sleeps:
             self.llm.sleep(level=1)  # the trainer has the GPU until the first generate
 
@@ -156,9 +172,7 @@ class VLLMRollout:
 
         def push() -> None:
             try:
-                weights = _weights(model)
-                self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights.items())})
-                self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
+                self._push(model)
             except BaseException as error:  # re-raised in the caller's thread
                 failure.append(error)
             finally:
@@ -176,6 +190,11 @@ class VLLMRollout:
         if failure:
             raise RuntimeError(f"{at}: the vLLM weight push failed: {failure[0]}") from failure[0]
         self.weight_version += 1
+
+    def _push(self, model: torch.nn.Module) -> None:
+        weights = _weights(model)
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights.items())})
+        self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
 
     def close(self) -> None:
         self._model_dir.cleanup()

@@ -171,3 +171,20 @@ def test_a_stuck_push_times_out_naming_the_stage_and_step_and_the_engine_refuses
         backend.generate([[1, 2]], n=1, max_new_tokens=2, temperature=0.0)
     release.set()
     backend.close()
+
+
+def test_starting_the_engine_leaves_the_trainers_random_streams_alone():
+    import random
+
+    import numpy as np
+
+    from slingshot.rollout.vllm import VLLMRollout
+
+    model = _llama()
+    torch.manual_seed(123), random.seed(123), np.random.seed(123)
+    expected = (torch.rand(3), random.random(), np.random.rand())
+    torch.manual_seed(123), random.seed(123), np.random.seed(123)
+    backend = VLLMRollout(model, [], RolloutConfig(backend="vllm"))  # vLLM seeds all three globally
+    after = (torch.rand(3), random.random(), np.random.rand())
+    backend.close()
+    assert torch.equal(after[0], expected[0]) and after[1:] == expected[1:]

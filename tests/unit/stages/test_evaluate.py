@@ -244,13 +244,17 @@ def test_a_benchmark_prompt_seen_in_training_is_refused_by_name(tmp_path, small_
 
 
 @pytest.mark.vllm
-@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed (make install-vllm)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is None, reason="vllm is not installed (make install-vllm)"
+)
 def test_greedy_evaluation_with_vllm_equals_hf(tmp_path, small_data):
     """rollout.backend: vllm samples what HF generate does: greedy, the metrics and tokens are equal."""
     model = tiny_model_dir(tmp_path / "m", Path(small_data["outputs"]["tokenizer_dir"]), heads=2, kv_heads=1)
     small = dict(n_samples=2, k=[1, 2], prompts_per_task=2, max_new_tokens=12, temperature=0.0)
     by_backend = {
-        backend: evaluate.run(_ctx(tmp_path / backend, small_data, model, rollout={"backend": backend}, **small))
+        backend: evaluate.run(
+            _ctx(tmp_path / backend, small_data, model, rollout={"backend": backend}, **small)
+        )
         for backend in ("hf", "vllm")
     }
     hf, vllm = by_backend["hf"], by_backend["vllm"]

@@ -426,7 +426,9 @@ def test_memory_switches_leave_the_step_unchanged(tmp_path, sft_setup):
 
 
 @pytest.mark.vllm
-@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed (make install-vllm)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is None, reason="vllm is not installed (make install-vllm)"
+)
 def test_a_vllm_run_samples_with_the_pushed_weights_of_each_step(tmp_path, sft_setup):
     """rollout.backend: vllm end to end: rollouts and validation by the engine, a weight push
     after each update, and the logged weight version counting the pushes."""

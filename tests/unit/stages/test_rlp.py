@@ -386,7 +386,9 @@ def test_memory_switches_leave_the_step_unchanged(tmp_path, small_data, tiny_mod
 
 
 @pytest.mark.vllm
-@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed (make install-vllm)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is None, reason="vllm is not installed (make install-vllm)"
+)
 def test_a_vllm_run_logs_one_weight_push_per_step(tmp_path, small_data):
     """rollout.backend: vllm: the thoughts come from the engine, which gets the weights after every step."""
     model = tiny_model_dir(tmp_path / "m", Path(small_data["outputs"]["tokenizer_dir"]), heads=2, kv_heads=1)

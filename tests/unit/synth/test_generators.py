@@ -55,7 +55,9 @@ def test_teacher_solutions_depend_on_the_request_seed(train_entries):
 
 
 @pytest.mark.vllm
-@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed (make install-vllm)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is None, reason="vllm is not installed (make install-vllm)"
+)
 def test_the_vllm_generator_writes_what_the_hf_one_does_greedily(small_data, train_entries, tmp_path):
     """The same local model through vLLM: greedy problems and solutions equal the HF backend's."""
     model = tiny_model_dir(tmp_path / "m", Path(small_data["outputs"]["tokenizer_dir"]), heads=2, kv_heads=1)
