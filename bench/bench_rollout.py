@@ -56,7 +56,9 @@ def tokens_per_s(backend, prompts: list[list[int]], new: int, temperature: float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--prompt-tokens", type=int, default=32)
@@ -96,7 +98,9 @@ def main() -> None:
             started = time.perf_counter()
             engine.sync_weights(model, step=step)
             pushes.append(time.perf_counter() - started)
-        print(f"{size} ({params:.1f}M) engine start {start_s:.1f} s; weight push {min(pushes):.3f} s (best of 3)")
+        print(
+            f"{size} ({params:.1f}M) engine start {start_s:.1f} s; weight push {min(pushes):.3f} s (best of 3)"
+        )
         engine.close()
 
 

@@ -130,7 +130,9 @@ def test_vllm_where_it_is_not_installed_is_refused_at_dag_time_by_key_and_instal
     import sys
 
     monkeypatch.setitem(sys.modules, "vllm", None)  # what an environment without vLLM finds
-    path = write(tmp_path, "stages:\n  prorl:\n    rollout: {backend: vllm}\n  evaluate:\n    rollout: {backend: hf}\n")
+    path = write(
+        tmp_path, "stages:\n  prorl:\n    rollout: {backend: vllm}\n  evaluate:\n    rollout: {backend: hf}\n"
+    )
     with pytest.raises(ConfigError) as err:
         load_pipeline_config(path)
     assert err.value.problems == [
