@@ -188,3 +188,25 @@ def test_starting_the_engine_leaves_the_trainers_random_streams_alone():
     after = (torch.rand(3), random.random(), np.random.rand())
     backend.close()
     assert torch.equal(after[0], expected[0]) and after[1:] == expected[1:]
+
+
+@pytest.mark.slow  # ~25 s alone, two engines in two fresh processes
+def test_each_rank_of_a_process_group_runs_its_own_engine(tmp_path):
+    """RLP and evaluation run one process per GPU: an engine per rank, pushes included."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    worker = Path(__file__).with_name("vllm_rank_worker.py")
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(worker), str(tmp_path)],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert results == [{"equal": [True, True], "version": 2}] * 2
