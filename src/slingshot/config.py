@@ -224,6 +224,9 @@ class RolloutConfig(StrictModel):
     enforce_eager: bool = True  # False: CUDA graphs (GPU; faster, slower to start)
     max_model_len: PositiveInt | None = None  # None: the model's max_position_embeddings
     sleep_during_update: bool = True  # GPU: free the KV cache while the trainer updates
+    # The engine's weights; auto: bfloat16 on a GPU (the trainer's fp32 master weights are cast
+    # at every push), the model's own dtype on CPU.
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
 
 
 class RLPConfig(ModelStageConfig):

@@ -86,7 +86,9 @@ class VLLMRollout:
         self._broken: str | None = None
         on_gpu = torch.cuda.is_available()
         self._sleeps = on_gpu and cfg.sleep_during_update
-        dtype = next(model.parameters()).dtype
+        dtype = cfg.dtype
+        if dtype == "auto":
+            dtype = "bfloat16" if on_gpu else str(next(model.parameters()).dtype).removeprefix("torch.")
         # The engine starts from the model's config with placeholder weights, then gets the
         # model's own tensors the way every later push does: no weight file, and on every rank
         # (save_pretrained writes only on rank 0 of a process group).
@@ -97,7 +99,7 @@ class VLLMRollout:
                 model=self._model_dir.name,
                 load_format="dummy",
                 skip_tokenizer_init=True,
-                dtype=str(dtype).removeprefix("torch."),
+                dtype=dtype,
                 distributed_executor_backend="uni",
                 enforce_eager=cfg.enforce_eager,
                 generation_config="vllm",  # no stop ids or sampling defaults from the model's files

@@ -7,6 +7,7 @@ these have 2 heads of 32. One engine per model for the module (it starts in a fe
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import threading
 import time
@@ -26,6 +27,7 @@ pytestmark = [
 VOCAB = 96
 # vLLM's returned log-probs against HF's recomputed ones, fp32 on CPU (measured within 5e-5).
 LOGPROB_TOLERANCE = 1e-4
+BF16_LOGPROB_TOLERANCE = 0.1  # a bf16 engine against the fp32 model (bf16 keeps ~3 digits)
 
 
 def _llama() -> torch.nn.Module:
@@ -98,17 +100,22 @@ def test_greedy_equals_hf_generate_with_stops_and_truncation(engine):
     assert any(not g[0].finished and len(g[0].completion_ids) == 16 for g in groups)  # truncated
 
 
+def _recomputed_logprobs(model: torch.nn.Module, r) -> torch.Tensor:
+    """The completion tokens' log-probs under ``model`` (fp32, raw logits: no temperature)."""
+    ids = torch.tensor([r.prompt_ids + r.completion_ids])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids).logits[0].float(), -1)
+    start = len(r.prompt_ids)
+    return logp[start - 1 : -1].gather(1, ids[0, start:, None])[:, 0]
+
+
 def test_logprobs_are_the_sampled_tokens_raw_logprobs(engine):
     model, backend, _ = engine
     groups = backend.generate(PROMPTS[:2], n=3, max_new_tokens=10, temperature=0.7, seed=5)
     for group in groups:
         for r in group:
-            ids = torch.tensor([r.prompt_ids + r.completion_ids])
-            with torch.no_grad():
-                logp = torch.log_softmax(model(ids).logits[0].float(), -1)  # raw: no temperature
-            start = len(r.prompt_ids)
-            recomputed = logp[start - 1 : -1].gather(1, ids[0, start:, None])[:, 0]
             assert len(r.logprobs) == len(r.completion_ids)
+            recomputed = _recomputed_logprobs(model, r)
             assert torch.allclose(torch.tensor(r.logprobs), recomputed, atol=LOGPROB_TOLERANCE)
 
 
@@ -210,3 +217,38 @@ def test_each_rank_of_a_process_group_runs_its_own_engine(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert results == [{"equal": [True, True], "version": 2}] * 2
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        return "avx512_bf16" in open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _cpu_has_bf16(), reason="vLLM's CPU bf16 kernels need avx512_bf16")
+def test_a_bf16_engine_takes_the_fp32_trainers_weights_at_start_and_on_a_push():
+    """rollout.dtype: bfloat16 (the GPU default): the trainer's fp32 tensors are cast as they
+    arrive. bf16 greedy paths part from fp32 ones at near-ties, so the check is the sampled
+    tokens' log-probs against the fp32 model's, within bf16's error (the old weights' are far off)."""
+    from slingshot.rollout.vllm import VLLMRollout
+
+    model = _llama()
+    backend = VLLMRollout(model, [], RolloutConfig(backend="vllm", dtype="bfloat16"))
+
+    def worst_error(reference: torch.nn.Module) -> float:
+        groups = backend.generate(PROMPTS, n=2, max_new_tokens=10, temperature=1.0, seed=3)
+        return max(
+            float((torch.tensor(r.logprobs) - _recomputed_logprobs(reference, r)).abs().max())
+            for g in groups
+            for r in g
+        )
+
+    assert worst_error(model) < BF16_LOGPROB_TOLERANCE
+    before = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)  # the init's scale: logits stay where bf16 is accurate
+    backend.sync_weights(model, step=1)
+    assert worst_error(model) < BF16_LOGPROB_TOLERANCE < worst_error(before)
+    backend.close()
