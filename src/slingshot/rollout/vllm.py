@@ -108,9 +108,9 @@ class VLLMRollout:
                 gpu_memory_utilization=cfg.gpu_memory_utilization,
                 enable_sleep_mode=self._sleeps,
             )
+        self._asleep = False
         self._push(model)
-        if self._sleeps:
-            self.llm.sleep(level=1)  # the trainer has the GPU until the first generate
+        self._sleep()  # the trainer has the GPU until the first generate
 
     def generate(
         self,
@@ -142,13 +142,11 @@ class VLLMRollout:
                         detokenize=False,
                     )
                 )
-        if self._sleeps:
-            self.llm.wake_up()
+        self._wake()
         try:
             outputs = self.llm.generate(requests, params, use_tqdm=False)
         finally:
-            if self._sleeps:
-                self.llm.sleep(level=1)  # frees the KV cache for the update (weights stay)
+            self._sleep()
         flat = []
         for request, output in zip(requests, outputs, strict=True):
             sample = output.outputs[0]
@@ -193,7 +191,21 @@ class VLLMRollout:
             raise RuntimeError(f"{at}: the vLLM weight push failed: {failure[0]}") from failure[0]
         self.weight_version += 1
 
+    # GPU only, unverified here (sleep mode is CUDA-only). Level 1 moves the weights to host
+    # memory and drops the KV cache, so the update gets the engine's share of the GPU; waking
+    # copies those weights back, so a push wakes the engine first (else waking would undo it).
+    def _sleep(self) -> None:
+        if self._sleeps and not self._asleep:
+            self.llm.sleep(level=1)
+            self._asleep = True
+
+    def _wake(self) -> None:
+        if self._asleep:
+            self.llm.wake_up()
+            self._asleep = False
+
     def _push(self, model: torch.nn.Module) -> None:
+        self._wake()
         weights = _weights(model)
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights.items())})
         self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights

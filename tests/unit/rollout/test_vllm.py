@@ -148,6 +148,14 @@ def test_a_push_makes_greedy_equal_hf_with_the_new_weights_even_for_a_long_cache
     assert [g[0].completion_ids for g in after] != [g[0].completion_ids for g in before]
     assert backend.weight_version == version + 1
     assert all(g[0].weight_version == version + 1 for g in after)
+    with torch.no_grad():  # the engine holds a copy: the trainer's next step changes nothing there
+        for p in model.parameters():
+            p.mul_(-1.0)
+    unpushed = backend.generate(prompts, n=1, max_new_tokens=12, temperature=0.0)
+    assert [g[0].completion_ids for g in unpushed] == [g[0].completion_ids for g in after]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(-1.0)
 
 
 class _StuckModel(torch.nn.Module):
