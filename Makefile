@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml envs/cpu.txt
 
 install: $(VENV)/.installed
 
-# vLLM's CPU build into VLLM_VENV (~7 min on 2 cores), then without the CUDA builds of
+# vLLM's CPU build into VLLM_VENV (4.5-7.5 min into a fresh venv on 2 cores), then without the CUDA builds of
 # torchvision/torchaudio/torchcodec it pulls in: they fail to import beside CPU torch.
 VLLM_VENV ?= $(VENV)
 $(VLLM_VENV)/.vllm-installed: pyproject.toml envs/cpu.txt
