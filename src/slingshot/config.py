@@ -218,6 +218,15 @@ class MemoryConfig(StrictModel):
 class RolloutConfig(StrictModel):
     backend: Literal["hf", "vllm"] = "hf"
     gpu_memory_utilization: Fraction = 0.5  # vLLM colocated with the trainer
+    # vLLM only. A weight push that takes longer fails the job, naming the stage and step.
+    sync_timeout_s: PositiveFloat = 600.0
+    cpu_kvcache_gb: PositiveInt = 1  # KV cache on CPU (VLLM_CPU_KVCACHE_SPACE)
+    enforce_eager: bool = True  # False: CUDA graphs (GPU; faster, slower to start)
+    max_model_len: PositiveInt | None = None  # None: the model's max_position_embeddings
+    sleep_during_update: bool = True  # GPU: free the KV cache while the trainer updates
+    # The engine's weights; auto: bfloat16 on a GPU (the trainer's fp32 master weights are cast
+    # at every push), the model's own dtype on CPU.
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
 
 
 class RLPConfig(ModelStageConfig):

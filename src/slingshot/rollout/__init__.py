@@ -1,4 +1,4 @@
-"""Generation backends behind one interface: HF generate (CPU and GPU) and vLLM (GPU).
+"""Generation backends behind one interface: HF generate and vLLM (both on CPU and GPU).
 
 ``base`` holds the interface (``Rollout``, ``RolloutBackend``); each backend module
 imports only ``base``, and ``make_rollout`` here picks one, so no module imports back.
@@ -19,15 +19,18 @@ __all__ = ["Rollout", "RolloutBackend", "make_rollout"]
 
 
 def make_rollout(
-    cfg: RolloutConfig, model: torch.nn.Module, tokenizer: object, stop_token_ids: list[int]
+    cfg: RolloutConfig,
+    model: torch.nn.Module,
+    tokenizer: object,
+    stop_token_ids: list[int],
+    stage: str = "rollout",
 ) -> RolloutBackend:
-    """The backend ``cfg.backend`` names, generating with ``model`` until a stop token."""
+    """The backend ``cfg.backend`` names, generating with ``model`` until a stop token; ``stage``
+    names the stage in a failed weight push."""
     if cfg.backend == "vllm":
-        # Not written yet: it needs a GPU machine to build and test (issue #11).
-        raise NotImplementedError(
-            "rollout.backend 'vllm' is not implemented yet (needs a GPU to build and test); "
-            "use rollout.backend: hf"
-        )
+        from slingshot.rollout.vllm import VLLMRollout  # imports vllm: only when it is chosen
+
+        return VLLMRollout(model, stop_token_ids, cfg, stage=stage)
     from slingshot.rollout.hf import HFRollout  # imports torch: only when a backend is made
 
     return HFRollout(model, pad_token_id=tokenizer.pad_token_id, stop_token_ids=stop_token_ids)

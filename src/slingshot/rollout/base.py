@@ -14,9 +14,15 @@ class Rollout:
     prompt_ids: list[int]
     completion_ids: list[int]  # without padding; ends with the stop token when finished
     finished: bool  # stopped on a stop token before max_new_tokens (False = truncated)
+    # The sampled tokens' log-probs under the sampling weights (raw logits, before temperature);
+    # None where the backend does not return them (HF generate).
+    logprobs: list[float] | None = None
+    weight_version: int = 0  # weight pushes (sync_weights) before this rollout was sampled
 
 
 class RolloutBackend(Protocol):
+    weight_version: int  # sync_weights calls so far
+
     def generate(
         self,
         prompts: list[list[int]],
@@ -29,6 +35,6 @@ class RolloutBackend(Protocol):
         """``n`` samples for each prompt (token ids), grouped per prompt."""
         ...
 
-    def sync_weights(self, model: torch.nn.Module) -> None:
-        """Make generation use ``model``'s current weights (after an optimizer step)."""
+    def sync_weights(self, model: torch.nn.Module, step: int | None = None) -> None:
+        """Make generation use ``model``'s current weights (after optimizer step ``step``)."""
         ...

@@ -16,9 +16,11 @@ class HFRollout:
         self.pad_token_id = pad_token_id
         self.stop_token_ids = list(stop_token_ids)
         self.batch_size = batch_size
+        self.weight_version = 0  # sync_weights calls so far, as the vLLM backend counts them
 
-    def sync_weights(self, model: torch.nn.Module) -> None:
+    def sync_weights(self, model: torch.nn.Module, step: int | None = None) -> None:
         self.model = model  # the same module object: nothing to copy
+        self.weight_version += 1
 
     @torch.no_grad()
     def generate(
@@ -79,5 +81,12 @@ class HFRollout:
                 if token in stops:
                     finished = True
                     break
-            rollouts.append(Rollout(prompt_ids=list(p), completion_ids=completion, finished=finished))
+            rollouts.append(
+                Rollout(
+                    prompt_ids=list(p),
+                    completion_ids=completion,
+                    finished=finished,
+                    weight_version=self.weight_version,
+                )
+            )
         return rollouts

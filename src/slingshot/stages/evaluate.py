@@ -102,7 +102,7 @@ def run(ctx: StageContext, rollout_factory: Any = None) -> StageResult:
     model, tokenizer = load_model_and_tokenizer(model_dir, dtype=dtype, device=device)
     chat = ChatFormat.of(tokenizer, ctx.pipeline.chat)
     stop_ids = chat.stop_ids
-    rollout = (rollout_factory or (lambda m, t, s: make_rollout(cfg.rollout, m, t, s)))(
+    rollout = (rollout_factory or (lambda m, t, s: make_rollout(cfg.rollout, m, t, s, ctx.stage)))(
         model, tokenizer, stop_ids
     )
 

@@ -134,7 +134,7 @@ def run(ctx: StageContext) -> StageResult:
 
     # Stops on EOS and the chat template's end-of-turn token; answers follow chat.think_close.
     chat = ChatFormat.of(tokenizer, ctx.pipeline.chat)
-    backend = make_rollout(cfg.rollout, policy, tokenizer, chat.stop_ids)
+    backend = make_rollout(cfg.rollout, policy, tokenizer, chat.stop_ids, stage=ctx.stage)
     sampler = GroupSampler(backend, tokenizer, cfg, phase.max_response_tokens, seed, chat.think_tags)
     settings = UpdateSettings.from_config(cfg)
     logger = StepLogger(ctx, cfg.log_every)
@@ -151,7 +151,7 @@ def run(ctx: StageContext) -> StageResult:
         started = time.monotonic()
         groups, gen = sampler.collect(stream, step)
         book["tokens"] += gen.pop("tokens_generated")
-        metrics = dict(gen)
+        metrics = dict(gen, weight_version=float(backend.weight_version))  # the rollouts' weights
         if groups:
             train = make_train_batch(groups, cfg, tokenizer.pad_token_id)
             step_settings = dataclasses.replace(settings, eps_high=controller.eps_high)
@@ -159,7 +159,7 @@ def run(ctx: StageContext) -> StageResult:
             metrics.update(
                 update_on_groups(policy, reference, optimizer, scheduler, train, step_settings, device)
             )
-            backend.sync_weights(policy)
+            backend.sync_weights(policy, step=step)
             metrics["time_update_s"] = time.monotonic() - update_started
             enabled = cfg.entropy_control.enabled
             metrics["eps_high"] = controller.update(metrics["entropy"]) if enabled else controller.eps_high

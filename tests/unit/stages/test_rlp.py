@@ -3,6 +3,7 @@ teacher, exact resume after a kill, and the information-gain curve on a warm-sta
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
 from pathlib import Path
@@ -382,3 +383,16 @@ def test_memory_switches_leave_the_step_unchanged(tmp_path, small_data, tiny_mod
     for part in ("model", "ema"):
         for name, tensor in states[0][part].items():
             assert torch.allclose(states[1][part][name], tensor, atol=1e-6), (part, name)
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is None, reason="vllm is not installed (make install-vllm)"
+)
+def test_a_vllm_run_logs_one_weight_push_per_step(tmp_path, small_data):
+    """rollout.backend: vllm: the thoughts come from the engine, which gets the weights after every step."""
+    model = tiny_model_dir(tmp_path / "m", Path(small_data["outputs"]["tokenizer_dir"]), heads=2, kv_heads=1)
+    tracker = RecordingTracker()
+    rlp.run(_ctx(tmp_path, small_data, model, {**TINY_RLP, "rollout": {"backend": "vllm"}}, tracker))
+    assert [tracker.rows[s]["weight_version"] for s in (1, 2, 3)] == [0.0, 1.0, 2.0]
+    assert all(0 < tracker.rows[s]["thought_len"] <= TINY_RLP["thought_tokens"] for s in (1, 2, 3))

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
+from stages import tiny_model_dir
 
 from slingshot.config import SynthConfig
 from slingshot.synth.generators import HFGenerator, TeacherGenerator, few_shot_prompt, make_generator
@@ -26,8 +31,12 @@ def test_make_generator_takes_the_stage_config():
     gen = make_generator(cfg, seed=5)
     assert isinstance(gen, TeacherGenerator)
     assert (gen.teacher.error_rate, gen.teacher.seed, gen.spread) == (0.3, 5, 0.2)
-    with pytest.raises(RuntimeError, match="vllm generator needs a GPU install"):
-        make_generator(SynthConfig(generator={"backend": "vllm", "model": "/nonexistent"}), seed=0)
+
+
+def test_the_vllm_generator_without_vllm_names_the_install(tiny_model, monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # what an environment without vLLM imports
+    with pytest.raises(ImportError, match="make install-vllm"):
+        make_generator(SynthConfig(generator={"backend": "vllm", "model": str(tiny_model)}), seed=0)
 
 
 def test_few_shot_prompt_text():
@@ -62,3 +71,20 @@ def test_hf_generator_stops_on_the_chat_templates_end_of_turn_and_drops_it(tmp_p
     four = tokenizer("four", add_special_tokens=False)["input_ids"]
     assert gen._decode([*four, im_end]) == "four"
     assert gen._decode(four) == "four"
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is None, reason="vllm is not installed (make install-vllm)"
+)
+def test_the_vllm_generator_writes_what_the_hf_one_does_greedily(small_data, train_entries, tmp_path):
+    """The same local model through vLLM: greedy problems and solutions equal the HF backend's."""
+    model = tiny_model_dir(tmp_path / "m", Path(small_data["outputs"]["tokenizer_dir"]), heads=2, kv_heads=1)
+    made = {
+        backend: HFGenerator(str(model), 0.0, 0.0, 1.0, 24, 16, backend=backend) for backend in ("hf", "vllm")
+    }
+    assert made["vllm"].rollout.__class__.__name__ == "VLLMRollout"
+    solved = {backend: gen.solve(train_entries[0], 2, seed=5) for backend, gen in made.items()}
+    assert solved["vllm"] == solved["hf"] and all(solved["hf"])
+    written = {backend: gen.new_problems(train_entries[:3], 2, 1, set()) for backend, gen in made.items()}
+    assert written["vllm"] == written["hf"]

