@@ -31,7 +31,10 @@ def pretrain_baseline(tmp_path_factory):
 
 
 def pytest_collection_modifyitems(config, items):
-    """GPU tests (``-m gpu``) run only where CUDA exists; elsewhere they are skipped, named."""
+    """Slow and Slurm tests first (under pytest-xdist the long ones then start early instead of leaving
+    one worker busy at the end); GPU tests (``-m gpu``) run only where CUDA exists, elsewhere
+    they are skipped, named."""
+    items.sort(key=lambda item: not ("slow" in item.keywords or "slurm" in item.keywords))  # stable sort
     gpu_items = [item for item in items if "gpu" in item.keywords]
     if not gpu_items:
         return
