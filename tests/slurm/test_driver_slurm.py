@@ -104,12 +104,14 @@ def name_of(config: Path) -> str:
 
 def test_driver_requeued_twice_completes_the_pipeline_once_and_refuses_a_second_driver(tmp_path):
     # A 1-minute driver gets USR2 15-45 s in (slurmctld checks time limits every 30 s) and
-    # requeues itself; the two stages take ~1.5 minutes.
+    # requeues itself; the two stages take at least 2 x 45 s of steps plus their start-up, so
+    # even an idle machine needs three driver windows (with 20 steps a fresh-clone CI run
+    # finished after one requeue).
     site = driver_site(tmp_path, time_min=1, signal_delay_s=15, stop_grace_s=10, max_requeues=8)
     overrides = slurm_overrides("drvq", pretrain={"resources": {"time_min": 7}})
     overrides["launcher"]["site"] = str(site)
     config = write_config(tmp_path, overrides)
-    env = pipeline_env(TOY_STEPS="20", TOY_STEP_SECONDS="1")
+    env = pipeline_env(TOY_STEPS="45", TOY_STEP_SECONDS="1")
     out = submit(tmp_path, config, "--until", "pretrain", env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     job_id = driver_lock(tmp_path)["job_id"]
