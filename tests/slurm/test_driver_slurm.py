@@ -111,7 +111,8 @@ def test_driver_requeued_twice_completes_the_pipeline_once_and_refuses_a_second_
     overrides = slurm_overrides("drvq", pretrain={"resources": {"time_min": 7}})
     overrides["launcher"]["site"] = str(site)
     config = write_config(tmp_path, overrides)
-    env = pipeline_env(TOY_STEPS="45", TOY_STEP_SECONDS="1")
+    steps = 45
+    env = pipeline_env(TOY_STEPS=str(steps), TOY_STEP_SECONDS="1")
     out = submit(tmp_path, config, "--until", "pretrain", env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     job_id = driver_lock(tmp_path)["job_id"]
@@ -136,7 +137,7 @@ def test_driver_requeued_twice_completes_the_pipeline_once_and_refuses_a_second_
         assert [s["reason"] for s in subs] == ["first"]  # submitted once, re-attached after each requeue
         run_id = json.loads((tmp_path / "results" / key / "manifest.json").read_text())["mlflow_run_id"]
         history = MlflowClient(f"sqlite:///{tmp_path}/results/mlflow.db").get_metric_history(run_id, "loss")
-        assert sorted(h.step for h in history) == list(range(1, 21))  # every step once
+        assert sorted(h.step for h in history) == list(range(1, steps + 1))  # every step once
     status = slingshot(tmp_path, "status", env=env)
     assert f"driver: slurm:{job_id}  COMPLETED  requeues {len(requeues)}" in status.stdout, status.stdout
 
