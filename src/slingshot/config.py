@@ -227,6 +227,22 @@ class RolloutConfig(StrictModel):
     # The engine's weights; auto: bfloat16 on a GPU (the trainer's fp32 master weights are cast
     # at every push), the model's own dtype on CPU.
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    # ProRL only. 1: one-step-async; the engine runs in its own process and generates step t+1's
+    # rollouts while the trainer updates on step t's (one weight version behind); the loss's
+    # importance ratio is against the log-probs the engine sampled with.
+    async_steps: Annotated[int, Field(ge=0, le=1)] = 0
+
+    @model_validator(mode="after")
+    def _check_async(self) -> RolloutConfig:
+        if self.async_steps and self.backend != "vllm":
+            raise ValueError(
+                "async_steps: one-step-async rollouts need backend: vllm (its engine runs in a "
+                "process of its own and returns the behaviour log-probs)"
+            )
+        return self
+
+
+SYNC_ONLY = "rollout.async_steps: only prorl generates one step ahead; {why} (set it to 0)"
 
 
 class RLPConfig(ModelStageConfig):
@@ -266,6 +282,10 @@ class RLPConfig(ModelStageConfig):
             raise ValueError(
                 f"positions_per_step ({self.positions_per_step}) must be a multiple of "
                 f"mini_batches ({self.mini_batches})"
+            )
+        if self.rollout.async_steps:
+            raise ValueError(
+                SYNC_ONLY.format(why="RLP samples each step's thoughts from the current weights")
             )
         if self.proxy_model is not None:
             self.proxy_model = expand_path(self.proxy_model)
@@ -526,6 +546,8 @@ class EvaluateConfig(StageConfig):
 
     @model_validator(mode="after")
     def _check(self) -> EvaluateConfig:
+        if self.rollout.async_steps:
+            raise ValueError(SYNC_ONLY.format(why="evaluation has no updates to overlap"))
         if max(self.k) > self.n_samples:
             raise ValueError(f"k: pass@{max(self.k)} needs n_samples >= {max(self.k)} (got {self.n_samples})")
         names = [b.name for b in self.benchmarks]

@@ -21,6 +21,21 @@ def tiny_llama(vocab: int = 64) -> LlamaForCausalLM:
     return LlamaForCausalLM(cfg)
 
 
+def engine_llama(vocab: int = 96) -> LlamaForCausalLM:
+    """The smallest Llama vLLM's CPU attention takes (2 heads of 32), seeded, in eval mode."""
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
 def vocab_heavy_qwen3(vocab: int = 4096) -> torch.nn.Module:
     """A tiny Qwen3 whose logits dominate its memory, as at real vocabularies (32 wide, seeded)."""
     from transformers import Qwen3Config, Qwen3ForCausalLM

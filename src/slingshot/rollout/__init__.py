@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from slingshot.rollout.base import Rollout, RolloutBackend
+from slingshot.rollout.base import EngineWeights, Rollout, RolloutBackend
 
 if TYPE_CHECKING:
     import torch
 
     from slingshot.config import RolloutConfig
 
-__all__ = ["Rollout", "RolloutBackend", "make_rollout"]
+__all__ = ["EngineWeights", "Rollout", "RolloutBackend", "make_rollout"]
 
 
 def make_rollout(
@@ -27,6 +27,10 @@ def make_rollout(
 ) -> RolloutBackend:
     """The backend ``cfg.backend`` names, generating with ``model`` until a stop token; ``stage``
     names the stage in a failed weight push."""
+    if cfg.backend == "vllm" and cfg.async_steps:
+        from slingshot.rollout.process import ProcessRollout  # the engine in a process of its own
+
+        return ProcessRollout(model, stop_token_ids, cfg, stage=stage)
     if cfg.backend == "vllm":
         from slingshot.rollout.vllm import VLLMRollout  # imports vllm: only when it is chosen
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import torch
@@ -38,3 +38,21 @@ class RolloutBackend(Protocol):
     def sync_weights(self, model: torch.nn.Module, step: int | None = None) -> None:
         """Make generation use ``model``'s current weights (after optimizer step ``step``)."""
         ...
+
+
+class EngineWeights:
+    """The engine's weights as a checkpointed part: its version is saved, and loading pushes
+    the policy's weights, so a resumed run samples from the resumed policy (an engine starts
+    with the weights the stage loaded before the checkpoint) and stamps the same versions.
+
+    List it after the policy among a ``TrainState``'s parts: they load in order."""
+
+    def __init__(self, backend: RolloutBackend, policy: torch.nn.Module):
+        self.backend, self.policy = backend, policy
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"weight_version": self.backend.weight_version}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.backend.sync_weights(self.policy)
+        self.backend.weight_version = int(state["weight_version"])

@@ -23,7 +23,7 @@ import os
 import random
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -32,6 +32,8 @@ import torch
 from slingshot.rollout.base import Rollout
 
 if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
     from slingshot.config import RolloutConfig
 
 INSTALL_HINT = (
@@ -61,7 +63,7 @@ def _kept_rng_state() -> Iterator[None]:
     np.random.set_state(numpy_state)
 
 
-def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def engine_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Every tensor the engine holds; ``state_dict`` keeps ``lm_head.weight`` even when it is tied."""
     state = model.state_dict()
     if "lm_head.weight" not in state and hasattr(model, "get_output_embeddings"):
@@ -70,9 +72,42 @@ def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 class VLLMRollout:
+    """The engine, started from ``model``'s config and weights (a copy: the trainer keeps its own)."""
+
     def __init__(
         self, model: torch.nn.Module, stop_token_ids: list[int], cfg: RolloutConfig, stage: str = "rollout"
     ):
+        model_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        self._start(model.config, model_dtype, stop_token_ids, cfg, stage)
+        self._push(engine_weights(model))
+        self._sleep()  # the trainer has the GPU until the first generate
+
+    @classmethod
+    def from_weights(
+        cls,
+        model_config: PretrainedConfig,
+        weights: dict[str, torch.Tensor],
+        model_dtype: str,
+        stop_token_ids: list[int],
+        cfg: RolloutConfig,
+        stage: str = "rollout",
+    ) -> VLLMRollout:
+        """The engine of a process that has no model, only its config and tensors
+        (:class:`slingshot.rollout.process.ProcessRollout`'s)."""
+        engine = cls.__new__(cls)
+        engine._start(model_config, model_dtype, stop_token_ids, cfg, stage)
+        engine._push(weights)
+        engine._sleep()
+        return engine
+
+    def _start(
+        self,
+        model_config: PretrainedConfig,
+        model_dtype: str,
+        stop_token_ids: list[int],
+        cfg: RolloutConfig,
+        stage: str,
+    ) -> None:
         _engine_environment(cfg)
         try:
             from vllm import LLM
@@ -86,14 +121,15 @@ class VLLMRollout:
         self._broken: str | None = None
         on_gpu = torch.cuda.is_available()
         self._sleeps = on_gpu and cfg.sleep_during_update
+        self._asleep = False
         dtype = cfg.dtype
         if dtype == "auto":
-            dtype = "bfloat16" if on_gpu else str(next(model.parameters()).dtype).removeprefix("torch.")
+            dtype = "bfloat16" if on_gpu else model_dtype
         # The engine starts from the model's config with placeholder weights, then gets the
         # model's own tensors the way every later push does: no weight file, and on every rank
         # (save_pretrained writes only on rank 0 of a process group).
         self._model_dir = tempfile.TemporaryDirectory(prefix="slingshot-vllm-")
-        model.config.save_pretrained(self._model_dir.name)
+        model_config.save_pretrained(self._model_dir.name)
         with _kept_rng_state():  # the engine seeds the global RNGs: the trainer's streams stay as they were
             self.llm = LLM(
                 model=self._model_dir.name,
@@ -108,9 +144,6 @@ class VLLMRollout:
                 gpu_memory_utilization=cfg.gpu_memory_utilization,
                 enable_sleep_mode=self._sleeps,
             )
-        self._asleep = False
-        self._push(model)
-        self._sleep()  # the trainer has the GPU until the first generate
 
     def generate(
         self,
@@ -165,6 +198,13 @@ class VLLMRollout:
 
     def sync_weights(self, model: torch.nn.Module, step: int | None = None) -> None:
         """Push ``model``'s weights into the engine; raises ``WeightSyncTimeout`` past ``sync_timeout_s``."""
+        self._timed_push(lambda: engine_weights(model), step)
+
+    def push_weights(self, weights: dict[str, torch.Tensor], step: int | None = None) -> None:
+        """:meth:`sync_weights` with the tensors themselves (what a separate engine process receives)."""
+        self._timed_push(lambda: weights, step)
+
+    def _timed_push(self, weights: Callable[[], dict[str, torch.Tensor]], step: int | None) -> None:
         if self._broken:
             raise RuntimeError(self._broken)
         done = threading.Event()
@@ -172,7 +212,7 @@ class VLLMRollout:
 
         def push() -> None:
             try:
-                self._push(model)
+                self._push(weights())
             except BaseException as error:  # re-raised in the caller's thread
                 failure.append(error)
             finally:
@@ -204,9 +244,8 @@ class VLLMRollout:
             self.llm.wake_up()
             self._asleep = False
 
-    def _push(self, model: torch.nn.Module) -> None:
+    def _push(self, weights: dict[str, torch.Tensor]) -> None:
         self._wake()
-        weights = _weights(model)
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights.items())})
         self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
 

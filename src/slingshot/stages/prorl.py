@@ -21,7 +21,10 @@ entropy controller, reset bookkeeping, prompt-stream position and RNG. A resume 
 re-anchors the reference to the resumed weights (that silently zeroes the KL). A new
 length-schedule phase is a new job that starts from the previous phase's HF model, so
 its reference starts there too: the phase boundary acts as a reference reset.
-Single process: rollouts and updates share one device (world_size > 1 is refused).
+Single process: rollouts and updates share one device (world_size > 1 is refused). With
+``rollout.async_steps: 1`` the vLLM engine runs in a process of its own and generates step
+t+1's batch while step t's update runs; the importance ratio is then against the engine's
+log-probs (the behaviour policy, one weight version behind), and ``weight_lag`` logs the lag.
 """
 
 from __future__ import annotations
@@ -42,11 +45,12 @@ from slingshot.models.hf import (
     load_model_and_tokenizer,
     save_model_dir,
 )
-from slingshot.rollout import make_rollout
+from slingshot.rollout import EngineWeights, make_rollout
 from slingshot.train.logging import StepLogger
 from slingshot.train.optim import build_optimizer, build_scheduler
 from slingshot.train.policy_update import UpdateSettings, update_on_groups
 from slingshot.train.rl_sampling import (
+    CollectAhead,
     GroupSampler,
     entropy_controller,
     fresh_book,
@@ -130,12 +134,17 @@ def run(ctx: StageContext) -> StageResult:
     )
     if reference is not None:
         parts["reference"] = reference
-    state = TrainState(**parts)
 
     # Stops on EOS and the chat template's end-of-turn token; answers follow chat.think_close.
     chat = ChatFormat.of(tokenizer, ctx.pipeline.chat)
     backend = make_rollout(cfg.rollout, policy, tokenizer, chat.stop_ids, stage=ctx.stage)
+    parts["engine"] = EngineWeights(backend, policy)  # after the policy: a resume pushes its weights
     sampler = GroupSampler(backend, tokenizer, cfg, phase.max_response_tokens, seed, chat.think_tags)
+    # One-step-async: step t+1's batch is collected while step t's update runs (and checkpointed).
+    ahead = CollectAhead(sampler, stream) if cfg.rollout.async_steps else None
+    if ahead is not None:
+        parts["ahead"] = ahead
+    state = TrainState(**parts)
     settings = UpdateSettings.from_config(cfg)
     logger = StepLogger(ctx, cfg.log_every)
     if ctx.checkpoints.latest() is None:  # fresh start: the curve's step-0 point
@@ -149,9 +158,16 @@ def run(ctx: StageContext) -> StageResult:
     last_val: dict[str, float] = {}
     for step in resumable_steps(ctx, phase.steps, state):
         started = time.monotonic()
-        groups, gen = sampler.collect(stream, step)
+        if ahead is None:
+            groups, gen = sampler.collect(stream, step)
+        else:
+            groups, gen = ahead.take(step)
+            if step < phase.steps:
+                ahead.start(step + 1)  # with the weights this step's update starts from
         book["tokens"] += gen.pop("tokens_generated")
-        metrics = dict(gen, weight_version=float(backend.weight_version))  # the rollouts' weights
+        metrics = dict(gen)
+        # Staleness: the trainer's weights are this many pushes ahead of the rollouts' (0 when sync).
+        metrics["weight_lag"] = backend.weight_version - gen["weight_version"]
         if groups:
             train = make_train_batch(groups, cfg, tokenizer.pad_token_id)
             step_settings = dataclasses.replace(settings, eps_high=controller.eps_high)
@@ -159,6 +175,8 @@ def run(ctx: StageContext) -> StageResult:
             metrics.update(
                 update_on_groups(policy, reference, optimizer, scheduler, train, step_settings, device)
             )
+            if ahead is not None:
+                ahead.wait()  # the next batch is sampled with the weights it started with
             backend.sync_weights(policy, step=step)
             metrics["time_update_s"] = time.monotonic() - update_started
             enabled = cfg.entropy_control.enabled
@@ -189,6 +207,8 @@ def run(ctx: StageContext) -> StageResult:
             step, metrics, force=step == phase.steps or bool(reset_reason) or "val/pass_at_1" in metrics
         )
 
+    if ahead is not None:
+        ahead.close()
     model_dir = ctx.output_dir / "model"
     if ctx.dist.is_main:
         save_model_dir(policy, tokenizer, model_dir)

@@ -53,7 +53,7 @@ from slingshot.models.hf import (
     load_model_and_tokenizer,
     save_model_dir,
 )
-from slingshot.rollout import RolloutBackend, make_rollout
+from slingshot.rollout import EngineWeights, RolloutBackend, make_rollout
 from slingshot.train.logging import StepLogger
 from slingshot.train.logprobs import PassSettings
 from slingshot.train.optim import build_optimizer, build_scheduler
@@ -141,10 +141,16 @@ def run(ctx: StageContext) -> StageResult:
     updates = cfg.steps * cfg.ppo_epochs * cfg.mini_batches
     scheduler = build_scheduler(optimizer, cfg.optimizer, updates)
     progress = Counter(tokens=0, thought_tokens=0, last_metrics={})
-    state = TrainState(
-        model=policy, optimizer=optimizer, scheduler=scheduler, ema=ema, stream=stream, progress=progress
-    )
     backend: RolloutBackend = make_rollout(cfg.rollout, policy, tokenizer, [think_close], stage=ctx.stage)
+    state = TrainState(
+        model=policy,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        ema=ema,
+        stream=stream,
+        progress=progress,
+        engine=EngineWeights(backend, policy),  # after the policy: a resume pushes its weights
+    )
     settings = UpdateSettings.from_config(cfg)
     follow_policy = ema_teacher_hook(ema, policy, cfg.ema_tau)  # SPEC: after EVERY optimizer step
     logger = StepLogger(ctx, cfg.log_every)

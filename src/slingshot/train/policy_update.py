@@ -217,9 +217,11 @@ def update_on_groups(
     # θ_old is the policy before this step's first update, for every mini-batch. The first
     # mini-batch is trained before any update, so its θ_old values come from its own
     # training forward (detached): one forward pass saved, as on-policy trainers do.
+    # With the engine's log-probs (one-step-async: sampled a weight version behind) the
+    # ratio is against those instead, the behaviour policy; the pass still gives entropies.
     for mb in minibatches[1:]:
         lp, ent = no_grad_pass(policy, mb, with_entropy=True)
-        old_logp.append(lp)
+        old_logp.append(lp if mb.behaviour_logprobs is None else mb.behaviour_logprobs)
         entropy.append(ent)
     if reference is not None:
         with resident(reference, device):  # a CPU-offloaded reference visits the GPU once per step
@@ -245,7 +247,7 @@ def update_on_groups(
                 policy, mb.input_ids, mb.attention_mask, mb.position_ids, with_entropy=i == 0, passes=passes
             )
             if i == 0:
-                old = logp.detach()
+                old = logp.detach() if mb.behaviour_logprobs is None else mb.behaviour_logprobs
             else:
                 old, ent = old_logp[i][a:b, :width], entropy[i][a:b, :width]  # type: ignore[index]
             assert ent is not None

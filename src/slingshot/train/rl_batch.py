@@ -24,6 +24,9 @@ class RLBatch:
     response_mask: torch.Tensor  # [N, T-1] bool: column t is True when token t+1 is a completion token
     prompt_lengths: torch.Tensor  # [N] long
     response_lengths: torch.Tensor  # [N] long
+    # [N, T-1] float in the log-prob frame: the sampled tokens' log-probs under the engine's
+    # weights (one-step-async ProRL's behaviour policy); None when the trainer computes θ_old.
+    behaviour_logprobs: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -41,6 +44,9 @@ class RLBatch:
             response_mask=self.response_mask[index][:, : width - 1],
             prompt_lengths=self.prompt_lengths[index],
             response_lengths=self.response_lengths[index],
+            behaviour_logprobs=(
+                None if self.behaviour_logprobs is None else self.behaviour_logprobs[index][:, : width - 1]
+            ),
         )
 
     def to(self, device: torch.device | str) -> RLBatch:
@@ -51,11 +57,17 @@ class RLBatch:
             ),
             self.prompt_lengths,
             self.response_lengths,
+            None if self.behaviour_logprobs is None else self.behaviour_logprobs.to(device),
         )
 
 
-def build_rl_batch(sequences: Sequence[tuple[Sequence[int], Sequence[int]]], pad_token_id: int) -> RLBatch:
-    """One batch from (prompt_ids, completion_ids) pairs, right-padded to the longest row.
+def build_rl_batch(
+    sequences: Sequence[tuple[Sequence[int], Sequence[int]]],
+    pad_token_id: int,
+    behaviour_logprobs: Sequence[Sequence[float]] | None = None,
+) -> RLBatch:
+    """One batch from (prompt_ids, completion_ids) pairs, right-padded to the longest row;
+    ``behaviour_logprobs``: each completion's sampled-token log-probs, in the same frame.
 
     Right padding keeps every row's positions at 0..len-1 with no offset bookkeeping, and
     causal attention never lets a real token see the padding after it. An empty
@@ -71,6 +83,7 @@ def build_rl_batch(sequences: Sequence[tuple[Sequence[int], Sequence[int]]], pad
     response = torch.zeros((n, width - 1), dtype=torch.bool)
     prompt_lengths = torch.zeros(n, dtype=torch.long)
     response_lengths = torch.zeros(n, dtype=torch.long)
+    behaviour = None if behaviour_logprobs is None else torch.zeros((n, width - 1), dtype=torch.float32)
     for i, (prompt, completion) in enumerate(sequences):
         if not prompt:
             raise ValueError(f"row {i}: empty prompt (the first completion token needs a context)")
@@ -81,8 +94,15 @@ def build_rl_batch(sequences: Sequence[tuple[Sequence[int], Sequence[int]]], pad
         response[i, len(prompt) - 1 : len(row) - 1] = True
         prompt_lengths[i] = len(prompt)
         response_lengths[i] = len(completion)
+        if behaviour is not None:
+            assert behaviour_logprobs is not None
+            if len(behaviour_logprobs[i]) != len(completion):
+                raise ValueError(
+                    f"row {i}: {len(behaviour_logprobs[i])} behaviour log-probs for {len(completion)} tokens"
+                )
+            behaviour[i, len(prompt) - 1 : len(row) - 1] = torch.tensor(behaviour_logprobs[i])
     positions = torch.arange(width, dtype=torch.long).expand(n, width).clone()
-    return RLBatch(input_ids, attention, positions, response, prompt_lengths, response_lengths)
+    return RLBatch(input_ids, attention, positions, response, prompt_lengths, response_lengths, behaviour)
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,8 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -239,11 +240,17 @@ class TrainBatch:
 
 
 def make_train_batch(groups: list[ScoredGroup], cfg: ProRLConfig, pad_token_id: int) -> TrainBatch:
+    """The kept groups as one batch; one-step-async runs carry the engine's log-probs, the
+    behaviour policy of the importance ratio."""
     rewards = torch.tensor([grp.rewards for grp in groups], dtype=torch.float32)
     adv = grpo_advantages(rewards, normalize_std=cfg.normalize_std, eps=cfg.adv_eps).reshape(-1)
-    batch = build_rl_batch(
-        [(r.prompt_ids, r.completion_ids) for grp in groups for r in grp.rollouts], pad_token_id
-    )
+    rollouts = [r for grp in groups for r in grp.rollouts]
+    behaviour = None
+    if cfg.rollout.async_steps:
+        if any(r.logprobs is None for r in rollouts):
+            raise ValueError("rollout.async_steps: the rollout backend returned no log-probs")
+        behaviour = [r.logprobs for r in rollouts]
+    batch = build_rl_batch([(r.prompt_ids, r.completion_ids) for r in rollouts], pad_token_id, behaviour)
     return TrainBatch(groups, rewards, adv, batch)
 
 
@@ -324,6 +331,8 @@ class GroupSampler:
             "response_length_max": float(lengths.max()),
             "truncated_frac": sum(not r.finished for r in flat) / len(flat),
             "tokens_generated": float(tokens),
+            # The weights the rollouts were sampled with (pushes before them).
+            "weight_version": sum(r.weight_version for r in flat) / len(flat),
             "time_generate_s": generate_s,
             "time_score_s": score_s,
         }
@@ -353,6 +362,70 @@ class GroupSampler:
         out = {"val/pass_at_1": sum(every) / len(every), "val/response_length": sum(lengths) / len(lengths)}
         out.update({f"val/pass_at_1/{fam}": sum(cs) / len(cs) for fam, cs in sorted(by_family.items())})
         return out
+
+
+class CollectAhead:
+    """One-step-async sampling (``rollout.async_steps: 1``): step t+1's groups are collected in
+    a thread while the trainer updates on step t's (the engine generates in its own process,
+    with the weights from before step t's update: one version behind when they are trained on).
+
+    The batch collected ahead is part of the checkpoint, so a resumed run trains on exactly
+    the groups the uninterrupted run would have; the prompt stream's saved position is past them.
+    """
+
+    def __init__(self, sampler: GroupSampler, stream: PromptStream | MixedPromptStream):
+        self.sampler, self.stream = sampler, stream
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout-ahead")
+        self._running: tuple[int, Future] | None = None
+        self._ready: tuple[int, list[ScoredGroup], dict[str, float]] | None = None
+
+    def start(self, step: int) -> None:
+        """Begin collecting ``step``'s groups with the engine's current weights."""
+        assert self._running is None and self._ready is None, "one batch ahead at most"
+        self._running = (step, self._pool.submit(self.sampler.collect, self.stream, step))
+
+    def wait(self) -> None:
+        """Until the batch collected ahead is in: before a weight push, so it keeps its weights."""
+        if self._running is not None:
+            step, future = self._running
+            self._running = None
+            self._ready = (step, *future.result())
+
+    def take(self, step: int) -> tuple[list[ScoredGroup], dict[str, float]]:
+        """``step``'s groups: the batch collected ahead, or collected now (a run's first step)."""
+        self.wait()
+        if self._ready is None:
+            return self.sampler.collect(self.stream, step)
+        ahead, groups, stats = self._ready
+        if ahead != step:
+            raise RuntimeError(f"the batch collected ahead is step {ahead}'s, not step {step}'s")
+        self._ready = None
+        return groups, stats
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        self.wait()
+        if self._ready is None:
+            return {"step": None}
+        step, groups, stats = self._ready
+        return {"step": step, "groups": [asdict(g) for g in groups], "stats": stats}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["step"] is None:
+            self._ready = None
+            return
+        groups = [
+            ScoredGroup(
+                entry=g["entry"],
+                rollouts=[Rollout(**r) for r in g["rollouts"]],
+                rewards=g["rewards"],
+                correct=g["correct"],
+            )
+            for g in state["groups"]
+        ]
+        self._ready = (int(state["step"]), groups, dict(state["stats"]))
 
 
 def per_source_stats(groups: Sequence[ScoredGroup]) -> dict[str, float]:

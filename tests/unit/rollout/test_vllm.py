@@ -14,6 +14,7 @@ import time
 
 import pytest
 import torch
+from tiny_hf import engine_llama
 
 from slingshot.config import RolloutConfig
 
@@ -31,19 +32,7 @@ BF16_LOGPROB_TOLERANCE = 0.1  # a bf16 engine against the fp32 model (bf16 keeps
 
 
 def _llama() -> torch.nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=512,
-    )
-    return LlamaForCausalLM(cfg).eval()
+    return engine_llama(VOCAB)
 
 
 def _qwen2_tied() -> torch.nn.Module:

@@ -443,3 +443,43 @@ def test_a_vllm_run_samples_with_the_pushed_weights_of_each_step(tmp_path, sft_s
     assert [b - a for a, b in zip(versions, versions[1:], strict=False)] == [float(u) for u in updated]
     assert 0.0 <= rec.rows[3]["val/pass_at_1"] <= 1.0 and rec.rows[0]["val/pass_at_1"] > 0.0
     assert Path(result.outputs["model_dir"], "config.json").is_file()
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is None, reason="vllm is not installed (make install-vllm)"
+)
+def test_one_step_async_trains_a_version_behind_on_the_engines_logprobs_and_resumes_exactly(
+    tmp_path, sft_setup, monkeypatch
+):
+    """rollout.async_steps: 1 — the engine process samples step t+1 while step t updates: the
+    rollouts trained on at step t >= 2 are one push behind, their engine log-probs are the
+    loss's θ_old, and a crash after a checkpoint resumes on the batch collected ahead."""
+    tokenizer_dir = sft_setup["data"]["outputs"]["tokenizer_dir"]
+    model = _sft(tokenizer_dir, sft_setup["splits"]["train"], sft_setup["root"] / "sft-async", heads=2)
+    setup = {**sft_setup, "model": model}
+    rollout = {"backend": "vllm", "async_steps": 1}
+    behaviour: list[bool] = []
+    original = prorl.update_on_groups
+
+    def spy(policy, reference, optimizer, scheduler, train, *args):
+        behaviour.append(train.batch.behaviour_logprobs is not None)
+        return original(policy, reference, optimizer, scheduler, train, *args)
+
+    monkeypatch.setattr(prorl, "update_on_groups", spy)
+    full = Recorder()
+    prorl.run(_ctx(tmp_path / "full", setup, full, steps=4, interval=2, rollout=rollout))
+    assert behaviour and all(behaviour)
+    updated = ["kl" in full.rows[s] for s in (1, 2, 3, 4)]
+    assert all(updated), "a step without a learnable group: the lags below would differ"
+    assert [full.rows[s]["weight_lag"] for s in (1, 2, 3, 4)] == [0.0, 1.0, 1.0, 1.0]
+    assert [full.rows[s]["weight_version"] for s in (1, 2, 3, 4)] == [0.0, 0.0, 1.0, 2.0]
+
+    crashed = Recorder(crash_at=3)
+    with pytest.raises(RuntimeError, match="simulated node failure"):
+        prorl.run(_ctx(tmp_path / "cut", setup, crashed, steps=4, interval=2, rollout=rollout))
+    resumed = Recorder()
+    prorl.run(_ctx(tmp_path / "cut", setup, resumed, steps=4, interval=2, rollout=rollout))
+    for step in (3, 4):
+        for key in ("reward_mean", "weight_version", "weight_lag", "loss", "kl", "ratio_mean"):
+            assert resumed.rows[step][key] == pytest.approx(full.rows[step][key], rel=1e-4, abs=1e-7), key

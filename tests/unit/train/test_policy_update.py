@@ -275,3 +275,47 @@ def test_rlp_scoring_in_micro_batches_equals_one_pass():
     assert micro.entropy_sum == pytest.approx(whole.entropy_sum, abs=1e-5)
     baseline = [score_baseline(model, positions, 0, 8, CPU, PassSettings(b)) for b in (10**6, 1)]
     assert torch.allclose(baseline[0], baseline[1], atol=1e-6)
+
+
+def test_update_on_groups_takes_the_ratio_against_the_engines_behaviour_logprobs():
+    """One-step-async: θ_old is the engine's log-probs. Behaviour log-probs δ below the policy's
+    own give the ratio e^δ on every token, and the token-mean loss −e^δ·mean(A) per mini-batch:
+    (3·1 − 2·1)/5 = 0.2 and (4·0.5 − 0.5)/5 = 0.3, so −0.25·e^δ over the two."""
+    from slingshot.train.logprobs import token_logprobs
+
+    policy = tiny_llama()
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=0.0)  # the policy stays put
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    cfg = ProRLConfig(n_samples=2, batch_prompts=2, mini_batch_prompts=1, kl_coef=0.0, loss_agg="token-mean")
+    plain = _train_batch().batch
+    with torch.no_grad():
+        own, _ = token_logprobs(policy, plain.input_ids, plain.attention_mask, plain.position_ids)
+    sequences = [([1, 2], [3, 4, 5]), ([1, 2], [6, 7]), ([8], [9, 10, 11, 12]), ([8], [13])]
+    delta = 0.05
+    behaviour = [
+        (own[i, len(p) - 1 : len(p) - 1 + len(c)] - delta).tolist() for i, (p, c) in enumerate(sequences)
+    ]
+    train = _train_batch()
+    train.batch = build_rl_batch(sequences, 0, behaviour)
+    metrics = update_on_groups(
+        policy, None, optimizer, scheduler, train, UpdateSettings.from_config(cfg), CPU
+    )
+    assert metrics["ratio_mean"] == pytest.approx(torch.e**delta, rel=1e-5)
+    assert metrics["clip_frac"] == 0.0  # e^0.05 is inside [1 − ε_low, 1 + ε_high]
+    assert metrics["policy_loss"] == pytest.approx(-0.25 * torch.e**delta, rel=1e-5)
+    # Without them (synchronous runs) θ_old is the policy itself: ratio 1.
+    sync = update_on_groups(
+        policy, None, optimizer, scheduler, _train_batch(), UpdateSettings.from_config(cfg), CPU
+    )
+    assert sync["ratio_mean"] == pytest.approx(1.0) and sync["policy_loss"] == pytest.approx(-0.25)
+
+
+def test_behaviour_logprobs_sit_in_the_logprob_frame_of_the_completion_tokens():
+    batch = build_rl_batch([([1, 2], [3, 4]), ([5], [6, 7, 8])], 0, [[-0.1, -0.2], [-0.3, -0.4, -0.5]])
+    expected = torch.tensor([[0.0, -0.1, -0.2], [-0.3, -0.4, -0.5]])
+    assert torch.equal(batch.behaviour_logprobs, expected)
+    assert (batch.behaviour_logprobs != 0).eq(batch.response_mask).all()
+    trimmed = batch.rows(slice(0, 1))  # a mini-batch trimmed to its own width keeps the frame
+    assert torch.equal(trimmed.behaviour_logprobs, expected[:1])
+    with pytest.raises(ValueError, match="row 0: 1 behaviour log-probs for 2 tokens"):
+        build_rl_batch([([1, 2], [3, 4])], 0, [[-0.1]])

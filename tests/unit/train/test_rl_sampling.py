@@ -169,6 +169,7 @@ def test_collect_keeps_only_groups_with_a_signal_and_counts_what_it_saw():
         "response_length_max": 34.0,
         "truncated_frac": 1 / 8,
         "tokens_generated": float(8 + sum(lengths)),
+        "weight_version": 0.0,  # the scripted backend's rollouts: no push before them
     }
 
 
