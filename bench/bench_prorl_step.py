@@ -15,6 +15,14 @@ The first step of each side is warm-up and not counted.
 
     python bench/bench_prorl_step.py                 # CPU-sized defaults
     python bench/bench_prorl_step.py --prompts 16 --samples 8 --max-tokens 128 --hidden 256
+
+``--peer async``: instead of TRL, the same ProRL run with vLLM generating synchronously
+(generate, then update, then push) against one-step-async (``rollout.async_steps: 1``: the
+engine in its own process generates step t+1 while step t updates). On CPU the async run
+gives the engine one core (``VLLM_CPU_OMP_THREADS_BIND``) and the trainer the rest; the
+sync run lets each phase use every core. Needs vLLM (``make install-vllm``).
+
+    python bench/bench_prorl_step.py --peer async --steps 6
 """
 
 from __future__ import annotations
@@ -100,7 +108,9 @@ def _setup(a: argparse.Namespace, root: Path) -> dict[str, Any]:
     return {"data": data, "model": root / "model", "train": splits["train"]}
 
 
-def run_prorl(a: argparse.Namespace, setup: dict[str, Any], root: Path) -> list[float]:
+def run_prorl(
+    a: argparse.Namespace, setup: dict[str, Any], root: Path, rollout: dict[str, Any] | None = None
+) -> list[float]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
     from stages import make_ctx, pipeline_config
 
@@ -108,6 +118,7 @@ def run_prorl(a: argparse.Namespace, setup: dict[str, Any], root: Path) -> list[
     from slingshot.tracking import Tracker
 
     times: dict[int, float] = {}
+    parts: dict[int, tuple[float, float]] = {}  # (generation, update) seconds
 
     class Times(Tracker):
         def __init__(self) -> None:
@@ -116,6 +127,7 @@ def run_prorl(a: argparse.Namespace, setup: dict[str, Any], root: Path) -> list[
         def log_metrics(self, metrics: Any, step: int) -> None:
             if "step_time_s" in metrics:
                 times[step] = float(metrics["step_time_s"])
+                parts[step] = (float(metrics["time_generate_s"]), float(metrics.get("time_update_s", 0.0)))
 
     use_digit_share_reward()
     cfg = pipeline_config(
@@ -140,6 +152,7 @@ def run_prorl(a: argparse.Namespace, setup: dict[str, Any], root: Path) -> list[
                     "log_every": 1,
                     "optimizer": {"lr": a.lr},
                     "phases": [{"name": "bench", "steps": a.steps, "max_response_tokens": a.max_tokens}],
+                    "rollout": rollout or {},
                 }
             }
         },
@@ -156,6 +169,11 @@ def run_prorl(a: argparse.Namespace, setup: dict[str, Any], root: Path) -> list[
         interval_steps=10_000,
     )
     prorl.run(ctx)
+    timed = sorted(parts)[1:]
+    if timed:
+        generate = statistics.mean(parts[s][0] for s in timed)
+        update = statistics.mean(parts[s][1] for s in timed)
+        print(f"  {rollout or 'hf'}: generation {generate:.3f} s, update + push {update:.3f} s per step")
     return [times[s] for s in sorted(times)]
 
 
@@ -228,6 +246,39 @@ def run_trl(a: argparse.Namespace, setup: dict[str, Any], root: Path) -> list[fl
     return times
 
 
+def compare_sync_async(a: argparse.Namespace, device: str) -> None:
+    """ProRL with vLLM, synchronous vs one-step-async, same settings, one after the other."""
+    cores = os.cpu_count() or 1
+    threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory(prefix="bench-prorl-async-") as tmp:
+        root = Path(tmp)
+        setup = _setup(a, root)
+        sync = run_prorl(a, setup, root / "sync", {"backend": "vllm"})
+        if not torch.cuda.is_available() and cores > 1:
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = str(cores - 1)  # the engine process: the last core
+            torch.set_num_threads(cores - 1)  # the trainer: the others
+        overlapped = run_prorl(a, setup, root / "async", {"backend": "vllm", "async_steps": 1})
+        torch.set_num_threads(threads)
+    sync_s, async_s = statistics.mean(sync[1:]), statistics.mean(overlapped[1:])
+    print(
+        f"device: {device}; B={a.prompts} prompts x G={a.samples}, <= {a.max_tokens} response tokens, "
+        f"Llama {a.layers}x{a.hidden}, {a.steps - 1} timed steps, vLLM {_vllm_version()}"
+    )
+    print(
+        f"ProRL step, vLLM sync:        {sync_s:.3f} s  (per step: {', '.join(f'{t:.2f}' for t in sync[1:])})"
+    )
+    print(
+        f"ProRL step, vLLM async (1):   {async_s:.3f} s  (per step: {', '.join(f'{t:.2f}' for t in overlapped[1:])})"
+    )
+    print(f"ratio sync / async: {sync_s / async_s:.2f}x (above 1: one-step-async is faster)")
+
+
+def _vllm_version() -> str:
+    import vllm
+
+    return vllm.__version__
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prompts", type=int, default=8)
@@ -241,6 +292,7 @@ def main() -> None:
     p.add_argument("--eps-high", type=float, default=0.4)
     p.add_argument("--beta", type=float, default=1e-3)
     p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--peer", choices=["trl", "async"], default="trl")
     a = p.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore")
@@ -251,6 +303,8 @@ def main() -> None:
         if torch.cuda.is_available()
         else f"CPU ({torch.get_num_threads()} threads)"
     )
+    if a.peer == "async":
+        return compare_sync_async(a, device)
     with tempfile.TemporaryDirectory(prefix="bench-prorl-") as tmp:
         root = Path(tmp)
         setup = _setup(a, root)
