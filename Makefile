@@ -1,7 +1,7 @@
 # The two commands of the README's quickstart:
 #   make run    install into .venv and run the embedded tiny pipeline (CPU, local processes)
-#   make test   install (Python + the dev Slurm cluster's Debian packages), bring the dev
-#               cluster up, and run the whole test suite (.ci/run calls this)
+#   make test   install (Python with vLLM's CPU build + the dev Slurm cluster's Debian packages),
+#               bring the dev cluster up, and run the whole test suite (.ci/run calls this)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
@@ -44,7 +44,8 @@ cluster-up: system-deps
 cluster-down:
 	bash cluster/dev/down.sh
 
-test: install cluster-up
+# The tests run with vLLM's CPU build, so the vLLM tests are not skipped (they are in CI).
+test: install-vllm cluster-up
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 test-fast: install

