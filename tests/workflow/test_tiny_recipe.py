@@ -173,8 +173,10 @@ def test_tiny_recipe_runs_end_to_end_with_every_generating_stage_on_vllm(tmp_pat
         if manifest["kind"] not in ("rlp", "prorl"):
             continue
         versions = [m.value for m in client.get_metric_history(manifest["mlflow_run_id"], "weight_version")]
-        assert versions and versions[0] == 0.0, key  # the first rollouts: the stage's input weights
-        assert versions == sorted(versions) and versions[-1] > 0, f"{key}: no push reached the engine"
+        # Logged every log_every steps: one push per update, so the versions only grow.
+        assert versions == sorted(versions) and versions[-1] > 0, (
+            f"{key}: no push reached the engine {versions}"
+        )
         if manifest["kind"] == "prorl":
             lags = [m.value for m in client.get_metric_history(manifest["mlflow_run_id"], "weight_lag")]
             assert lags and set(lags) <= {0.0, 1.0} and 1.0 in lags, key

@@ -48,6 +48,10 @@ class WeightSyncTimeout(RuntimeError):
 def _engine_environment(cfg: RolloutConfig) -> None:
     # setdefault: a user's own setting wins. These must be set before vllm is imported.
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine in this process
+    # Every push logs INFO lines and a harmless "RotaryEmbedding: Failed to load weights"
+    # (it has none): in a stage's log at every step they bury the training lines. Set
+    # VLLM_LOGGING_LEVEL=INFO to see the engine's own logs.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     if not torch.cuda.is_available():
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.cpu_kvcache_gb))
         # vLLM keeps a core for itself by default: on a 2-core machine that halves generation.
