@@ -30,11 +30,11 @@ def _cmd_launch(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from slingshot.plan import build_plan
-    from slingshot.validate import ConfigError, load_pipeline_config, tracking_problems
+    from slingshot.validate import ConfigError, environment_problems, load_pipeline_config, tracking_problems
 
     try:
         cfg = load_pipeline_config(args.config)
-        problems = tracking_problems(cfg, [Path(args.config)])
+        problems = tracking_problems(cfg, [Path(args.config)]) + environment_problems(cfg)
         if problems:
             raise ConfigError(problems)
     except ConfigError as error:
