@@ -325,6 +325,10 @@ class Tracker:
             )
         elif op == "artifact":
             self.client.log_artifact(self.run_id, record["path"], record.get("artifact_path"))
+        elif op == "input":
+            self._send_input(record["name"], record["source"], record["digest"], record["context"])
+        elif op == "model":
+            self._send_model(record["name"], record["model_dir"], record["params"])
         elif op == "terminated":
             self.client.set_terminated(self.run_id, status=record["status"], end_time=record["end_time"])
         else:
@@ -376,15 +380,19 @@ class Tracker:
         self, name: str, source: str | os.PathLike[str], digest: str, context: str = "training"
     ) -> None:
         """Record a dataset this stage consumed (name, content digest, where it lives)."""
-        if not self.enabled:
-            return
+        if self.enabled:
+            source = str(Path(source).resolve())
+            self._record(
+                {"op": "input", "name": name, "source": source, "digest": digest, "context": context}
+            )
+
+    def _send_input(self, name: str, source: str, digest: str, context: str) -> None:
         from mlflow.data.dataset_source_registry import get_dataset_source_from_json
         from mlflow.data.meta_dataset import MetaDataset
         from mlflow.entities import DatasetInput, InputTag
         from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-        uri = json.dumps({"uri": str(Path(source).resolve())})
-        local_source = get_dataset_source_from_json(uri, source_type="local")
+        local_source = get_dataset_source_from_json(json.dumps({"uri": source}), source_type="local")
         dataset = MetaDataset(source=local_source, name=name, digest=digest[:36])
         entry = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
         self.client.log_inputs(self.run_id, datasets=[entry])
@@ -398,24 +406,37 @@ class Tracker:
 
     def log_model_dir(
         self, name: str, model_dir: str | os.PathLike[str], params: Mapping[str, Any] | None = None
-    ) -> str | None:
-        """Register the stage's HF model directory as an external logged model (weights stay where they are)."""
-        if not self.enabled:
-            return None
+    ) -> None:
+        """Register the stage's HF model directory as an external logged model (weights stay
+        where they are); its id becomes the run's tag ``slingshot.logged_model_id``."""
+        if self.enabled:
+            params = {k: str(v) for k, v in redact(params or {}).items()}
+            self._record(
+                {"op": "model", "name": name, "model_dir": str(Path(model_dir).resolve()), "params": params}
+            )
+
+    def _send_model(self, name: str, model_dir: str, params: dict[str, str]) -> None:
         import mlflow
+        from mlflow.entities import RunTag
 
         mlflow.set_tracking_uri(self.uri)
         run = self.client.get_run(self.run_id)
+        tags = run.data.tags
+        if tags.get("slingshot.logged_model_id") and tags.get("slingshot.logged_model_dir") == model_dir:
+            return  # sent before, its acknowledgement lost: one logged model per directory
         model = mlflow.create_external_model(
             name=name,
             source_run_id=self.run_id,
             experiment_id=run.info.experiment_id,
-            tags={"slingshot.model_dir": str(Path(model_dir).resolve())},
-            params={k: str(v) for k, v in redact(params or {}).items()},
+            tags={"slingshot.model_dir": model_dir},
+            params=params,
             model_type="hf-causal-lm",
         )
-        self.set_tags({"slingshot.logged_model_id": model.model_id})
-        return model.model_id
+        model_tags = [
+            RunTag("slingshot.logged_model_id", model.model_id),
+            RunTag("slingshot.logged_model_dir", model_dir),
+        ]
+        self.client.log_batch(self.run_id, tags=model_tags, synchronous=True)
 
     def finish(self, status: str = "FINISHED") -> None:
         if self.enabled:
