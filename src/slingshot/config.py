@@ -69,9 +69,10 @@ class TrackingConfig(StrictModel):
     # variables already set in the environment win.
     credentials_file: str | None = None
 
-    @field_validator("credentials_file")
+    @field_validator("uri", "credentials_file")
     @classmethod
-    def _expand_credentials_file(cls, value: str | None) -> str | None:
+    def _expand(cls, value: str | None) -> str | None:
+        # ${VAR}: a recipe names the site's server without naming its login node.
         return expand_path(value) if value is not None else None
 
 

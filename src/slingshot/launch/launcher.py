@@ -370,7 +370,10 @@ def launch(config_path: str | os.PathLike[str], variant: str, stage: str) -> int
             say(f"submitted {node.key} as {backend} job {job.job_id} ({reason})")
         outcome = _wait(running, cfg.launcher.poll_interval_s)
         state.mark_ended(running.job_id)
-        after_job(cfg, node, done=outcome.status == DONE and manifest.is_file())
+        finished = outcome.status == DONE and manifest.is_file()
+        if finished and backend == "slurm":
+            _settled_slurm_state(running.job_id)  # accounting has the job's final elapsed time
+        after_job(cfg, node, done=finished)
         if outcome.status == DONE:
             if not manifest.is_file():
                 raise LaunchError(
