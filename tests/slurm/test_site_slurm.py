@@ -47,7 +47,7 @@ def server(tmp_path, monkeypatch):
 
 
 def test_jobs_run_the_site_python_with_credentials_only_in_their_environment_and_cost_from_sacct(
-    tmp_path, server
+    tmp_path, server, monkeypatch
 ):
     site_python = make_env(tmp_path / "site-env")
     site = site_file(tmp_path, python=str(site_python))
@@ -89,6 +89,7 @@ def test_jobs_run_the_site_python_with_credentials_only_in_their_environment_and
         assert not [v for v in values if password.decode() in v], run.info.run_name
 
     # Cost: the report's table (and status --cost) says GPU-hours = sacct's elapsed x GPUs.
+    monkeypatch.chdir(tmp_path)  # the pipeline's relative work and results dirs
     cfg = load_pipeline_config(tmp_path / "work" / "pipeline-config.yaml")
     row = next(r for r in cost_rows(cfg, build_plan(cfg)) if r["stage"] == KEY)
     expected = _sacct_gpu_hours(job_id)
