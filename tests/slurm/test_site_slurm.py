@@ -12,7 +12,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 from pipeline import BIN, events, manifest, pipeline_env, run_snakemake, slurm_overrides, write_config
-from site_env import TrackingServer, make_env, site_file
+from site_env import TrackingServer, free_port, make_env, site_file
 
 from slingshot.config import deep_merge
 from slingshot.launch.cost import gpus_in, parse_tres
@@ -36,7 +36,9 @@ def _sacct_gpu_hours(job_id: str) -> float:
 
 @pytest.fixture
 def server(tmp_path, monkeypatch):
-    srv = TrackingServer(tmp_path / "mlflow-server")
+    """The tracking server where the test's site file says (cluster/mlflow/serve.sh reads it)."""
+    site = site_file(tmp_path, name="tracking", tracking={"host": "127.0.0.1", "port": free_port()})
+    srv = TrackingServer(tmp_path / "mlflow-server", site=site)
     srv.start()
     for name, value in srv.credentials.items():  # the test's own MLflow client only
         monkeypatch.setenv(name, value)
@@ -66,6 +68,7 @@ def test_jobs_run_the_site_python_with_credentials_only_in_their_environment_and
     assert out.returncode == 0, out.stderr[-3000:]
 
     # The job ran the site's interpreter, not the one that submitted it.
+    assert server.uri == (tmp_path / "mlflow-server" / "tracking_uri").read_text().strip()
     assert str(site_python) != sys.executable
     assert {e["python"] for e in events(tmp_path, KEY)} == {str(site_python)}
     m = manifest(tmp_path, KEY)

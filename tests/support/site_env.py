@@ -59,17 +59,19 @@ def free_port() -> int:
 class TrackingServer:
     """cluster/mlflow/serve.sh and stop.sh on one store directory and one port."""
 
-    def __init__(self, directory: Path, port: int | None = None):
+    def __init__(self, directory: Path, site: Path | None = None):
+        """On a free port, or where ``site``'s ``tracking`` section says (serve.sh reads it)."""
         self.directory = directory
-        self.port = port or free_port()
         bin_dir = Path(sys.executable).parent
-        self.env = {
-            **os.environ,
-            "MLFLOW_PORT": str(self.port),
-            "MLFLOW_START_TIMEOUT": "180",
-            "MLFLOW_BIN": str(bin_dir / "mlflow"),
-        }
-        self.uri = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "MLFLOW_START_TIMEOUT": "180", "MLFLOW_BIN": str(bin_dir / "mlflow")}
+        if site is None:
+            host, self.port = "127.0.0.1", free_port()
+            self.env["MLFLOW_PORT"] = str(self.port)
+        else:
+            tracking = yaml.safe_load(site.read_text())["tracking"]
+            host, self.port = tracking["host"], int(tracking["port"])
+            self.env["SLINGSHOT_SITE"] = str(site)
+        self.uri = f"http://{host}:{self.port}"
 
     @property
     def credentials_file(self) -> Path:
