@@ -94,7 +94,7 @@ class Journal:
 
     def flush(self, send: Callable[[dict[str, Any]], None], probe: Callable[[], str | None]) -> int:
         """Send the pending records in order; return how many went. An unreachable server
-        stops the flush (the rest stay pending); any other error is raised."""
+        stops the flush (the rest stay pending); a record the server refuses is raised."""
         if not self.pending:
             return 0
         now = time.monotonic()
@@ -110,10 +110,14 @@ class Journal:
             try:
                 send(self.records[self.sent])
             except Exception as error:
-                if not is_unreachable(error):
-                    raise
-                self._went_down(error)
-                return count
+                if is_unreachable(error):
+                    self._went_down(error)
+                    return count
+                # The server refused it: raise (as an unjournaled call would), but past it,
+                # or every later flush, a rerun's too, would stop on the same record.
+                self.sent += 1
+                self._write_cursor()
+                raise
             self.sent += 1
             count += 1
             self._write_cursor()
