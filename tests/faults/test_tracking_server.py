@@ -13,6 +13,7 @@ app, started with cluster/mlflow/serve.sh on a free port, a SQLite store in the 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -121,6 +122,21 @@ def test_tracking_server_down_longer_than_the_client_retries_loses_no_metric(
     worst = assert_matches_baseline(history, pretrain_baseline, 1e-6)
     journal = run_dir / "work" / KEY / "mlflow_journal.jsonl"
     assert int(journal.with_suffix(".sent").read_text()) == len(journal.read_text().splitlines())
+    # Every metric, not only the loss: each step of each key once, as journaled.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(server.uri)
+    run = client.get_run(
+        json.loads((run_dir / "results" / KEY / "manifest.json").read_text())["mlflow_run_id"]
+    )
+    journaled: dict[str, list[int]] = {}
+    for line in journal.read_text().splitlines():
+        for key, _value, _timestamp, step in json.loads(line).get("metrics", []):
+            journaled.setdefault(key, []).append(step)
+    assert set(run.data.metrics) == set(journaled) and len(journaled) > 5
+    for key, steps in journaled.items():
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == sorted(steps), key
+    assert run.info.status == "FINISHED"
     print(
         f"server down for {outage:.1f}s while the stage trained from step {INTERVAL} to {trained_through}; "
         f"{len(history)} loss steps, each once; worst diff {worst:.3g}"
