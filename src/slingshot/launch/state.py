@@ -82,7 +82,10 @@ class LaunchState:
 def record_start(work_dir: Path) -> None:
     """Append this job start (the job id, its restart count, the time) to the work dir."""
     entry = {
-        "job_id": os.environ.get("SLURM_JOB_ID") or str(os.getpid()),
+        # The id the launcher recorded: Slurm's, or submitit's local job id (its controller's pid).
+        "job_id": os.environ.get("SLURM_JOB_ID")
+        or os.environ.get("SUBMITIT_LOCAL_JOB_ID")
+        or str(os.getpid()),
         "restart": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
         "started_at": time.time(),
         "host": socket.gethostname(),

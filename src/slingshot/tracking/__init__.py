@@ -203,7 +203,12 @@ class Tracker:
     keeps training while the server is unreachable."""
 
     def __init__(
-        self, client: Any | None, run_id: str | None, uri: str | None = None, journal: Journal | None = None
+        self,
+        client: Any | None,
+        run_id: str | None,
+        uri: str | None = None,
+        journal: Journal | None = None,
+        read_history: bool = True,
     ):
         self.client = client
         self.run_id = run_id
@@ -212,7 +217,8 @@ class Tracker:
         self._floor: dict[str, int] = {}
         if client is not None and run_id is not None:
             self._flush()  # what an earlier job of this stage could not send goes first
-            self._floor = self._logged_steps()
+            # read_history=False: the journal alone says which steps were logged (a run with one).
+            self._floor = self._logged_steps() if read_history else {}
             for key, step in (journal.metric_floor() if journal else {}).items():
                 self._floor[key] = max(step, self._floor.get(key, -1))
 
@@ -277,9 +283,9 @@ class Tracker:
             return None
         from mlflow import MlflowClient
 
-        return cls(
-            MlflowClient(tracking_uri=uri), run_id_file.read_text().strip(), uri, Journal(journal_path)
-        )
+        run_id = run_id_file.read_text().strip()
+        # The stage logged through this journal: no need to read every metric's history.
+        return cls(MlflowClient(tracking_uri=uri), run_id, uri, Journal(journal_path), read_history=False)
 
     def _logged_steps(self) -> dict[str, int]:
         if self.journal is not None and self.journal.down_since is not None:
