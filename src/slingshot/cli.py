@@ -4,7 +4,7 @@ slingshot launch STAGE --variant V --config FILE   run one stage node (what each
 slingshot validate [CONFIG]                         validate a pipeline config, print the plan
 slingshot schema                                    print the config's JSON schema
 slingshot profiles install                          install the Snakemake profiles for --profile
-slingshot status [--config FILE]                    stage table: state, job, restarts, metric, run
+slingshot status [--config FILE] [--cost]           stage table: state, job, progress, metric, run; cost
 slingshot plan --memory CONFIG [--gpu-memory-gb G]  per-GPU memory plan of the training stages
 slingshot submit [SNAKEMAKE ARGS]                   run Snakemake as a requeueing Slurm job; returns at once
 slingshot cancel [--config FILE]                    end the driver job and this pipeline's stage jobs
@@ -30,11 +30,11 @@ def _cmd_launch(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from slingshot.plan import build_plan
-    from slingshot.validate import ConfigError, load_pipeline_config, tracking_problems
+    from slingshot.validate import ConfigError, environment_problems, load_pipeline_config, tracking_problems
 
     try:
         cfg = load_pipeline_config(args.config)
-        problems = tracking_problems(cfg, [Path(args.config)])
+        problems = tracking_problems(cfg, [Path(args.config)]) + environment_problems(cfg)
         if problems:
             raise ConfigError(problems)
     except ConfigError as error:
@@ -77,7 +77,7 @@ def _cmd_profiles(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     from slingshot.status import print_status
 
-    return print_status(args.config)
+    return print_status(args.config, cost=args.cost)
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
@@ -182,6 +182,11 @@ def main(argv: list[str] | None = None) -> int:
         "status", help="table of variant x stage: state, job, restarts, elapsed, metric, run id"
     )
     _add_config_option(p)
+    p.add_argument(
+        "--cost",
+        action="store_true",
+        help="also per stage: elapsed, GPU-hours, CPU-hours, queue wait, requeues",
+    )
     p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser("plan", help="per-GPU memory plan of the training stages (no weights needed)")

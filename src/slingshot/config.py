@@ -63,6 +63,17 @@ class TrackingConfig(StrictModel):
     uri: str | None = None
     experiment: str | None = None  # None: the pipeline name
     log_models: bool = True
+    # A server with authentication (cluster/mlflow/serve.sh): the file of mode 600 holding
+    # MLFLOW_TRACKING_USERNAME=... and MLFLOW_TRACKING_PASSWORD=... lines. The launcher puts
+    # them into the jobs' environment (never into params, tags, job scripts or manifests);
+    # variables already set in the environment win.
+    credentials_file: str | None = None
+
+    @field_validator("uri", "credentials_file")
+    @classmethod
+    def _expand(cls, value: str | None) -> str | None:
+        # ${VAR}: a recipe names the site's server without naming its login node.
+        return expand_path(value) if value is not None else None
 
 
 class Resources(StrictModel):

@@ -13,12 +13,15 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from slingshot.checkpoint import CheckpointManager, SaveTriggers
 from slingshot.config import PipelineConfig, StageConfig
 from slingshot.dist import DistEnv
 from slingshot.tracking import Tracker
+
+if TYPE_CHECKING:
+    from slingshot.train.logging import Progress
 
 T = TypeVar("T")
 
@@ -66,6 +69,8 @@ class StageContext:
     triggers: SaveTriggers
     # Fans out independent tasks (a Slurm job array on Slurm); the job layer sets it.
     run_array: ArrayRunner = run_in_process
+    # Where the training loop stands (step i/N, ETA); resumable_steps sets it.
+    progress: Progress | None = None
 
     @property
     def input_model_dir(self) -> Path | None:

@@ -20,6 +20,7 @@ from typing import Protocol
 from slingshot import dist
 from slingshot.checkpoint import StageInterrupted
 from slingshot.context import StageContext
+from slingshot.train.logging import Progress
 
 
 class Stateful(Protocol):
@@ -67,10 +68,13 @@ def save_checkpoint(ctx: StageContext, step: int, state: Stateful, all_ranks_wri
 def resumable_steps(
     ctx: StageContext, total_steps: int, state: Stateful, all_ranks_write: bool = False
 ) -> Iterator[int]:
-    """Yield the steps still to run (1-based); checkpoint and stop as the triggers say."""
+    """Yield the steps still to run (1-based); checkpoint and stop as the triggers say, and
+    keep ``ctx.progress`` (the step log's i/N and ETA, ``progress.json`` for status)."""
     start = resume_step(ctx, state)
+    ctx.progress = Progress(ctx.work_dir, total_steps, start, write=ctx.dist.is_main)
     for step in range(start + 1, total_steps + 1):
         yield step
+        ctx.progress.update(step)
         save, stop = ctx.triggers.check(step)
         if save or step == total_steps:
             save_checkpoint(ctx, step, state, all_ranks_write)

@@ -4,7 +4,9 @@ A row holds the stage's evaluation metrics (pass@k for every k any variant evalu
 mean response length, parse rate); a metric the evaluation did not report is NaN, written
 as an empty cell in ``table.csv`` and as "–" in ``table.md``. The benchmark table
 (:func:`benchmark_rows`) has one row per variant x evaluated stage x benchmark, read from
-the evaluation's ``bench/<name>/<metric>`` metrics.
+the evaluation's ``bench/<name>/<metric>`` metrics. The cost table (:func:`cost_rows`) has one
+row per stage node: elapsed time, GPU-hours, CPU-hours, queue wait, requeues and resubmits
+(:mod:`slingshot.launch.cost`), shared by the report and ``slingshot status --cost``.
 """
 
 from __future__ import annotations
@@ -13,12 +15,24 @@ import csv
 import io
 import math
 from collections.abc import Iterator
+from dataclasses import asdict
 from typing import Any
 
 from slingshot.config import MODEL_CHAIN, PipelineConfig
 from slingshot.plan import Plan
 
 BASE_COLUMNS = ("variant", "stage", "model", "prompts")
+COST_COLUMNS = (
+    "stage",
+    "source",
+    "jobs",
+    "elapsed_s",
+    "gpu_hours",
+    "cpu_hours",
+    "queue_wait_s",
+    "requeues",
+    "resubmits",
+)
 BENCH_BASE_COLUMNS = ("variant", "stage", "benchmark", "prompts")
 TAIL_COLUMNS = ("response_tokens", "parse_rate")
 
@@ -100,3 +114,20 @@ def table_md(rows: list[dict[str, Any]], columns: list[str]) -> str:
     for r in rows:
         lines.append("| " + " | ".join(format_cell(r.get(c, "")) or "–" for c in columns) + " |")
     return "\n".join(lines) + "\n"
+
+
+def cost_rows(cfg: PipelineConfig, plan: Plan, skip: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """One row per stage node that was submitted, in recipe order: the cost the launcher
+    recorded when the stage finished (``cost.json``), else the cost so far."""
+    from slingshot.launch.cost import measure_cost, read_cost
+    from slingshot.launch.launcher import node_resources
+
+    rows = []
+    for node in plan.ordered():
+        if node.key in skip:
+            continue
+        work_dir = node.work_dir(cfg)
+        cost = read_cost(work_dir) or measure_cost(work_dir, node_resources(cfg, node))
+        if cost is not None:
+            rows.append({"stage": node.key, **asdict(cost)})
+    return rows

@@ -11,8 +11,12 @@ no daemon and works from any shell in the pipeline's directory:
   (it checkpointed and asked to be requeued) or ``lost`` (no result at all: killed,
   cancelled, node failure); no record at all: ``not started``.
 - job id, restarts (submissions after the first + Slurm requeues), elapsed time,
+- the training loop's progress (step i/N, percent, ETA: ``progress.json`` in the work dir),
 - the latest value of the stage's key metric and the MLflow run id; for a finished
   evaluation also each benchmark's pass@1 (``bench/<name>/pass_at_1`` in its manifest).
+
+``--cost`` adds the cost table: per stage the elapsed time, GPU-hours, CPU-hours, queue wait,
+requeues and resubmits (sacct on Slurm, else the clock; :mod:`slingshot.launch.cost`).
 
 Above the table, the `slingshot submit` driver job when there is one (its lock file in
 ``<work_dir>/driver``): job id, Slurm state, requeues, elapsed, node and log.
@@ -30,6 +34,7 @@ from slingshot.config import PipelineConfig
 from slingshot.launch.state import LaunchState
 from slingshot.plan import Node, build_plan
 from slingshot.tracking.key_metrics import pick_metric
+from slingshot.train.logging import read_progress
 from slingshot.validate import ConfigError, load_pipeline_config
 from slingshot.workflow import RESOLVED_NAME
 
@@ -51,6 +56,7 @@ class StageStatus:
     step: int | None = None
     detail: str = ""
     benchmarks: dict[str, float] = field(default_factory=dict)  # benchmark name -> pass@1 (evaluations)
+    progress: dict[str, Any] | None = None  # the training loop's progress.json (running stages)
 
     @property
     def stage(self) -> str:
@@ -140,6 +146,8 @@ def node_status(cfg: PipelineConfig, node: Node, variant: str) -> StageStatus:
         status.benchmarks = benchmark_pass_at_1(manifest.get("metrics", {}))
         return status
     status.state, status.detail = _job_state(cfg, node, launch)
+    if status.state in ("running", "stopped", "failed", "lost"):
+        status.progress = read_progress(node.work_dir(cfg))
     started = launch.first_submitted_at
     if started is not None:
         end = time.time() if status.state in ("running", "pending") else _ended_at(cfg, node, launch)
@@ -192,6 +200,10 @@ def _tracking_client(cfg: PipelineConfig) -> Any | None:
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         return None
     from mlflow import MlflowClient
+
+    from slingshot.tracking import export_credentials
+
+    export_credentials(cfg.tracking.credentials_file)  # a server with authentication
 
     return MlflowClient(tracking_uri=uri)
 
@@ -286,12 +298,36 @@ def format_elapsed(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+def format_progress(progress: dict[str, Any] | None, running: bool) -> str:
+    """``37/96 (39%) ETA 0:12:00`` (the ETA counted down since the job wrote it)."""
+    if not progress or not progress.get("total"):
+        return ""
+    step, total = int(progress["step"]), int(progress["total"])
+    text = f"{step}/{total} ({100 * step / total:.0f}%)"
+    eta = progress.get("eta_s")
+    if running and eta is not None and step < total:
+        left = max(float(eta) - (time.time() - float(progress.get("updated_at", time.time()))), 0.0)
+        text += f" ETA {format_elapsed(left)}"
+    return text
+
+
 def render_table(cfg: PipelineConfig, rows: list[StageStatus]) -> Any:
     from rich.table import Table
 
     table = Table(title=f"slingshot: {cfg.pipeline.name}  ({cfg.tracking_uri})", title_justify="left")
-    for column in ("variant", "stage", "state", "job", "restarts", "elapsed", "key metric", "mlflow run"):
-        table.add_column(column, no_wrap=column in ("stage", "mlflow run", "job"))
+    columns = (
+        "variant",
+        "stage",
+        "state",
+        "job",
+        "restarts",
+        "elapsed",
+        "progress",
+        "key metric",
+        "mlflow run",
+    )
+    for column in columns:
+        table.add_column(column, no_wrap=column in ("stage", "mlflow run", "job", "progress"))
     for r in rows:
         stage = r.stage + (f" (= {r.shared_from})" if r.shared_from else "")
         state = f"[{STATE_STYLE.get(r.state, '')}]{r.state}[/]"
@@ -308,14 +344,45 @@ def render_table(cfg: PipelineConfig, rows: list[StageStatus]) -> Any:
             job,
             str(r.restarts),
             format_elapsed(r.elapsed_s),
+            format_progress(r.progress, r.state == "running"),
             metric,
             r.run_id or "",
         )
     return table
 
 
-def print_status(config_path: str | None) -> int:
-    """Print the table; 2 on a config error, else 0 (failures are shown, not an exit code)."""
+def render_cost(cfg: PipelineConfig) -> Any:
+    """The cost table (:func:`slingshot.report_table.cost_rows`): what each stage cost, or so far."""
+    from rich.table import Table
+
+    from slingshot.report_table import COST_COLUMNS, cost_rows
+
+    table = Table(title=f"cost: {cfg.pipeline.name}", title_justify="left")
+    headers = {
+        "elapsed_s": "elapsed",
+        "gpu_hours": "GPU-h",
+        "cpu_hours": "CPU-h",
+        "queue_wait_s": "queue wait",
+    }
+    for column in COST_COLUMNS:
+        table.add_column(headers.get(column, column), no_wrap=True)
+    for row in cost_rows(cfg, build_plan(cfg)):
+        cells = []
+        for column in COST_COLUMNS:
+            value = row[column]
+            if column in ("elapsed_s", "queue_wait_s"):
+                cells.append(format_elapsed(value))
+            elif isinstance(value, float):
+                cells.append(f"{value:.4f}")
+            else:
+                cells.append(str(value))
+        table.add_row(*cells)
+    return table
+
+
+def print_status(config_path: str | None, cost: bool = False) -> int:
+    """Print the table (and with ``cost`` the cost table); 2 on a config error, else 0
+    (failures are shown, not an exit code)."""
     import sys
 
     from rich.console import Console
@@ -332,6 +399,8 @@ def print_status(config_path: str | None) -> int:
     if driver is not None:
         console.print(render_driver(driver), soft_wrap=True)
     console.print(render_table(cfg, rows))
+    if cost:
+        console.print(render_cost(cfg))
     counts: dict[str, int] = {}
     for r in {r.node.key: r for r in rows}.values():
         counts[r.state] = counts.get(r.state, 0) + 1

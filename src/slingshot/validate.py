@@ -11,8 +11,10 @@ The schemas and defaults are in :mod:`slingshot.config`; this module turns a raw
    the Slurm site or this machine, and each training stage's memory plan fits the site's
    GPUs (:mod:`slingshot.memory_plan`).
 
-The tracking server of an http(s) ``tracking.uri`` is checked separately
-(:func:`tracking_problems`): the DAG build and each launch call it, a dry run does not.
+The tracking server of an http(s) ``tracking.uri`` (it answers, and accepts the pipeline's
+credentials) is checked separately (:func:`tracking_problems`): the DAG build and each launch
+call it, a dry run does not. So is the site's Python (:func:`environment_problems`, the DAG
+build and `slingshot validate`).
 """
 
 from __future__ import annotations
@@ -141,18 +143,72 @@ def tracking_problems(
     """The tracking server of an http(s) ``tracking.uri`` must answer before any stage runs
     (checked when the DAG is built, by `slingshot validate` and by each launch). ``wait_s``:
     keep trying that long first (a launch rides out a server restart; the DAG check does not wait)."""
-    from slingshot.tracking import server_problem  # mlflow: only for a config with a tracking server
+    # mlflow: only for a config with a tracking server
+    from slingshot.tracking import CredentialsError, auth_problem, export_credentials, server_problem
 
-    if not cfg.tracking.uri:
+    if not cfg.tracking.uri or not cfg.tracking.uri.startswith(("http://", "https://")):
         return []
+    sources = [Path(s) for s in sources or []]
     deadline = time.monotonic() + wait_s
     while (problem := server_problem(cfg.tracking_uri)) is not None and time.monotonic() < deadline:
         time.sleep(2.0)
+    if problem is not None:
+        where = _locate(("tracking", "uri"), sources)
+        return [
+            f"tracking.uri: {problem}; start the server (cluster/mlflow/serve.sh) or fix tracking.uri [{where}]"
+        ]
+    try:
+        source = export_credentials(cfg.tracking.credentials_file)
+    except CredentialsError as error:
+        return [f"tracking.credentials_file: {error} [{_locate(('tracking', 'credentials_file'), sources)}]"]
+    problem = auth_problem(cfg.tracking_uri, source)
     if problem is None:
         return []
-    where = _locate(("tracking", "uri"), [Path(s) for s in sources or []])
+    key = ("tracking", "credentials_file") if cfg.tracking.credentials_file else ("tracking", "uri")
+    return [f"{'.'.join(key)}: {problem} [{_locate(key, sources)}]"]
+
+
+def environment_problems(cfg: PipelineConfig, timeout_s: float = 300.0) -> list[str]:
+    """The site's Python must import slingshot and torch on the compute nodes. When it is on a
+    path they share with this machine (``shared_paths``, or ``compute_nodes_local``), run it
+    here through the site's setup lines, as a job would, and say what is wrong. Checked when the
+    DAG is built and by `slingshot validate` (seconds: it imports torch), not per launch."""
+    import shlex
+    import subprocess
+
+    from slingshot.launch.site import setup_script, site_file
+
+    if cfg.launcher.backend != "slurm":
+        return []
+    try:
+        path, site = site_file(cfg.launcher.site), load_site(cfg.launcher.site)
+    except SiteError:
+        return []  # check_plan names it
+    if site.python is None:
+        return []  # the interpreter that submits: this one
+    try:
+        executable = shlex.split(site.python)[0]
+    except (ValueError, IndexError):
+        return [f"launcher.site: {path}: python: '{site.python}' is not a shell command"]
+    if not site.shares(executable):
+        return []  # not visible from here: the job's own import error will name it
+    prefix = f"launcher.site: {path}: python: '{site.python}'"
+    if "/" in executable and not Path(executable).exists():
+        return [f"{prefix} does not exist"]
+    probe = 'import slingshot, torch; print("torch", torch.__version__)'
+    script = f"{setup_script(site)}\n{site.python} -c {shlex.quote(probe)}"
+    try:
+        out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return [f"{prefix} did not import slingshot and torch within {timeout_s:.0f}s"]
+    if out.returncode == 0:
+        return []
+    missing = re.search(r"No module named '([\w.]+)'", out.stderr)
+    if missing:
+        return [f"{prefix} cannot import {missing.group(1)}: install it into that environment"]
+    lines = [line for line in out.stderr.strip().splitlines() if line.strip()]
     return [
-        f"tracking.uri: {problem}; start the server (cluster/mlflow/serve.sh) or fix tracking.uri [{where}]"
+        f"{prefix} failed through the site's setup lines: {lines[-1] if lines else f'exit {out.returncode}'}"
     ]
 
 
@@ -394,6 +450,14 @@ def _site_problems(cfg: PipelineConfig) -> list[str]:
     except SiteError as error:
         return [f"launcher.site: {error}"]
     problems = []
+    from slingshot.tracking import is_loopback  # no mlflow import
+
+    if cfg.tracking.uri and not site.compute_nodes_local and is_loopback(cfg.tracking.uri):
+        problems.append(
+            f"tracking.uri: '{cfg.tracking.uri}' is a loopback address, but the compute nodes of site "
+            f"'{site.name}' are other hosts, where it does not reach this machine: serve the tracking server "
+            "on an address they reach (the site's tracking.host, cluster/mlflow/serve.sh) and use that name"
+        )
     for variant in cfg.variants:
         stages = cfg.variant_stages(variant)
         for name in StagesConfig.model_fields:

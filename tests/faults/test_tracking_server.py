@@ -1,26 +1,27 @@
-"""The MLflow tracking server under faults and load (a real `mlflow server` started with
-cluster/mlflow/serve.sh on a free port, a SQLite store in the test's directory):
+"""The MLflow tracking server under faults and load (a real `mlflow server` with its basic-auth
+app, started with cluster/mlflow/serve.sh on a free port, a SQLite store in the test's directory):
 
-- restarted while a real stage logs to it: the stage and the pipeline finish, and every
-  step's metric is in the run exactly once, equal to the uninterrupted run's. What carries
-  the stage through is the MLflow client's own retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES=7
-  with backoff 2 s, 4 s, 8 s, ... : about 4 minutes) around slingshot's synchronous
-  log_batch calls, and a launch that starts during the outage waits up to 60 s for it.
+- with authentication: an unauthenticated write is refused, the pipeline's user is accepted,
+  and a wrong password is refused by name when the DAG is built, before any job.
+- stopped while a real stage logs to it for longer than the MLflow client's retries (made
+  short here: no retries, a 3 s timeout), then restarted: the stage trains on (what it logs
+  waits in its journal), and every step's metric is in the run exactly once, equal to the
+  uninterrupted run's.
 - 16 concurrent jobs logging to one server through slingshot's Tracker: no lost metric,
   no error.
 """
 
 from __future__ import annotations
 
-import os
-import socket
+import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from pipeline import kill_session, pipeline_env, start_snakemake, wait_for
+import yaml
+from pipeline import kill_session, pipeline_env, run_snakemake, start_snakemake, wait_for
 from real_pipeline import (
     INTERVAL,
     KEY,
@@ -30,65 +31,84 @@ from real_pipeline import (
     loss_history,
     real_config,
 )
+from site_env import TrackingServer
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 SUPPORT = REPO / "tests" / "support"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """cluster/mlflow/serve.sh and stop.sh on one store directory and one port."""
-
-    def __init__(self, directory: Path, port: int):
-        self.directory = directory
-        self.env = {**os.environ, "MLFLOW_PORT": str(port), "MLFLOW_START_TIMEOUT": "180"}
-        self.uri = f"http://127.0.0.1:{port}"
-
-    def start(self) -> None:
-        out = subprocess.run(
-            ["bash", str(REPO / "cluster/mlflow/serve.sh"), str(self.directory)],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=240,
-        )
-        assert out.returncode == 0, out.stderr[-3000:]
-
-    def stop(self) -> None:
-        subprocess.run(
-            ["bash", str(REPO / "cluster/mlflow/stop.sh"), str(self.directory)],
-            env=self.env,
-            capture_output=True,
-            timeout=60,
-        )
+# The client's retry window, made short: one try, 3 s to connect or answer.
+SHORT_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"}
 
 
 @pytest.fixture
-def server(tmp_path):
-    srv = Server(tmp_path / "mlflow-server", _free_port())
+def server(tmp_path, monkeypatch):
+    srv = TrackingServer(tmp_path / "mlflow-server")
     srv.start()
+    for name, value in srv.credentials.items():  # this process's own MLflow client
+        monkeypatch.setenv(name, value)
     try:
         yield srv
     finally:
         srv.stop()
 
 
-def test_tracking_server_restarted_mid_stage_loses_no_metric(tmp_path, server, pretrain_baseline):
+def _with_credentials_file(config: Path, credentials: Path) -> None:
+    raw = yaml.safe_load(config.read_text())
+    raw["tracking"]["credentials_file"] = str(credentials)
+    config.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def test_auth_refuses_strangers_and_wrong_passwords_and_accepts_the_pipeline(tmp_path, server):
+    import requests
+
+    url = f"{server.uri}/api/2.0/mlflow/experiments/create"
+    assert requests.post(url, json={"name": "intruder"}, timeout=30).status_code == 401
+    user = server.credentials["MLFLOW_TRACKING_USERNAME"]
+    good = (user, server.credentials["MLFLOW_TRACKING_PASSWORD"])
+    assert requests.post(url, json={"name": "pipeline"}, auth=good, timeout=30).status_code == 200
+    assert (server.credentials_file.stat().st_mode & 0o777) == 0o600
+    assert (server.directory / "auth" / "auth.ini").stat().st_mode & 0o777 == 0o600
+
+    run_dir = tmp_path / "run"
+    config = real_config(run_dir, "auth", tracking_uri=server.uri)
+    wrong = tmp_path / "wrong-credentials"
+    wrong.write_text(f"MLFLOW_TRACKING_USERNAME={user}\nMLFLOW_TRACKING_PASSWORD=not-the-password\n")
+    wrong.chmod(0o600)
+    _with_credentials_file(config, wrong)
+    env = pipeline_env()
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        env.pop(name, None)
+    out = run_snakemake(run_dir, config, "--until", "pretrain", env=env)
+    assert out.returncode != 0
+    assert (
+        f"tracking.credentials_file: the tracking server at {server.uri} refused user '{user}'" in out.stderr
+    )
+    assert "wrong password or unknown user" in out.stderr
+    assert not (run_dir / "work" / "data").exists()  # before any job
+
+    raw = yaml.safe_load(config.read_text())
+    del raw["tracking"]["credentials_file"]
+    config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    out = run_snakemake(run_dir, config, "--until", "pretrain", env=env)
+    assert out.returncode != 0 and "requires authentication and no credentials are set" in out.stderr
+
+
+def test_tracking_server_down_longer_than_the_client_retries_loses_no_metric(
+    tmp_path, server, pretrain_baseline
+):
     run_dir = tmp_path / "run"
     config = real_config(run_dir, "fault-mlflow", tracking_uri=server.uri)
-    proc = start_snakemake(run_dir, config, "--until", "pretrain")
+    _with_credentials_file(config, server.credentials_file)
+    proc = start_snakemake(run_dir, config, "--until", "pretrain", env=pipeline_env(**SHORT_RETRIES))
     try:
         wait_for(lambda: any(s >= INTERVAL for s in checkpoint_steps(run_dir / "work")), 300, "a checkpoint")
         server.stop()
         stopped = time.monotonic()
-        time.sleep(3)  # the outage: the stage's next log_batch fails to connect and retries
+        # Longer than the client's window: without the journal the stage's next log call fails it.
+        wait_for(lambda: max(checkpoint_steps(run_dir / "work")) >= 3 * INTERVAL, 120, "training on")
+        time.sleep(max(0.0, 8 - (time.monotonic() - stopped)))
+        trained_through = max(checkpoint_steps(run_dir / "work"))
         server.start()
         outage = time.monotonic() - stopped
         assert proc.wait(timeout=400) == 0, (run_dir / "snakemake.out").read_text()[-3000:]
@@ -96,9 +116,31 @@ def test_tracking_server_restarted_mid_stage_loses_no_metric(tmp_path, server, p
         if proc.poll() is None:
             kill_session(proc)
     assert checkpoint_steps(run_dir / "work")[-1] == STEPS
+    log = (run_dir / "results" / "logs" / "main.pretrain-p1.log").read_text()
+    assert "tracking server unreachable" in log
     history = loss_history(run_dir, KEY, uri=server.uri)
     worst = assert_matches_baseline(history, pretrain_baseline, 1e-6)
-    print(f"server down for {outage:.1f}s; {len(history)} loss steps, each once; worst diff {worst:.3g}")
+    journal = run_dir / "work" / KEY / "mlflow_journal.jsonl"
+    assert int(journal.with_suffix(".sent").read_text()) == len(journal.read_text().splitlines())
+    # Every metric, not only the loss: each step of each key once, as journaled.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(server.uri)
+    run = client.get_run(
+        json.loads((run_dir / "results" / KEY / "manifest.json").read_text())["mlflow_run_id"]
+    )
+    journaled: dict[str, list[int]] = {}
+    for line in journal.read_text().splitlines():
+        for key, _value, _timestamp, step in json.loads(line).get("metrics", []):
+            journaled.setdefault(key, []).append(step)
+    assert set(run.data.metrics) == set(journaled) and len(journaled) > 5
+    for key, steps in journaled.items():
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == sorted(steps), key
+    assert run.info.status == "FINISHED"
+    print(
+        f"server down for {outage:.1f}s while the stage trained from step {INTERVAL} to {trained_through}; "
+        f"{len(history)} loss steps, each once; worst diff {worst:.3g}"
+    )
 
 
 def test_sixteen_concurrent_jobs_log_every_metric(tmp_path, server):
@@ -109,7 +151,7 @@ def test_sixteen_concurrent_jobs_log_every_metric(tmp_path, server):
 
     jobs, steps = 16, 40
     go = tmp_path / "go"
-    env = pipeline_env()
+    env = pipeline_env(**server.credentials)
     procs = [
         subprocess.Popen(
             [

@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
+import sys
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "workflow" / "config" / "recipes" / "qwen3-1.7b-rlp-sft-prorl.yaml"
@@ -90,9 +94,19 @@ def write_recipe_inputs(root: Path) -> dict[str, str]:
     for name in MODELS[1:]:
         shutil.copytree(first, root / "models" / name)
     write_recipe_data(root / "data")
+    # The example site, with this environment as the jobs' Python (its /shared/envs path is a
+    # placeholder, refused by name where it does not exist).
+    site = yaml.safe_load((REPO / "cluster" / "example-site.yaml").read_text())
+    site["python"] = sys.executable
+    (root / "site.yaml").write_text(yaml.safe_dump(site, sort_keys=False))
+    credentials = root / "mlflow-credentials"
+    credentials.write_text("MLFLOW_TRACKING_USERNAME=slingshot\nMLFLOW_TRACKING_PASSWORD=recipe-test\n")
+    credentials.chmod(0o600)
     return {
         "SLINGSHOT_MODELS": str(root / "models"),
         "SLINGSHOT_DATA": str(root / "data"),
-        "SLINGSHOT_SITE": "example-site",
+        "SLINGSHOT_SITE": str(root / "site.yaml"),
         "SLINGSHOT_SITE_DIR": str(REPO / "cluster"),
+        "SLINGSHOT_TRACKING_URI": f"http://{socket.gethostname()}:5000",
+        "SLINGSHOT_TRACKING_CREDENTIALS": str(credentials),
     }

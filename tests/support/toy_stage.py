@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -81,6 +82,7 @@ def run(ctx: StageContext) -> StageResult:
                         "host": socket.gethostname(),
                         "pid": os.getpid(),
                         "probe": os.environ.get("SLINGSHOT_PROBE"),
+                        "python": sys.executable,
                         "slurm_node": os.environ.get("SLURMD_NODENAME"),
                         "job": os.environ.get("SLURM_JOB_ID"),
                         "restart": os.environ.get("SLURM_RESTART_COUNT", "0"),

@@ -42,6 +42,8 @@ def fake_models(tmp_path, monkeypatch):
     monkeypatch.setenv("SLINGSHOT_DATA", str(tmp_path))
     monkeypatch.setenv("SLINGSHOT_SITE_DIR", str(REPO / "cluster"))
     monkeypatch.setenv("SLINGSHOT_SITE", "example-site")
+    monkeypatch.setenv("SLINGSHOT_TRACKING_URI", "http://login01:5000")  # the tracking server's name
+    monkeypatch.setenv("SLINGSHOT_TRACKING_CREDENTIALS", str(tmp_path / "credentials"))
     return tmp_path
 
 

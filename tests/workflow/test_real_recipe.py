@@ -26,23 +26,30 @@ def recipe_env(tmp_path_factory):
 
 
 @pytest.fixture
-def tracking_port():
-    """Something listening where the recipe's tracking.uri points (127.0.0.1:5000): `slingshot
-    validate` checks only that the server accepts connections. A port already taken is fine too."""
-    server = socket.socket()
-    try:
-        server.bind(("127.0.0.1", 5000))
-        server.listen()
-    except OSError:
-        server.close()
-        server = None
-    yield
-    if server is not None:
-        server.close()
+def tracking_server(recipe_env):
+    """A stand-in tracking server where the recipe's tracking.uri points, on a free port: `slingshot
+    validate` checks that it answers an authenticated request (200 here)."""
+    import http.server
+    import threading
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the http.server API
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"experiments": []}')
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("0.0.0.0", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield {"SLINGSHOT_TRACKING_URI": f"http://{socket.gethostname()}:{server.server_address[1]}"}
+    server.shutdown()
 
 
-def test_recipe_validates_with_its_benchmarks_read(recipe_env, tracking_port, tmp_path):
-    env = {**os.environ, **recipe_env}
+def test_recipe_validates_with_its_benchmarks_read(recipe_env, tracking_server, tmp_path):
+    env = {**os.environ, **recipe_env, **tracking_server}
     out = subprocess.run(
         [str(BIN / "slingshot"), "validate", str(RECIPE)],
         env=env,

@@ -95,6 +95,9 @@ def test_finished_running_and_failed_stages(tmp_path, monkeypatch):
         assert slow.state == "running" and slow.backend == "local" and slow.restarts == 0
         assert slow.job_id == launch_state(tmp_path, "slow/rlp")["submissions"][0]["job_id"]
         assert slow.metric == "loss" and slow.step >= 1 and slow.run_id in text
+        # Its progress, from the training loop's progress.json: step i of the toy's 6.
+        assert slow.progress is not None and slow.progress["total"] == 6
+        assert f"{slow.progress['step']}/6 (" in text
         assert rows[("slow", "evaluate-rlp")].state == "not started"
         assert rows[("bad", "report")].state == "not started"
 

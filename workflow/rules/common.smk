@@ -9,7 +9,7 @@ from snakemake.exceptions import WorkflowError
 
 from slingshot.config import MODEL_CHAIN
 from slingshot.plan import build_plan
-from slingshot.validate import ConfigError, tracking_problems, validate_config
+from slingshot.validate import ConfigError, environment_problems, tracking_problems, validate_config
 from slingshot.workflow import write_resolved_config
 
 # Site files (cluster/<site>.yaml) are found next to this Snakefile, wherever it runs.
@@ -25,9 +25,10 @@ try:
         or (a[:1] == "-" and a[1:2] != "-" and a[1:].isalpha() and "n" in a[1:])
         for a in sys.argv[1:]
     )
-    _tracking = [] if _dry_run else tracking_problems(CFG, workflow.configfiles)
-    if _tracking:
-        raise ConfigError(_tracking)
+    # The site's Python too: a job that cannot import torch would fail on its compute node.
+    _runtime = [] if _dry_run else tracking_problems(CFG, workflow.configfiles) + environment_problems(CFG)
+    if _runtime:
+        raise ConfigError(_runtime)
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
 

@@ -32,7 +32,8 @@ def _slurm_executor(cfg: PipelineConfig, res: Resources, folder: Path, name: str
     import submitit
 
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    site = load_site(cfg.launcher.site)
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_python=site.job_python())
     params: dict[str, Any] = {
         "name": name,
         "timeout_min": res.time_min,
@@ -41,7 +42,7 @@ def _slurm_executor(cfg: PipelineConfig, res: Resources, folder: Path, name: str
         "tasks_per_node": 1,
         "gpus_per_node": res.gpus_per_node,
         "cpus_per_task": res.cpus_per_task,
-        **slurm_parameters(load_site(cfg.launcher.site), res),
+        **slurm_parameters(site, res),
     }
     if res.mem_gb:
         params["mem_gb"] = res.mem_gb

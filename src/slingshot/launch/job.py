@@ -27,10 +27,10 @@ from slingshot.context import StageContext, StageResult, read_manifest
 from slingshot.dist import DistEnv, init_distributed, shutdown_distributed
 from slingshot.io import private_dir, sha256_json
 from slingshot.launch.array import run_array
-from slingshot.launch.state import LaunchState
+from slingshot.launch.state import LaunchState, record_start
 from slingshot.manifest import git_commit, write_manifest
 from slingshot.plan import Node, Plan, build_plan, stage_config
-from slingshot.tracking import Tracker, open_parent_run
+from slingshot.tracking import Tracker, journal_file, open_parent_run
 from slingshot.validate import load_pipeline_config
 
 REQUEUE = "requeue"
@@ -82,6 +82,7 @@ def open_stage_tracker(cfg: PipelineConfig, plan: Plan, node: Node, dist: DistEn
         run_name=node.stage if not node.owner else f"{node.owner}/{node.stage}",
         parent_run_id=parent,
         tags={"slingshot.stage": node.stage, "slingshot.kind": node.kind, "slingshot.variant": owner},
+        journal_path=journal_file(node.work_dir(cfg)),
     )
 
 
@@ -117,6 +118,8 @@ class StageJob:
         output_dir.mkdir(parents=True, exist_ok=True)
         upstream_paths = plan.upstream_manifests(node)
         upstream = {key: read_manifest(path) for key, path in upstream_paths.items()}
+        if dist.is_main:
+            record_start(work_dir)
         tracker = open_stage_tracker(cfg, plan, node, dist)
         state = LaunchState.load(work_dir)
         restarts = slurm_restart_count() + state.restarts
@@ -139,6 +142,9 @@ class StageJob:
                     if "model_dir" in m.get("outputs", {})
                 ),
                 "slingshot.init_model": node.init_model,
+                # The interpreter this job runs (the site's `python`), and its torch.
+                "slingshot.python": sys.executable,
+                "slingshot.torch": torch.__version__,
             }
         )
         ctx = StageContext(

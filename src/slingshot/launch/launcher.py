@@ -27,10 +27,13 @@ import submitit
 
 from slingshot.config import PipelineConfig, Resources
 from slingshot.io import atomic_write_text, private_dir
+from slingshot.launch.cost import StageCost, measure_cost, write_cost
 from slingshot.launch.job import DONE, REQUEUE, StageJob
 from slingshot.launch.site import load_site, slurm_parameters
 from slingshot.launch.state import LaunchState
-from slingshot.plan import Node, build_plan, stage_config
+from slingshot.plan import Node, Plan, build_plan, stage_config
+from slingshot.tracking import Tracker, journal_file, server_problem
+from slingshot.tracking.journal import Journal
 from slingshot.validate import load_pipeline_config, tracking_problems
 
 # Slurm states after which a job will not run again by itself.
@@ -57,12 +60,19 @@ def say(message: str) -> None:
 
 
 # --------------------------------------------------------------------------- executors
-def make_executor(cfg: PipelineConfig, node: Node, folder: Path) -> submitit.Executor:
+def node_resources(cfg: PipelineConfig, node: Node) -> Resources:
     section = stage_config(cfg, node)
-    res: Resources = section.resources if section else cfg.launcher.default_resources
+    return section.resources if section else cfg.launcher.default_resources
+
+
+def make_executor(cfg: PipelineConfig, node: Node, folder: Path) -> submitit.Executor:
+    res = node_resources(cfg, node)
     backend = cfg.launcher.backend
     private_dir(folder)
-    executor = submitit.AutoExecutor(folder=folder, cluster=_EXECUTOR[backend])
+    site = load_site(cfg.launcher.site) if backend == "slurm" else None
+    # On Slurm the job runs the site's Python (submitit's default is this process's).
+    python = {"slurm_python": site.job_python()} if site else {}
+    executor = submitit.AutoExecutor(folder=folder, cluster=_EXECUTOR[backend], **python)
     params: dict[str, Any] = {
         "name": f"{cfg.pipeline.name}.{node.key.replace('/', '.')}",
         "timeout_min": res.time_min,
@@ -73,8 +83,8 @@ def make_executor(cfg: PipelineConfig, node: Node, folder: Path) -> submitit.Exe
     }
     if res.mem_gb:
         params["mem_gb"] = res.mem_gb
-    if backend == "slurm":
-        params.update(slurm_parameters(load_site(cfg.launcher.site), res))
+    if site is not None:
+        params.update(slurm_parameters(site, res))
         params["slurm_signal_delay_s"] = cfg.launcher.signal_delay_s
         # --requeue: the job requeues itself after a USR2 checkpoint (a site or stage flag may override it).
         params["slurm_additional_parameters"] = {"requeue": True, **params["slurm_additional_parameters"]}
@@ -253,6 +263,69 @@ def _check_work_dir(cfg: PipelineConfig, node: Node) -> None:
         atomic_write_text(marker, node.digest + "\n")
 
 
+# How long the launcher waits, after a job, for a tracking server that is down to send the
+# rest of the stage's journal (it is sent by a later launch otherwise).
+JOURNAL_WAIT_S = 120.0
+
+
+def reopen_when_up(cfg: PipelineConfig, node: Node, wait_s: float) -> Tracker | None:
+    """The stage's run, once the tracking server answers (None: it did not within ``wait_s``,
+    or the stage never opened a run). Reopening sends what the journal still holds."""
+    deadline = time.monotonic() + wait_s
+    while server_problem(cfg.tracking_uri, timeout_s=5.0) is not None:
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(2.0)
+    work_dir = node.work_dir(cfg)
+    return Tracker.reopen(cfg.tracking_uri, work_dir / "mlflow_run_id", journal_file(work_dir))
+
+
+def after_job(cfg: PipelineConfig, node: Node, done: bool) -> None:
+    """Once a job of the stage has ended: send what its journal still holds (the server was
+    down when it ended) and, for the job that finished the stage, log what it cost."""
+    work_dir = node.work_dir(cfg)
+    try:
+        pending = Journal(journal_file(work_dir)).pending
+        tracker = reopen_when_up(cfg, node, JOURNAL_WAIT_S if pending else 5.0)
+        cost = measure_cost(work_dir, node_resources(cfg, node)) if done else None
+        if cost is not None:
+            write_cost(work_dir, cost)
+            say(f"{node.key} cost: {format_cost(cost)} ({cost.source})")
+            if tracker is not None:
+                tracker.log_metrics(cost.metrics(), step=0)
+                tracker.set_tags({"slingshot.cost_source": cost.source})
+        if pending and tracker is not None:
+            say(f"{node.key}: sent the {pending} records its journal held when the job ended")
+        if tracker is None or tracker.pending:
+            say(
+                f"{node.key}: the tracking server at {cfg.tracking_uri} is unreachable; the stage's "
+                f"journal ({journal_file(work_dir)}) is sent by the next launch once it is back"
+            )
+    except Exception as error:  # noqa: BLE001 - bookkeeping after the job must not fail the stage
+        say(f"{node.key}: could not finish its tracking after the job: {error}")
+
+
+def send_pending_journals(cfg: PipelineConfig, plan: Plan) -> None:
+    """Journals that finished stages of this pipeline could not send (the server was down when
+    their job and its launcher ended) go now: the server answers, a launch has just checked.
+    Only finished stages: a running job sends its own."""
+    for other in plan.ordered():
+        work_dir = other.work_dir(cfg)
+        if not other.manifest_path(cfg).is_file() or not journal_file(work_dir).is_file():
+            continue
+        if Journal(journal_file(work_dir)).pending:
+            tracker = Tracker.reopen(cfg.tracking_uri, work_dir / "mlflow_run_id", journal_file(work_dir))
+            if tracker is not None:
+                say(f"{other.key}: sent its journal's pending records ({tracker.pending} still pending)")
+
+
+def format_cost(cost: StageCost) -> str:
+    return (
+        f"elapsed {cost.elapsed_s:.0f}s, {cost.gpu_hours:.4g} GPU-h, {cost.cpu_hours:.4g} CPU-h, "
+        f"queue wait {cost.queue_wait_s:.0f}s, {cost.requeues} requeues, {cost.resubmits} resubmits"
+    )
+
+
 def launch(config_path: str | os.PathLike[str], variant: str, stage: str) -> int:
     cfg = load_pipeline_config(config_path)
     plan = build_plan(cfg)
@@ -266,6 +339,7 @@ def launch(config_path: str | os.PathLike[str], variant: str, stage: str) -> int
     problems = tracking_problems(cfg, [Path(config_path)], wait_s=60.0)
     if problems:
         raise LaunchError("; ".join(problems))
+    send_pending_journals(cfg, plan)
     _check_work_dir(cfg, node)
     work_dir = node.work_dir(cfg)
     folder = work_dir / "submitit"
@@ -295,6 +369,11 @@ def launch(config_path: str | os.PathLike[str], variant: str, stage: str) -> int
             running = RunningJob(backend, str(job.job_id), folder, job)
             say(f"submitted {node.key} as {backend} job {job.job_id} ({reason})")
         outcome = _wait(running, cfg.launcher.poll_interval_s)
+        state.mark_ended(running.job_id)
+        finished = outcome.status == DONE and manifest.is_file()
+        if finished and backend == "slurm":
+            _settled_slurm_state(running.job_id)  # accounting has the job's final elapsed time
+        after_job(cfg, node, done=finished)
         if outcome.status == DONE:
             if not manifest.is_file():
                 raise LaunchError(

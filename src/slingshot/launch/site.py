@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,15 @@ class DriverSection(BaseModel):
     stop_grace_s: PositiveInt = 30  # Snakemake's time to stop before it is killed
 
 
+class TrackingSection(BaseModel):
+    """Where ``cluster/mlflow/serve.sh`` serves the tracking server of this site: an address
+    and port the compute nodes reach (the login node's own name, not 127.0.0.1)."""
+
+    model_config = ConfigDict(extra="forbid")
+    host: str = "127.0.0.1"  # bind address; 0.0.0.0: every interface
+    port: PositiveInt = 5000
+
+
 class Site(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
@@ -58,6 +68,28 @@ class Site(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)  # exported into every job
     sbatch: dict[str, str] = Field(default_factory=dict)  # extra sbatch flags for every job
     driver: DriverSection | None = None  # the `slingshot submit` driver job
+    # The Python jobs run with on the compute nodes (a path or a command such as
+    # `apptainer exec img.sif python`), after the setup lines. None: the interpreter that
+    # submits (the login node's), which a setup line activating another env does not change.
+    python: str | None = None
+    # Paths mounted at the same place on the login and the compute nodes: an interpreter
+    # under one of them is run at DAG time (through the setup lines) to check its packages.
+    shared_paths: list[str] = Field(default_factory=list)
+    # True when the compute nodes are this host (the dev cluster): loopback reaches the
+    # login node's tracking server and every path is shared.
+    compute_nodes_local: bool = False
+    tracking: TrackingSection | None = None  # the tracking server (cluster/mlflow/serve.sh)
+
+    def job_python(self) -> str:
+        """The shell command that starts Python in this site's jobs."""
+        return self.python or shlex.quote(sys.executable)
+
+    def shares(self, path: str) -> bool:
+        """Whether the compute nodes see ``path`` as this machine does."""
+        if self.compute_nodes_local:
+            return True
+        resolved = Path(path)
+        return any(resolved.is_relative_to(Path(prefix)) for prefix in self.shared_paths)
 
     def partition_for(self, resources: Resources) -> tuple[str, Partition]:
         name = resources.partition or self.default_partition
@@ -111,6 +143,13 @@ def slurm_parameters(site: Site, resources: Resources) -> dict[str, Any]:
         if value:
             params[f"slurm_{key}"] = value
     return params
+
+
+def setup_script(site: Site) -> str:
+    """The shell lines a job of ``site`` runs before Python (its env exported, its setup lines),
+    as one script: what the DAG check runs the site's Python through."""
+    exports = [f"export {key}={shlex.quote(value)}" for key, value in site.env.items()]
+    return "\n".join([*exports, *site.setup])
 
 
 def site_dir() -> Path:

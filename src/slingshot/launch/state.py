@@ -7,6 +7,8 @@ running instead of submitting a second one.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,6 +16,9 @@ from pathlib import Path
 from slingshot.io import atomic_write_json
 
 STATE_FILE = "launch.json"
+# One line per start of a stage's job (a Slurm requeue starts the same job again): when it
+# started and where. Written by the job, so never racing the launcher's launch.json.
+STARTS_FILE = "starts.jsonl"
 
 
 @dataclass
@@ -22,6 +27,7 @@ class Submission:
     backend: str
     submitted_at: float
     reason: str  # first | requeue (stage asked, after a checkpoint) | resubmit (job lost)
+    ended_at: float | None = None  # when the launcher saw the job end (the local clock's cost)
 
 
 @dataclass
@@ -46,6 +52,12 @@ class LaunchState:
         self.save()
         return submission
 
+    def mark_ended(self, job_id: str) -> None:
+        for submission in self.submissions:
+            if submission.job_id == str(job_id) and submission.ended_at is None:
+                submission.ended_at = time.time()
+        self.save()
+
     @property
     def current(self) -> Submission | None:
         return self.submissions[-1] if self.submissions else None
@@ -65,3 +77,31 @@ class LaunchState:
     @property
     def first_submitted_at(self) -> float | None:
         return self.submissions[0].submitted_at if self.submissions else None
+
+
+def record_start(work_dir: Path) -> None:
+    """Append this job start (the job id, its restart count, the time) to the work dir."""
+    entry = {
+        # The id the launcher recorded: Slurm's, or submitit's local job id (its controller's pid).
+        "job_id": os.environ.get("SLURM_JOB_ID")
+        or os.environ.get("SUBMITIT_LOCAL_JOB_ID")
+        or str(os.getpid()),
+        "restart": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
+        "started_at": time.time(),
+        "host": socket.gethostname(),
+    }
+    with open(Path(work_dir) / STARTS_FILE, "a") as handle:
+        handle.write(json.dumps(entry) + "\n")
+
+
+def read_starts(work_dir: Path) -> list[dict]:
+    path = Path(work_dir) / STARTS_FILE
+    if not path.is_file():
+        return []
+    starts = []
+    for line in path.read_text().splitlines():
+        try:
+            starts.append(json.loads(line))
+        except ValueError:
+            continue  # a line cut off by a crash mid-append
+    return starts

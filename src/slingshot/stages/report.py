@@ -36,8 +36,10 @@ from slingshot.report_plots import fetch_curves, plot_curves, plot_pass_at_1, tr
 from slingshot.report_table import (
     BASE_COLUMNS,
     BENCH_BASE_COLUMNS,
+    COST_COLUMNS,
     TAIL_COLUMNS,
     benchmark_rows,
+    cost_rows,
     k_columns,
     table_csv,
     table_md,
@@ -106,6 +108,7 @@ def run(ctx: StageContext) -> StageResult:
     }
     if bench:
         files |= {"benchmarks_csv": out / "benchmarks.csv", "benchmarks_md": out / "benchmarks.md"}
+    files |= {"cost_csv": out / "cost.csv", "cost_md": out / "cost.md"}
     if not ctx.dist.is_main:
         return StageResult(outputs={k: str(v) for k, v in files.items()})
     atomic_write_text(files["table_csv"], table_csv(rows, all_columns))
@@ -114,6 +117,10 @@ def run(ctx: StageContext) -> StageResult:
         bench_columns = [*BENCH_BASE_COLUMNS, *columns, *TAIL_COLUMNS]
         atomic_write_text(files["benchmarks_csv"], table_csv(bench, bench_columns))
         atomic_write_text(files["benchmarks_md"], table_md(bench, bench_columns))
+    # What every stage cost (this report's own job is still running: not counted).
+    costs = cost_rows(cfg, plan, skip=tuple(n.key for n in plan.ordered() if n.kind == "report"))
+    atomic_write_text(files["cost_csv"], table_csv(costs, list(COST_COLUMNS)))
+    atomic_write_text(files["cost_md"], table_md(costs, list(COST_COLUMNS)))
     plot_pass_at_1(rows, files["pass_at_1_png"])
 
     ui: dict[str, Any] | None = None
@@ -155,6 +162,7 @@ def run(ctx: StageContext) -> StageResult:
             "report": {
                 "rows": json_rows(rows),
                 "benchmark_rows": json_rows(bench),
+                "cost_rows": costs,
                 "curves": {k: sorted(v) for k, v in curves.items()},
                 "parent_runs": parents,
                 "mlflow_ui": ui,

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from slingshot.io import atomic_write_text
+from slingshot.tracking.journal import JOURNAL_FILE, Journal
 
 # A key is secret when one of its dotted segments is, or ends in, a secret-ish word
 # ("hf_token", "db.password"), but not a mere count ("total_tokens", "thought_tokens").
@@ -62,6 +63,99 @@ def server_problem(uri: str, timeout_s: float = 5.0) -> str | None:
         return f"no MLflow tracking server answers at {uri} ({reason})"
 
 
+# What MLflow's client sends as HTTP basic auth to a server with authentication.
+CREDENTIAL_VARS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+
+class CredentialsError(ValueError):
+    pass
+
+
+def journal_file(work_dir: Path) -> Path:
+    """The tracking journal of the stage whose work dir this is."""
+    return Path(work_dir) / JOURNAL_FILE
+
+
+def is_loopback(uri: str) -> bool:
+    """Whether an http(s) tracking URI names this machine only (127.x, ::1, localhost)."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    host = urlsplit(uri).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_credentials(path: str | os.PathLike[str]) -> dict[str, str]:
+    """MLFLOW_TRACKING_USERNAME and _PASSWORD from a ``KEY=VALUE`` file that only its owner
+    may read (cluster/mlflow/serve.sh writes one)."""
+    file = Path(path)
+    if not file.is_file():
+        raise CredentialsError(f"'{file}' does not exist (cluster/mlflow/serve.sh writes it)")
+    mode = file.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise CredentialsError(f"'{file}' may be read by others (mode {mode:o}): chmod 600 '{file}'")
+    values: dict[str, str] = {}
+    for number, line in enumerate(file.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.removeprefix("export ").partition("=")
+        if not sep:
+            raise CredentialsError(f"{file}:{number}: not a KEY=VALUE line")
+        values[key.strip()] = value.strip().strip("'\"")
+    missing = [name for name in CREDENTIAL_VARS if not values.get(name)]
+    if missing:
+        raise CredentialsError(f"'{file}' does not set {' and '.join(missing)}")
+    return {name: values[name] for name in CREDENTIAL_VARS}
+
+
+def export_credentials(credentials_file: str | None) -> str | None:
+    """Put the tracking server's credentials into this process's environment, from which
+    the jobs it submits inherit them (sbatch passes the environment; nothing is written into
+    a job script). Variables already set win. Returns where they came from (None: nowhere)."""
+    if all(os.environ.get(name) for name in CREDENTIAL_VARS):
+        return "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD"
+    if credentials_file is None:
+        return None
+    os.environ.update(read_credentials(credentials_file))
+    return f"tracking.credentials_file ({credentials_file})"
+
+
+def auth_problem(uri: str, source: str | None, timeout_s: float = 20.0) -> str | None:
+    """Why the server at ``uri`` would refuse this pipeline's requests (None: it accepts them):
+    no credentials for a server with authentication, or a wrong password. One request, no
+    retries: MLflow's client would otherwise fail inside the first job."""
+    import requests
+
+    user = os.environ.get(CREDENTIAL_VARS[0])
+    auth = (user, os.environ.get(CREDENTIAL_VARS[1], "")) if user else None
+    try:
+        response = requests.get(
+            f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search",
+            params={"max_results": 1},
+            auth=auth,
+            timeout=timeout_s,
+        )
+    except requests.RequestException as error:
+        return f"the tracking server at {uri} did not answer a request ({error})"
+    if response.status_code == 401 and auth is None:
+        return (
+            f"the tracking server at {uri} requires authentication and no credentials are set: set "
+            "tracking.credentials_file (cluster/mlflow/serve.sh writes DIR/credentials) or "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+        )
+    if response.status_code == 401:
+        return f"the tracking server at {uri} refused user '{user}' from {source}: wrong password or unknown user"
+    if response.status_code >= 400:
+        return f"the tracking server at {uri} answered {response.status_code}: {response.text[:200]}"
+    return None
+
+
 def is_secret(key: str, value: Any) -> bool:
     return bool(SECRET_KEY.search(key)) or (isinstance(value, str) and bool(SECRET_VALUE.match(value)))
 
@@ -102,15 +196,31 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 class Tracker:
-    """Logging into one MLflow run. Construct with :meth:`for_stage` or :meth:`disabled`."""
+    """Logging into one MLflow run. Construct with :meth:`open_run` or :meth:`disabled`.
 
-    def __init__(self, client: Any | None, run_id: str | None, uri: str | None = None):
+    With a journal (a stage's run), every metric, param and tag batch, artifact upload and the
+    run's end is appended to the journal first and sent from there (:mod:`.journal`): the stage
+    keeps training while the server is unreachable."""
+
+    def __init__(
+        self,
+        client: Any | None,
+        run_id: str | None,
+        uri: str | None = None,
+        journal: Journal | None = None,
+        read_history: bool = True,
+    ):
         self.client = client
         self.run_id = run_id
         self.uri = uri
+        self.journal = journal
         self._floor: dict[str, int] = {}
         if client is not None and run_id is not None:
-            self._floor = self._logged_steps()
+            self._flush()  # what an earlier job of this stage could not send goes first
+            # read_history=False: the journal alone says which steps were logged (a run with one).
+            self._floor = self._logged_steps() if read_history else {}
+            for key, step in (journal.metric_floor() if journal else {}).items():
+                self._floor[key] = max(step, self._floor.get(key, -1))
 
     @classmethod
     def disabled(cls) -> Tracker:
@@ -132,12 +242,14 @@ class Tracker:
         parent_run_id: str | None = None,
         tags: Mapping[str, str] | None = None,
         artifact_root: str | None = None,
+        journal_path: Path | None = None,
     ) -> Tracker:
         """Open the run whose id is in ``run_id_file``, creating it (once, under a lock) if absent.
 
         ``artifact_root``: where a newly created experiment keeps artifacts. None: beside
         a SQLite database (``<db dir>/mlartifacts``; MLflow's own default is ./mlruns in
         whatever directory the job runs in); a tracking server decides for itself.
+        ``journal_path``: log through that journal (a stage's run).
         """
         from mlflow import MlflowClient
 
@@ -161,9 +273,23 @@ class Tracker:
                 run = client.create_run(exp_id, run_name=run_name, tags=all_tags)
                 run_id = run.info.run_id
                 atomic_write_text(run_id_file, run_id + "\n")
-        return cls(client, run_id, uri)
+        return cls(client, run_id, uri, Journal(journal_path) if journal_path else None)
+
+    @classmethod
+    def reopen(cls, uri: str, run_id_file: Path, journal_path: Path) -> Tracker | None:
+        """The stage run of a job that has ended, to log into after it (the launcher does:
+        cost, the journal's rest); None when the job never opened one."""
+        if not run_id_file.is_file():
+            return None
+        from mlflow import MlflowClient
+
+        run_id = run_id_file.read_text().strip()
+        # The stage logged through this journal: no need to read every metric's history.
+        return cls(MlflowClient(tracking_uri=uri), run_id, uri, Journal(journal_path), read_history=False)
 
     def _logged_steps(self) -> dict[str, int]:
+        if self.journal is not None and self.journal.down_since is not None:
+            return {}  # the server is down: the journal knows what was logged
         run = self.client.get_run(self.run_id)
         floor = {}
         for key in run.data.metrics:
@@ -172,94 +298,155 @@ class Tracker:
                 floor[key] = max(m.step for m in history)
         return floor
 
+    # ------------------------------------------------------------------ the journal
+    def _record(self, record: dict[str, Any]) -> None:
+        """Journal ``record`` and send what is pending; without a journal, send it now."""
+        if self.journal is None:
+            self._send(record)
+            return
+        self.journal.append(record)
+        self._flush()
+
+    def _flush(self) -> int:
+        if self.journal is None:
+            return 0
+        return self.journal.flush(self._send, lambda: server_problem(self.uri or "", timeout_s=2.0))
+
+    @property
+    def pending(self) -> int:
+        """Journaled records the server has not acknowledged yet."""
+        return self.journal.pending if self.journal else 0
+
+    def _send(self, record: dict[str, Any]) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        op = record["op"]
+        if op == "batch":
+            self.client.log_batch(
+                self.run_id,
+                metrics=[Metric(k, v, ts, step) for k, v, ts, step in record.get("metrics", [])],
+                params=[Param(k, v) for k, v in record.get("params", [])],
+                tags=[RunTag(k, v) for k, v in record.get("tags", [])],
+                synchronous=True,
+            )
+        elif op == "artifact":
+            self.client.log_artifact(self.run_id, record["path"], record.get("artifact_path"))
+        elif op == "input":
+            self._send_input(record["name"], record["source"], record["digest"], record["context"])
+        elif op == "model":
+            self._send_model(record["name"], record["model_dir"], record["params"])
+        elif op == "terminated":
+            self.client.set_terminated(self.run_id, status=record["status"], end_time=record["end_time"])
+        else:
+            raise ValueError(f"{self.journal.path if self.journal else 'journal'}: unknown record {op!r}")
+
     # ------------------------------------------------------------------ logging
     def log_params(self, params: Mapping[str, Any]) -> None:
         if not self.enabled:
             return
-        from mlflow.entities import Param
-
-        existing = self.client.get_run(self.run_id).data.params
+        existing = self._existing_params()
         items = []
         for key, value in redact(flatten(params)).items():
             text = json.dumps(value) if isinstance(value, list | dict) else str(value)
             text = text[:_PARAM_MAX]
             if key in existing:
                 continue  # params are immutable in MLflow; a resumed run logs the same config again
-            items.append(Param(key, text))
+            items.append([key, text])
         for i in range(0, len(items), _BATCH):
-            self.client.log_batch(self.run_id, params=items[i : i + _BATCH], synchronous=True)
+            self._record({"op": "batch", "params": items[i : i + _BATCH]})
+
+    def _existing_params(self) -> dict[str, str]:
+        if self.journal is not None and self.journal.down_since is not None:
+            return {}  # MLflow keeps the first value of a param and accepts the same again
+        return self.client.get_run(self.run_id).data.params
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if not self.enabled:
             return
-        from mlflow.entities import RunTag
-
-        items = [RunTag(k, str(v)) for k, v in redact(tags).items() if v is not None]
+        items = [[k, str(v)] for k, v in redact(tags).items() if v is not None]
         for i in range(0, len(items), _BATCH):
-            self.client.log_batch(self.run_id, tags=items[i : i + _BATCH], synchronous=True)
+            self._record({"op": "batch", "tags": items[i : i + _BATCH]})
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Log at an explicit step; a step this run already holds for a key is skipped."""
         if not self.enabled:
             return
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
         items = []
         for raw_key, value in metrics.items():
             key = metric_name(raw_key)
             if step <= self._floor.get(key, -1) or value is None:
                 continue
-            items.append(Metric(key, float(value), now, step))
+            items.append([key, float(value), now, step])
             self._floor[key] = step
         if items:
-            self.client.log_batch(self.run_id, metrics=items, synchronous=True)
+            self._record({"op": "batch", "metrics": items})
 
     def log_input(
         self, name: str, source: str | os.PathLike[str], digest: str, context: str = "training"
     ) -> None:
         """Record a dataset this stage consumed (name, content digest, where it lives)."""
-        if not self.enabled:
-            return
+        if self.enabled:
+            source = str(Path(source).resolve())
+            self._record(
+                {"op": "input", "name": name, "source": source, "digest": digest, "context": context}
+            )
+
+    def _send_input(self, name: str, source: str, digest: str, context: str) -> None:
         from mlflow.data.dataset_source_registry import get_dataset_source_from_json
         from mlflow.data.meta_dataset import MetaDataset
         from mlflow.entities import DatasetInput, InputTag
         from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-        uri = json.dumps({"uri": str(Path(source).resolve())})
-        local_source = get_dataset_source_from_json(uri, source_type="local")
+        local_source = get_dataset_source_from_json(json.dumps({"uri": source}), source_type="local")
         dataset = MetaDataset(source=local_source, name=name, digest=digest[:36])
         entry = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
         self.client.log_inputs(self.run_id, datasets=[entry])
 
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        """Upload a file (it must stay where it is until it is sent: a manifest, a plot)."""
         if self.enabled:
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
+            self._record(
+                {"op": "artifact", "path": str(Path(path).resolve()), "artifact_path": artifact_path}
+            )
 
     def log_model_dir(
         self, name: str, model_dir: str | os.PathLike[str], params: Mapping[str, Any] | None = None
-    ) -> str | None:
-        """Register the stage's HF model directory as an external logged model (weights stay where they are)."""
-        if not self.enabled:
-            return None
+    ) -> None:
+        """Register the stage's HF model directory as an external logged model (weights stay
+        where they are); its id becomes the run's tag ``slingshot.logged_model_id``."""
+        if self.enabled:
+            params = {k: str(v) for k, v in redact(params or {}).items()}
+            self._record(
+                {"op": "model", "name": name, "model_dir": str(Path(model_dir).resolve()), "params": params}
+            )
+
+    def _send_model(self, name: str, model_dir: str, params: dict[str, str]) -> None:
         import mlflow
+        from mlflow.entities import RunTag
 
         mlflow.set_tracking_uri(self.uri)
         run = self.client.get_run(self.run_id)
+        tags = run.data.tags
+        if tags.get("slingshot.logged_model_id") and tags.get("slingshot.logged_model_dir") == model_dir:
+            return  # sent before, its acknowledgement lost: one logged model per directory
         model = mlflow.create_external_model(
             name=name,
             source_run_id=self.run_id,
             experiment_id=run.info.experiment_id,
-            tags={"slingshot.model_dir": str(Path(model_dir).resolve())},
-            params={k: str(v) for k, v in redact(params or {}).items()},
+            tags={"slingshot.model_dir": model_dir},
+            params=params,
             model_type="hf-causal-lm",
         )
-        self.set_tags({"slingshot.logged_model_id": model.model_id})
-        return model.model_id
+        model_tags = [
+            RunTag("slingshot.logged_model_id", model.model_id),
+            RunTag("slingshot.logged_model_dir", model_dir),
+        ]
+        self.client.log_batch(self.run_id, tags=model_tags, synchronous=True)
 
     def finish(self, status: str = "FINISHED") -> None:
         if self.enabled:
-            self.client.set_terminated(self.run_id, status=status)
+            self._record({"op": "terminated", "status": status, "end_time": int(time.time() * 1000)})
 
 
 def open_parent_run(

@@ -215,6 +215,9 @@ def qwen3_1_7b_models(tmp_path, monkeypatch) -> Path:
     # The recipe's prompt set and benchmarks (the DAG checks that they exist).
     write_recipe_data(tmp_path / "data")
     monkeypatch.setenv("SLINGSHOT_DATA", str(tmp_path / "data"))
+    # The recipe's tracking server (only named: nothing here talks to it).
+    monkeypatch.setenv("SLINGSHOT_TRACKING_URI", "http://login01:5000")
+    monkeypatch.setenv("SLINGSHOT_TRACKING_CREDENTIALS", str(tmp_path / "credentials"))
     return tmp_path
 
 

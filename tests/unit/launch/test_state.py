@@ -23,7 +23,7 @@ def test_submissions_round_trip_through_launch_json(tmp_path: Path):
     state.add("103_0", "slurm", "resubmit")
     on_disk = json.loads((tmp_path / "launch.json").read_text())
     assert [s["job_id"] for s in on_disk["submissions"]] == ["101", "102", "103_0"]
-    assert set(on_disk["submissions"][0]) == {"job_id", "backend", "submitted_at", "reason"}
+    assert set(on_disk["submissions"][0]) == {"job_id", "backend", "submitted_at", "reason", "ended_at"}
 
     again = LaunchState.load(tmp_path)
     assert again.submissions == state.submissions
