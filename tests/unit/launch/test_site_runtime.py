@@ -132,3 +132,17 @@ def test_the_step_log_shows_i_of_n_percent_and_eta_and_progress_is_written(tmp_p
     progress.update(40)  # the last step is always written
     saved = json.loads((tmp_path / "progress.json").read_text())
     assert saved["step"] == saved["total"] == 40 and saved["updated_at"] <= time.time()
+
+
+def test_a_site_python_without_vllm_is_refused_when_a_stage_generates_with_it(tmp_path):
+    python = make_env(tmp_path / "novllm")
+    purelib = next((tmp_path / "novllm" / "lib").glob("python*/site-packages"))
+    (purelib / "zz-no-vllm.pth").write_text("import sys; sys.modules['vllm'] = None\n")  # torch, no vLLM
+    site = site_file(tmp_path, name="novllm", python=str(python))
+    vllm_stage = {"stages": {"prorl": {"enabled": True, "rollout": {"backend": "vllm"}}}}
+    problems = environment_problems(load_pipeline_config(_slurm_config(tmp_path, site, **vllm_stage)))
+    assert len(problems) == 1
+    assert problems[0].startswith(
+        f"launcher.site: {site}: python: '{python}' lacks vllm, which stages.prorl.rollout.backend need"
+    )
+    assert environment_problems(load_pipeline_config(_slurm_config(tmp_path, site))) == []  # HF: fine
