@@ -198,7 +198,9 @@ def test_one_step_async_rollouts_need_vllm_and_are_prorls_alone(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_pipeline_config(path)
     text = str(err.value)
-    assert "stages.prorl.rollout" in text and "async_steps: one-step-async rollouts need backend: vllm" in text
+    assert (
+        "stages.prorl.rollout" in text and "async_steps: one-step-async rollouts need backend: vllm" in text
+    )
     assert "stages.rlp" in text and "RLP samples each step's thoughts from the current weights" in text
     assert "stages.evaluate" in text and "evaluation has no updates to overlap" in text
     ok = write(tmp_path, "stages:\n  prorl:\n    rollout: {backend: vllm, async_steps: 1}\n", name="ok.yaml")
