@@ -264,6 +264,9 @@ class RLPConfig(ModelStageConfig):
     ema_tau: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.999
     position_selection: Literal["uniform", "entropy"] = "uniform"
     entropy_threshold: Annotated[float, Field(ge=0)] = 1.0
+    # The filter's entropy is of the proxy's top-k next-token distribution (the Reinforcement
+    # Pre-Training paper's top-16), at most log k; a k of the vocabulary size gives the full one.
+    entropy_top_k: PositiveInt = 16
     proxy_model: str | None = None  # for entropy selection; None: the input model
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0  # thought sampling

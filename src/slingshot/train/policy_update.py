@@ -23,6 +23,7 @@ whole mini-batch's loss.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
@@ -78,7 +79,7 @@ class UpdateSettings:
                 kl_kind=cfg.kl_kind,
                 top_entropy_q=cfg.top_entropy_q,
                 minibatch_rows=cfg.mini_batch_prompts * cfg.n_samples,  # whole groups
-                passes=PassSettings.from_memory(cfg.memory),
+                passes=sampling_passes(cfg),
             )
         return cls(
             eps_low=cfg.eps_low,
@@ -88,7 +89,7 @@ class UpdateSettings:
             epochs=cfg.ppo_epochs,
             mini_batches=cfg.mini_batches,
             micro_batch_rows=cfg.micro_batch_size,
-            passes=PassSettings.from_memory(cfg.memory),
+            passes=sampling_passes(cfg),
         )
 
     def minibatch_bounds(self, rows: int) -> list[tuple[int, int]]:
@@ -100,6 +101,12 @@ class UpdateSettings:
         """``[start, stop)`` row ranges of the forward passes over rows [start, stop) of ``width``."""
         micro = micro_batches(stop - start, width, self.passes.tokens_per_micro_batch, self.micro_batch_rows)
         return [(start + a, start + b) for a, b in micro]
+
+
+def sampling_passes(cfg: ProRLConfig | RLPConfig) -> PassSettings:
+    """The stage's forward passes with log-probs at its sampling temperature (SPEC §7): θ,
+    θ_old and the reference in the ratio and the KL are the distribution the tokens came from."""
+    return dataclasses.replace(PassSettings.from_memory(cfg.memory), temperature=cfg.temperature)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from tiny_hf import tiny_llama
 
 from slingshot.config import ProRLConfig, RLPConfig
 from slingshot.rollout import Rollout
+from slingshot.train.logprobs import PassSettings
 from slingshot.train.policy_update import (
     UpdateSettings,
     clipped_loss,
@@ -288,8 +289,11 @@ def test_update_on_groups_takes_the_ratio_against_the_engines_behaviour_logprobs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     cfg = ProRLConfig(n_samples=2, batch_prompts=2, mini_batch_prompts=1, kl_coef=0.0, loss_agg="token-mean")
     plain = _train_batch().batch
-    with torch.no_grad():
-        own, _ = token_logprobs(policy, plain.input_ids, plain.attention_mask, plain.position_ids)
+    with torch.no_grad():  # at the sampling temperature, as the engine's and the update's are
+        at_t = PassSettings(temperature=cfg.temperature)
+        own, _ = token_logprobs(
+            policy, plain.input_ids, plain.attention_mask, plain.position_ids, passes=at_t
+        )
     sequences = [([1, 2], [3, 4, 5]), ([1, 2], [6, 7]), ([8], [9, 10, 11, 12]), ([8], [13])]
     delta = 0.05
     behaviour = [
@@ -319,3 +323,9 @@ def test_behaviour_logprobs_sit_in_the_logprob_frame_of_the_completion_tokens():
     assert torch.equal(trimmed.behaviour_logprobs, expected[:1])
     with pytest.raises(ValueError, match="row 0: 1 behaviour log-probs for 2 tokens"):
         build_rl_batch([([1, 2], [3, 4])], 0, [[-0.1]])
+
+
+def test_both_rl_stages_compute_their_ratio_log_probs_at_the_sampling_temperature():
+    prorl, rlp = ProRLConfig(temperature=1.2), RLPConfig(temperature=0.7)
+    assert UpdateSettings.from_config(prorl).passes.temperature == 1.2
+    assert UpdateSettings.from_config(rlp).passes.temperature == 0.7
