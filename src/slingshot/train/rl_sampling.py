@@ -12,23 +12,28 @@ entropy controller built from the config live here too, so the stage only calls 
 from __future__ import annotations
 
 import itertools
+import math
 import random
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
 from slingshot.algorithms.entropy import EntropyController
-from slingshot.algorithms.grpo import dynamic_sampling_mask, grpo_advantages
+from slingshot.algorithms.grpo import (
+    dynamic_sampling_mask,
+    grpo_advantages,
+    reinforce_pp_baseline_advantages,
+)
 from slingshot.config import ProRLConfig
 from slingshot.data.chat import prompt_token_ids
 from slingshot.data.tasks import derive_seed
 from slingshot.data.teacher import task_prompt
-from slingshot.rewards.extract import THINK_TAGS
+from slingshot.rewards.extract import THINK_TAGS, extract
 from slingshot.rewards.verifiers import reward
 from slingshot.rewards.verify import CORRECT_THRESHOLD
 from slingshot.rollout import Rollout, RolloutBackend
@@ -195,6 +200,13 @@ class ScoredGroup:
     rollouts: list[Rollout]
     rewards: list[float]  # training reward (verifier score + overlong penalty)
     correct: list[bool]  # binary verifier verdict (for pass rate)
+    answers: list[str | None] = field(default_factory=list)  # extracted final answers (None: none)
+
+    @property
+    def distinct_answers(self) -> int:
+        """How many different final answers the group gave: its diversity, which token
+        entropy can hide (a model can stay uncertain per token yet converge on one answer)."""
+        return len({answer for answer in self.answers if answer is not None})
 
 
 def _completion_text(tokenizer: Any, rollout: Rollout) -> str:
@@ -212,18 +224,20 @@ def score_group(
     max_tokens: int,
     think_tags: tuple[str, str] = THINK_TAGS,
 ) -> ScoredGroup:
-    rewards, correct = [], []
+    rewards, correct, answers = [], [], []
     for r in rollouts:
         # A response cut off by the length limit has no final answer: reward 0 by definition,
         # even if a boxed value happened to be written before the cut.
-        raw = reward(entry, _completion_text(tokenizer, r), think_tags) if r.finished else 0.0
+        text = _completion_text(tokenizer, r) if r.finished else None
+        raw = reward(entry, text, think_tags) if text is not None else 0.0
+        answers.append(extract(text, think_tags).answer if text is not None else None)
         ok = raw >= CORRECT_THRESHOLD
         value = (1.0 if ok else 0.0) if cfg.binary_reward else raw
         rewards.append(
             value + overlong_penalty(len(r.completion_ids), max_tokens, cfg.overlong_penalty_tokens)
         )
         correct.append(ok)
-    return ScoredGroup(entry, list(rollouts), rewards, correct)
+    return ScoredGroup(entry, list(rollouts), rewards, correct, answers)
 
 
 # --------------------------------------------------------------------------- the sampler
@@ -243,7 +257,10 @@ def make_train_batch(groups: list[ScoredGroup], cfg: ProRLConfig, pad_token_id: 
     """The kept groups as one batch; one-step-async runs carry the engine's log-probs, the
     behaviour policy of the importance ratio."""
     rewards = torch.tensor([grp.rewards for grp in groups], dtype=torch.float32)
-    adv = grpo_advantages(rewards, normalize_std=cfg.normalize_std, eps=cfg.adv_eps).reshape(-1)
+    if cfg.advantage_estimator == "reinforce_pp_baseline":
+        adv = reinforce_pp_baseline_advantages(rewards, eps=cfg.adv_eps).reshape(-1)
+    else:
+        adv = grpo_advantages(rewards, normalize_std=cfg.normalize_std, eps=cfg.adv_eps).reshape(-1)
     rollouts = [r for grp in groups for r in grp.rollouts]
     behaviour = None
     if cfg.rollout.async_steps:
@@ -294,14 +311,17 @@ class GroupSampler:
     def collect(
         self, stream: PromptStream | MixedPromptStream, step: int
     ) -> tuple[list[ScoredGroup], dict[str, float]]:
-        """Generate and score until ``batch_prompts`` groups with a learning signal are kept."""
+        """Generate and score until ``batch_prompts`` groups with a learning signal are kept
+        (``ceil(over_provision x batch_prompts)`` prompts per generation batch)."""
         cfg = self.cfg
         kept: list[ScoredGroup] = []
         seen: list[ScoredGroup] = []
         gen_batches = tokens = informative = 0
         generate_s = score_s = 0.0
+        # Over-provisioning draws more prompts than the batch needs; the surplus kept groups are dropped.
+        prompts_per_gen = math.ceil(cfg.over_provision * cfg.batch_prompts)
         for g in range(cfg.max_gen_batches):
-            entries = stream.take(cfg.batch_prompts)
+            entries = stream.take(prompts_per_gen)
             started = time.perf_counter()
             rollouts = self._generate(
                 entries, cfg.n_samples, cfg.temperature, derive_seed(self.seed, "rollout", step, g)
@@ -326,6 +346,8 @@ class GroupSampler:
             "pass_rate": sum(sum(grp.correct) for grp in seen) / len(flat),
             "groups_kept_frac": informative / len(seen),
             "groups_trained": float(len(kept)),
+            # Mean over the kept groups (0 with none): falls as answer diversity collapses.
+            "distinct_answers": sum(grp.distinct_answers for grp in kept) / max(len(kept), 1),
             "gen_batches": float(gen_batches),
             "response_length": float(lengths.mean()),
             "response_length_max": float(lengths.max()),
@@ -422,6 +444,7 @@ class CollectAhead:
                 rollouts=[Rollout(**r) for r in g["rollouts"]],
                 rewards=g["rewards"],
                 correct=g["correct"],
+                answers=g.get("answers", []),
             )
             for g in state["groups"]
         ]
