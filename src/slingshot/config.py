@@ -465,6 +465,11 @@ class ProRLConfig(ModelStageConfig):
     # Prompts per generation batch: ceil(over_provision x batch_prompts), so that after dynamic
     # sampling drops the all-equal groups a batch is more often full in one go (DAPO: 1.5).
     over_provision: Annotated[float, Field(ge=1)] = 1.0
+    # A step with no group left after dynamic sampling trains nothing: after this many in a
+    # row a loud warning names the cause and the fixes; with no_signal_max_steps that many in
+    # a row fail the stage (None: never).
+    no_signal_warn_steps: PositiveInt = 3
+    no_signal_max_steps: PositiveInt | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
     # Rewards: True maps reasoning-gym partial credit to 0/1 (pass/fail), False keeps it.
     binary_reward: bool = True

@@ -14,7 +14,9 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import sys
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -482,8 +484,62 @@ def entropy_controller(cfg: ProRLConfig) -> EntropyController:
 
 
 def fresh_book() -> Counter:
-    """A fresh run's reset bookkeeping, validation history and token count (checkpointed)."""
-    return Counter(best_val=float("-inf"), evals_since_best=0, resets=0, last_reset_step=0, tokens=0)
+    """A fresh run's reset bookkeeping, validation history, token count and steps without a
+    learning signal (checkpointed)."""
+    return Counter(
+        best_val=float("-inf"),
+        evals_since_best=0,
+        resets=0,
+        last_reset_step=0,
+        tokens=0,
+        no_signal_steps=0,
+        no_signal_streak=0,
+    )
+
+
+class NoLearningSignalWarning(RuntimeWarning):
+    """ProRL steps in a row trained on nothing: dynamic sampling dropped every group."""
+
+
+class NoLearningSignal(RuntimeError):
+    """``no_signal_max_steps`` steps in a row without a trained group: the stage fails."""
+
+
+def no_signal_message(streak: int, pass_rate: float, n_samples: int) -> str:
+    """What a run without a learning signal must say: how long, why, and what to change."""
+    why = (
+        "every response was wrong"
+        if pass_rate == 0.0
+        else "every response was right"
+        if pass_rate == 1.0
+        else "each prompt's responses were all right or all wrong"
+    )
+    return (
+        f"prorl: NO LEARNING SIGNAL for {streak} consecutive steps: groups_trained=0, {why} "
+        f"(pass_rate {pass_rate:.3g} over {n_samples} samples per prompt), so dynamic sampling "
+        "dropped every group and the policy was not updated; the output model will equal the "
+        "input. Fixes: easier prompts (prorl.tasks, datasets), more samples or generation "
+        "batches per step (n_samples, max_gen_batches, over_provision), or a stronger starting "
+        "model (more SFT)."
+    )
+
+
+def track_signal(book: Counter, groups_trained: int, pass_rate: float, cfg: ProRLConfig) -> None:
+    """Count a step without a trained group; warn after ``no_signal_warn_steps`` in a row and
+    raise :class:`NoLearningSignal` after ``no_signal_max_steps`` in a row."""
+    values = book.values  # checkpoints from before these counters lack them
+    if groups_trained:
+        values["no_signal_streak"] = 0
+        return
+    values["no_signal_steps"] = values.get("no_signal_steps", 0) + 1
+    streak = values["no_signal_streak"] = values.get("no_signal_streak", 0) + 1
+    limit = cfg.no_signal_max_steps
+    if limit is not None and streak >= limit:
+        raise NoLearningSignal(no_signal_message(streak, pass_rate, cfg.n_samples))
+    if streak == cfg.no_signal_warn_steps:
+        message = no_signal_message(streak, pass_rate, cfg.n_samples)
+        print(f"\n{'!' * 80}\nWARNING {message}\n{'!' * 80}\n", file=sys.stderr, flush=True)
+        warnings.warn(message, NoLearningSignalWarning, stacklevel=2)
 
 
 def track_validation(book: Counter, value: float) -> bool:
