@@ -275,6 +275,9 @@ class RLPConfig(ModelStageConfig):
     ema_tau: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.999
     position_selection: Literal["uniform", "entropy"] = "uniform"
     entropy_threshold: Annotated[float, Field(ge=0)] = 1.0
+    # The filter's entropy is of the proxy's top-k next-token distribution (the Reinforcement
+    # Pre-Training paper's top-16), at most log k; a k of the vocabulary size gives the full one.
+    entropy_top_k: PositiveInt = 16
     proxy_model: str | None = None  # for entropy selection; None: the input model
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0  # thought sampling
@@ -440,6 +443,17 @@ class PromptSet(StrictModel):
 _PRORL_OPTIMIZER: dict[str, Any] = dict(lr=2e-6, schedule="constant", warmup_steps=0, weight_decay=0.0)
 
 
+class BehaviourIS(StrictModel):
+    """Importance weights of θ_old over the behaviour policy (the engine that sampled the
+    tokens, a weight version behind with ``rollout.async_steps: 1``): ProRL v2's [0.5, 5]."""
+
+    enabled: bool = False
+    low: Annotated[float, Field(ge=0, le=1)] = 0.5
+    high: Annotated[float, Field(ge=1)] = 5.0
+    # mask: weight 0 outside [low, high] (ICE-POP); truncate: min(ρ, high) (TIS).
+    mode: Literal["mask", "truncate"] = "mask"
+
+
 class ProRLConfig(ModelStageConfig):
     optimizer: OptimizerConfig = Field(default_factory=lambda: OptimizerConfig(**_PRORL_OPTIMIZER))
     tasks: list[str] | None = None  # task families to train on; None: all of data.tasks
@@ -453,8 +467,20 @@ class ProRLConfig(ModelStageConfig):
     kl_kind: Literal["k1", "k2", "k3"] = "k2"
     loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"] = "token-mean"
     normalize_std: bool = True
-    adv_eps: PositiveFloat = 1e-6  # added to the group std
+    adv_eps: PositiveFloat = 1e-6  # added to the group std (the batch std for reinforce_pp_baseline)
+    # grpo: per-group normalisation (normalize_std); reinforce_pp_baseline: ProRL v2's group
+    # mean baseline, then normalised over the whole batch.
+    advantage_estimator: Literal["grpo", "reinforce_pp_baseline"] = "grpo"
+    behaviour_is: BehaviourIS = Field(default_factory=BehaviourIS)
     max_gen_batches: PositiveInt = 10
+    # Prompts per generation batch: ceil(over_provision x batch_prompts), so that after dynamic
+    # sampling drops the all-equal groups a batch is more often full in one go (DAPO: 1.5).
+    over_provision: Annotated[float, Field(ge=1)] = 1.0
+    # A step with no group left after dynamic sampling trains nothing: after this many in a
+    # row a loud warning names the cause and the fixes; with no_signal_max_steps that many in
+    # a row fail the stage (None: never).
+    no_signal_warn_steps: PositiveInt = 3
+    no_signal_max_steps: PositiveInt | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
     # Rewards: True maps reasoning-gym partial credit to 0/1 (pass/fail), False keeps it.
     binary_reward: bool = True
@@ -489,6 +515,11 @@ class ProRLConfig(ModelStageConfig):
             raise ValueError(f"datasets: names must be unique (got {set_names})")
         if "tasks" in set_names:
             raise ValueError("datasets: 'tasks' names the reasoning-gym tasks in the mix; rename the set")
+        if self.behaviour_is.enabled and not self.rollout.async_steps:
+            raise ValueError(
+                "behaviour_is.enabled needs rollout.async_steps: 1 (only then do the tokens come "
+                "from a behaviour policy other than θ_old, with the engine's log-probs)"
+            )
         if self.task_weight == 0 and not self.datasets:
             raise ValueError("task_weight is 0 and there are no datasets: nothing to train on")
         shortest = min(p.max_response_tokens for p in self.phases)

@@ -1,4 +1,5 @@
-"""Token entropy, the "forking tokens" mask, and ProRL's entropy-driven ε_high controller."""
+"""Token entropy (full and top-k), the "forking tokens" mask, and ProRL's entropy-driven
+ε_high controller."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["token_entropy", "top_entropy_counts", "top_entropy_mask", "EntropyController"]
+__all__ = ["token_entropy", "topk_entropy", "top_entropy_counts", "top_entropy_mask", "EntropyController"]
 
 
 def token_entropy(logits: Tensor) -> Tensor:
@@ -30,6 +31,27 @@ def token_entropy(logits: Tensor) -> Tensor:
     # (−)0 instead of 0·(−inf) = NaN.
     logp_finite = logp.clamp_min(torch.finfo(logp.dtype).min)
     return -(logp.exp() * logp_finite).sum(dim=-1)
+
+
+def topk_entropy(logits: Tensor, k: int = 16) -> Tensor:
+    """Entropy of the top-k distribution: H = −Σ p̂ log p̂, p̂ = softmax of the k largest logits.
+
+    The Reinforcement Pre-Training paper's filter of easy tokens (SPEC §7): the long tail of
+    a large vocabulary adds entropy that says nothing about whether the next token is
+    hard. ``k >= V`` gives :func:`token_entropy`.
+
+    Args:
+        logits: ``[..., V]``.
+        k: how many of the largest logits (>= 1).
+
+    Returns:
+        ``[...]`` entropy in nats, at most log k.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if k >= logits.shape[-1]:
+        return token_entropy(logits)
+    return token_entropy(logits.topk(k, dim=-1).values)
 
 
 def top_entropy_counts(mask: Tensor, top_q: float) -> Tensor:

@@ -7,9 +7,17 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["AGGREGATIONS", "Aggregation", "PolicyLossOutput", "clipped_policy_loss"]
+__all__ = [
+    "AGGREGATIONS",
+    "Aggregation",
+    "ISMode",
+    "PolicyLossOutput",
+    "behaviour_importance_weights",
+    "clipped_policy_loss",
+]
 
 Aggregation = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"]
+ISMode = Literal["mask", "truncate"]
 AGGREGATIONS: tuple[str, ...] = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
 
 _LOG_RATIO_CLAMP = 20.0  # SPEC: the log-ratio is clamped to ±20 before exp (no inf ratios)
@@ -43,6 +51,7 @@ def clipped_policy_loss(
     eps_low: float,
     eps_high: float,
     agg: Aggregation = "token-mean",
+    token_weights: Tensor | None = None,
 ) -> PolicyLossOutput:
     """Decoupled-clip policy loss: per token max(−A ρ, −A clip(ρ, 1−ε_low, 1+ε_high)).
 
@@ -69,6 +78,9 @@ def clipped_policy_loss(
         eps_low: lower clip ε_low ∈ [0, 1].
         eps_high: upper clip ε_high ≥ 0.
         agg: one of ``AGGREGATIONS``.
+        token_weights: optional ``[N, T]`` detached weight of each token's loss term (the
+            behaviour-policy importance weights of :func:`behaviour_importance_weights`);
+            the aggregation's denominators (token counts) are unchanged.
 
     Returns:
         ``PolicyLossOutput`` (loss, clip_frac, clip_frac_low, clip_frac_high, ratio_mean).
@@ -95,7 +107,14 @@ def clipped_policy_loss(
     ratio = torch.exp(log_ratio.clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP))
     unclipped = -adv * ratio
     clipped = -adv * ratio.clamp(1.0 - eps_low, 1.0 + eps_high)
-    per_token = torch.where(valid, torch.maximum(unclipped, clipped), torch.zeros_like(logp))
+    per_token = torch.maximum(unclipped, clipped)
+    if token_weights is not None:
+        if token_weights.shape != logp.shape:
+            raise ValueError(
+                f"token_weights {tuple(token_weights.shape)} must match logp {tuple(logp.shape)}"
+            )
+        per_token = per_token * token_weights.detach().to(logp.dtype)
+    per_token = torch.where(valid, per_token, torch.zeros_like(logp))
 
     n_valid_seq = valid.sum(dim=1)  # [N]
     n_valid = n_valid_seq.sum()
@@ -120,3 +139,42 @@ def clipped_policy_loss(
         frac_high = high.sum().to(logp.dtype) / denom
         ratio_mean = torch.where(valid, r, torch.zeros_like(r)).sum() / denom
     return PolicyLossOutput(loss, frac_low + frac_high, frac_low, frac_high, ratio_mean)
+
+
+def behaviour_importance_weights(
+    logp_old: Tensor,
+    logp_behaviour: Tensor,
+    low: float = 0.5,
+    high: float = 5.0,
+    mode: ISMode = "mask",
+) -> Tensor:
+    """Per-token importance weights of the trainer's θ_old over the behaviour policy that
+    sampled the tokens (an engine a weight version behind, or numerically different).
+
+    ρ_b = exp(logp_old − logp_behaviour) (log-ratio clamped to ±20). ``"mask"`` (ICE-POP,
+    ProRL v2's [0.5, 5]): ρ_b where low ≤ ρ_b ≤ high, else 0 — a token the two policies
+    disagree on that much is dropped; ``"truncate"`` (TIS): min(ρ_b, high). Detached: a
+    correction of the sampling distribution, not something to optimise.
+
+    Args:
+        logp_old: ``[N, T]`` the trainer's log-probs of the sampled tokens (θ_old).
+        logp_behaviour: ``[N, T]`` the generation engine's.
+        low, high: the bounds, 0 <= low <= 1 <= high.
+        mode: "mask" or "truncate".
+
+    Returns:
+        ``[N, T]`` weights >= 0.
+    """
+    if logp_old.shape != logp_behaviour.shape:
+        raise ValueError(
+            f"logp_old {tuple(logp_old.shape)} and logp_behaviour {tuple(logp_behaviour.shape)} differ"
+        )
+    if not 0.0 <= low <= 1.0 <= high:
+        raise ValueError(f"need 0 <= low <= 1 <= high, got {low}, {high}")
+    log_ratio = (logp_old.detach() - logp_behaviour.detach()).clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
+    ratio = torch.exp(log_ratio)
+    if mode == "mask":
+        return torch.where((ratio >= low) & (ratio <= high), ratio, torch.zeros_like(ratio))
+    if mode == "truncate":
+        return ratio.clamp(max=high)
+    raise ValueError(f"unknown mode {mode!r}; valid: mask, truncate")

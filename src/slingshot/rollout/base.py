@@ -14,7 +14,7 @@ class Rollout:
     prompt_ids: list[int]
     completion_ids: list[int]  # without padding; ends with the stop token when finished
     finished: bool  # stopped on a stop token before max_new_tokens (False = truncated)
-    # The sampled tokens' log-probs under the sampling weights (raw logits, before temperature);
+    # The sampled tokens' log-probs under the sampling weights, at the sampling temperature;
     # None where the backend does not return them (HF generate).
     logprobs: list[float] | None = None
     weight_version: int = 0  # weight pushes (sync_weights) before this rollout was sampled

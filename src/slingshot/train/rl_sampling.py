@@ -12,23 +12,30 @@ entropy controller built from the config live here too, so the stage only calls 
 from __future__ import annotations
 
 import itertools
+import math
 import random
+import sys
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
 from slingshot.algorithms.entropy import EntropyController
-from slingshot.algorithms.grpo import dynamic_sampling_mask, grpo_advantages
+from slingshot.algorithms.grpo import (
+    dynamic_sampling_mask,
+    grpo_advantages,
+    reinforce_pp_baseline_advantages,
+)
 from slingshot.config import ProRLConfig
 from slingshot.data.chat import prompt_token_ids
 from slingshot.data.tasks import derive_seed
 from slingshot.data.teacher import task_prompt
-from slingshot.rewards.extract import THINK_TAGS
+from slingshot.rewards.extract import THINK_TAGS, extract
 from slingshot.rewards.verifiers import reward
 from slingshot.rewards.verify import CORRECT_THRESHOLD
 from slingshot.rollout import Rollout, RolloutBackend
@@ -195,6 +202,13 @@ class ScoredGroup:
     rollouts: list[Rollout]
     rewards: list[float]  # training reward (verifier score + overlong penalty)
     correct: list[bool]  # binary verifier verdict (for pass rate)
+    answers: list[str | None] = field(default_factory=list)  # extracted final answers (None: none)
+
+    @property
+    def distinct_answers(self) -> int:
+        """How many different final answers the group gave: its diversity, which token
+        entropy can hide (a model can stay uncertain per token yet converge on one answer)."""
+        return len({answer for answer in self.answers if answer is not None})
 
 
 def _completion_text(tokenizer: Any, rollout: Rollout) -> str:
@@ -212,18 +226,20 @@ def score_group(
     max_tokens: int,
     think_tags: tuple[str, str] = THINK_TAGS,
 ) -> ScoredGroup:
-    rewards, correct = [], []
+    rewards, correct, answers = [], [], []
     for r in rollouts:
         # A response cut off by the length limit has no final answer: reward 0 by definition,
         # even if a boxed value happened to be written before the cut.
-        raw = reward(entry, _completion_text(tokenizer, r), think_tags) if r.finished else 0.0
+        text = _completion_text(tokenizer, r) if r.finished else None
+        raw = reward(entry, text, think_tags) if text is not None else 0.0
+        answers.append(extract(text, think_tags).answer if text is not None else None)
         ok = raw >= CORRECT_THRESHOLD
         value = (1.0 if ok else 0.0) if cfg.binary_reward else raw
         rewards.append(
             value + overlong_penalty(len(r.completion_ids), max_tokens, cfg.overlong_penalty_tokens)
         )
         correct.append(ok)
-    return ScoredGroup(entry, list(rollouts), rewards, correct)
+    return ScoredGroup(entry, list(rollouts), rewards, correct, answers)
 
 
 # --------------------------------------------------------------------------- the sampler
@@ -243,7 +259,10 @@ def make_train_batch(groups: list[ScoredGroup], cfg: ProRLConfig, pad_token_id: 
     """The kept groups as one batch; one-step-async runs carry the engine's log-probs, the
     behaviour policy of the importance ratio."""
     rewards = torch.tensor([grp.rewards for grp in groups], dtype=torch.float32)
-    adv = grpo_advantages(rewards, normalize_std=cfg.normalize_std, eps=cfg.adv_eps).reshape(-1)
+    if cfg.advantage_estimator == "reinforce_pp_baseline":
+        adv = reinforce_pp_baseline_advantages(rewards, eps=cfg.adv_eps).reshape(-1)
+    else:
+        adv = grpo_advantages(rewards, normalize_std=cfg.normalize_std, eps=cfg.adv_eps).reshape(-1)
     rollouts = [r for grp in groups for r in grp.rollouts]
     behaviour = None
     if cfg.rollout.async_steps:
@@ -294,14 +313,17 @@ class GroupSampler:
     def collect(
         self, stream: PromptStream | MixedPromptStream, step: int
     ) -> tuple[list[ScoredGroup], dict[str, float]]:
-        """Generate and score until ``batch_prompts`` groups with a learning signal are kept."""
+        """Generate and score until ``batch_prompts`` groups with a learning signal are kept
+        (``ceil(over_provision x batch_prompts)`` prompts per generation batch)."""
         cfg = self.cfg
         kept: list[ScoredGroup] = []
         seen: list[ScoredGroup] = []
         gen_batches = tokens = informative = 0
         generate_s = score_s = 0.0
+        # Over-provisioning draws more prompts than the batch needs; the surplus kept groups are dropped.
+        prompts_per_gen = math.ceil(cfg.over_provision * cfg.batch_prompts)
         for g in range(cfg.max_gen_batches):
-            entries = stream.take(cfg.batch_prompts)
+            entries = stream.take(prompts_per_gen)
             started = time.perf_counter()
             rollouts = self._generate(
                 entries, cfg.n_samples, cfg.temperature, derive_seed(self.seed, "rollout", step, g)
@@ -326,6 +348,8 @@ class GroupSampler:
             "pass_rate": sum(sum(grp.correct) for grp in seen) / len(flat),
             "groups_kept_frac": informative / len(seen),
             "groups_trained": float(len(kept)),
+            # Mean over the kept groups (0 with none): falls as answer diversity collapses.
+            "distinct_answers": sum(grp.distinct_answers for grp in kept) / max(len(kept), 1),
             "gen_batches": float(gen_batches),
             "response_length": float(lengths.mean()),
             "response_length_max": float(lengths.max()),
@@ -422,6 +446,7 @@ class CollectAhead:
                 rollouts=[Rollout(**r) for r in g["rollouts"]],
                 rewards=g["rewards"],
                 correct=g["correct"],
+                answers=g.get("answers", []),
             )
             for g in state["groups"]
         ]
@@ -459,8 +484,62 @@ def entropy_controller(cfg: ProRLConfig) -> EntropyController:
 
 
 def fresh_book() -> Counter:
-    """A fresh run's reset bookkeeping, validation history and token count (checkpointed)."""
-    return Counter(best_val=float("-inf"), evals_since_best=0, resets=0, last_reset_step=0, tokens=0)
+    """A fresh run's reset bookkeeping, validation history, token count and steps without a
+    learning signal (checkpointed)."""
+    return Counter(
+        best_val=float("-inf"),
+        evals_since_best=0,
+        resets=0,
+        last_reset_step=0,
+        tokens=0,
+        no_signal_steps=0,
+        no_signal_streak=0,
+    )
+
+
+class NoLearningSignalWarning(RuntimeWarning):
+    """ProRL steps in a row trained on nothing: dynamic sampling dropped every group."""
+
+
+class NoLearningSignal(RuntimeError):
+    """``no_signal_max_steps`` steps in a row without a trained group: the stage fails."""
+
+
+def no_signal_message(streak: int, pass_rate: float, n_samples: int) -> str:
+    """What a run without a learning signal must say: how long, why, and what to change."""
+    why = (
+        "every response was wrong"
+        if pass_rate == 0.0
+        else "every response was right"
+        if pass_rate == 1.0
+        else "each prompt's responses were all right or all wrong"
+    )
+    return (
+        f"prorl: NO LEARNING SIGNAL for {streak} consecutive steps: groups_trained=0, {why} "
+        f"(pass_rate {pass_rate:.3g} over {n_samples} samples per prompt), so dynamic sampling "
+        "dropped every group and the policy was not updated; the output model will equal the "
+        "input. Fixes: easier prompts (prorl.tasks, datasets), more samples or generation "
+        "batches per step (n_samples, max_gen_batches, over_provision), or a stronger starting "
+        "model (more SFT)."
+    )
+
+
+def track_signal(book: Counter, groups_trained: int, pass_rate: float, cfg: ProRLConfig) -> None:
+    """Count a step without a trained group; warn after ``no_signal_warn_steps`` in a row and
+    raise :class:`NoLearningSignal` after ``no_signal_max_steps`` in a row."""
+    values = book.values  # checkpoints from before these counters lack them
+    if groups_trained:
+        values["no_signal_streak"] = 0
+        return
+    values["no_signal_steps"] = values.get("no_signal_steps", 0) + 1
+    streak = values["no_signal_streak"] = values.get("no_signal_streak", 0) + 1
+    limit = cfg.no_signal_max_steps
+    if limit is not None and streak >= limit:
+        raise NoLearningSignal(no_signal_message(streak, pass_rate, cfg.n_samples))
+    if streak == cfg.no_signal_warn_steps:
+        message = no_signal_message(streak, pass_rate, cfg.n_samples)
+        print(f"\n{'!' * 80}\nWARNING {message}\n{'!' * 80}\n", file=sys.stderr, flush=True)
+        warnings.warn(message, NoLearningSignalWarning, stacklevel=2)
 
 
 def track_validation(book: Counter, value: float) -> bool:

@@ -1,14 +1,15 @@
 """RLP's teacher-forced scoring passes (SPEC §2), no gradient.
 
 The policy scores every ``context <think> c </think> target`` sequence once at sampling
-time (θ_old): the target log-probs give S_pred and the thought-token log-probs are kept
-as the old log-probs of the update. The EMA teacher φ scores ``context target`` with no
+time (θ_old): the target log-probs give S_pred (at T = 1) and the thought-token log-probs,
+at the sampling temperature, are kept as the old log-probs of the update (SPEC §7). The EMA teacher φ scores ``context target`` with no
 thought for the baseline S_ema. Each pass runs in micro-batches of at most
 ``micro_batch_size`` rows and ``tokens_per_micro_batch`` tokens (the update's split).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -34,21 +35,29 @@ def score_thoughts(
     device: torch.device,
     passes: PassSettings | None = None,
 ) -> ThoughtScores:
-    """One teacher-forced pass (in micro-batches) over all B·G thought sequences."""
+    """One teacher-forced pass (in micro-batches) over all B·G thought sequences.
+
+    ``passes.temperature``: the thoughts' sampling temperature, of the old log-probs; S_pred
+    is at T = 1 (a second pass over each micro-batch when the two differ)."""
     n, width = batch.input_ids.shape
     old_logp = torch.zeros((n, width - 1))
     s_pred = torch.empty(batch.target_index.shape)
     entropy_sum = 0.0
     passes = passes or PassSettings()
+    model_passes = dataclasses.replace(passes, temperature=1.0)
     for start, stop in micro_batches(n, width, passes.tokens_per_micro_batch, micro_batch_size):
         sub = batch.rows(start, stop)
-        logp, entropy = token_logprobs(
-            model, sub.input_ids.to(device), sub.attention_mask.to(device), with_entropy=True, passes=passes
-        )
+        ids, attention = sub.input_ids.to(device), sub.attention_mask.to(device)
+        logp, entropy = token_logprobs(model, ids, attention, with_entropy=True, passes=passes)
         assert entropy is not None
+        model_logp = (
+            logp
+            if passes.temperature == 1.0
+            else token_logprobs(model, ids, attention, passes=model_passes)[0]
+        )
         mask = sub.thought_mask.to(device)
         old_logp[start:stop, : logp.shape[1]] = logp.cpu()
-        s_pred[start:stop] = logp.gather(1, sub.target_index.to(device)).cpu()
+        s_pred[start:stop] = model_logp.gather(1, sub.target_index.to(device)).cpu()
         entropy_sum += float((entropy * mask).sum())
     return ThoughtScores(old_logp, s_pred, entropy_sum, int(batch.thought_mask.sum()))
 
@@ -62,10 +71,11 @@ def score_baseline(
     device: torch.device,
     passes: PassSettings | None = None,
 ) -> torch.Tensor:
-    """S_ema = log p_φ(target | context), no thought: [B, k] (a CPU-offloaded φ visits the device)."""
+    """S_ema = log p_φ(target | context), no thought: [B, k] (a CPU-offloaded φ visits the device),
+    at T = 1 whatever ``passes.temperature`` says."""
     batch = build_baseline_batch(positions, pad_id)
     out = []
-    passes = passes or PassSettings()
+    passes = dataclasses.replace(passes or PassSettings(), temperature=1.0)
     width = batch.input_ids.shape[1]
     with resident(ema, device):
         for start, stop in micro_batches(

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from slingshot.algorithms.entropy import EntropyController, token_entropy, top_entropy_mask
+from slingshot.algorithms.entropy import EntropyController, token_entropy, top_entropy_mask, topk_entropy
 
 
 def test_token_entropy_hand_values():
@@ -76,3 +76,16 @@ def test_entropy_controller_state_round_trip_and_validation():
         EntropyController(target_low=2.0, target_high=1.0, eps_high_min=0.2, eps_high_max=0.4, step_size=0.1)
     with pytest.raises(ValueError):
         EntropyController(target_low=1.0, target_high=2.0, eps_high_min=0.5, eps_high_max=0.4, step_size=0.1)
+
+
+def test_topk_entropy_is_the_entropy_of_the_renormalised_top_k():
+    # Logits [ln 2, 0, 0, -5]: the top 3 renormalise to [1/2, 1/4, 1/4], H = 1.5 ln 2; the
+    # top 2 to [2/3, 1/3], H = ln 3 − (2/3) ln 2; the top 1 is certain, H = 0.
+    logits = torch.tensor([[math.log(2.0), 0.0, 0.0, -5.0]])
+    assert torch.allclose(topk_entropy(logits, 3), torch.tensor([1.5 * math.log(2.0)]))
+    assert torch.allclose(topk_entropy(logits, 2), torch.tensor([math.log(3.0) - 2 / 3 * math.log(2.0)]))
+    assert torch.allclose(topk_entropy(logits, 1), torch.tensor([0.0]))
+    # k >= V is the full entropy (the -5 logit adds a little: more than the top 3's).
+    assert torch.allclose(topk_entropy(logits, 4), token_entropy(logits))
+    assert torch.allclose(topk_entropy(logits, 16), token_entropy(logits))
+    assert float(token_entropy(logits)) > 1.5 * math.log(2.0)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from slingshot.algorithms.grpo import dynamic_sampling_mask, grpo_advantages
+from slingshot.algorithms.grpo import dynamic_sampling_mask, grpo_advantages, reinforce_pp_baseline_advantages
 
 
 def test_grpo_with_unbiased_std_hand_example():
@@ -45,3 +45,18 @@ def test_dynamic_sampling_mask():
     r = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0.0, 1.0], [0.5, 0.5, 0.25]])
     assert dynamic_sampling_mask(r).tolist() == [False, False, True, True]
     assert dynamic_sampling_mask(torch.tensor([[True, False]])).tolist() == [True]
+
+
+def test_reinforce_pp_baseline_subtracts_the_group_mean_then_normalises_over_the_batch():
+    # Group means 0.5 and 2: A = [-0.5, 0.5, -1, 1]; batch mean 0, biased std sqrt(0.625).
+    rewards = torch.tensor([[0.0, 1.0], [1.0, 3.0]])
+    std = 0.625**0.5
+    expected = torch.tensor([[-0.5, 0.5], [-1.0, 1.0]]) / (std + 1e-6)
+    assert torch.allclose(reinforce_pp_baseline_advantages(rewards), expected)
+    # GRPO would give both groups ±0.707: here the wider group's advantages are twice as large.
+    # Token weights [1, 1, 2, 0]: weighted mean of A (−0.5 + 0.5 − 2)/4 = −0.5, weighted
+    # variance (0 + 1 + 2·0.25 + 0)/4 = 0.375.
+    weighted = reinforce_pp_baseline_advantages(rewards, eps=0.0, lengths=torch.tensor([[1, 1], [2, 0]]))
+    assert torch.allclose(weighted, (torch.tensor([[-0.5, 0.5], [-1.0, 1.0]]) + 0.5) / 0.375**0.5)
+    # All-equal rewards give 0 (0 / (0 + eps)).
+    assert torch.equal(reinforce_pp_baseline_advantages(torch.ones(2, 3)), torch.zeros(2, 3))

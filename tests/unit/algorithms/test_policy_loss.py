@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from slingshot.algorithms.policy_loss import AGGREGATIONS, clipped_policy_loss
+from slingshot.algorithms.policy_loss import AGGREGATIONS, behaviour_importance_weights, clipped_policy_loss
 
 EPS_LOW, EPS_HIGH = 0.2, 0.3  # clip range [0.8, 1.3]
 
@@ -114,3 +114,33 @@ def test_errors():
         clipped_policy_loss(logp, old, torch.zeros(3), mask, 0.2, 0.2)
     with pytest.raises(ValueError, match="must match"):
         clipped_policy_loss(logp, old[:, :2], adv, mask, 0.2, 0.2)
+
+
+def test_behaviour_importance_weights_mask_or_truncate_outside_the_bounds():
+    # ρ_b = exp(old − behaviour) = [0.25, 0.6, 1, 4, 8] (log-ratios ln of each).
+    ratios = torch.tensor([[0.25, 0.6, 1.0, 4.0, 8.0]])
+    old = torch.zeros(1, 5)
+    behaviour = -torch.log(ratios)
+    masked = behaviour_importance_weights(old, behaviour, 0.5, 5.0, "mask")
+    assert torch.allclose(masked, torch.tensor([[0.0, 0.6, 1.0, 4.0, 0.0]]))
+    truncated = behaviour_importance_weights(old, behaviour, 0.5, 5.0, "truncate")
+    assert torch.allclose(truncated, torch.tensor([[0.25, 0.6, 1.0, 4.0, 5.0]]))
+    assert behaviour_importance_weights(old, torch.full((1, 5), -30.0), mode="truncate")[0, 0] == 5.0
+    assert math.isclose(float(masked.sum()), 5.6, rel_tol=1e-6)
+
+
+def test_token_weights_multiply_each_tokens_loss_term():
+    # ρ = 1, A = 1: each token's term is −1; weights [2, 0, 1] over 3 valid tokens: −3/3.
+    logp = torch.zeros(1, 3, requires_grad=True)
+    out = clipped_policy_loss(
+        logp,
+        torch.zeros(1, 3),
+        torch.ones(1),
+        torch.ones(1, 3, dtype=torch.bool),
+        0.2,
+        0.2,
+        token_weights=torch.tensor([[2.0, 0.0, 1.0]]),
+    )
+    assert torch.isclose(out.loss, torch.tensor(-1.0))
+    out.loss.backward()
+    assert torch.allclose(logp.grad, torch.tensor([[-2.0, 0.0, -1.0]]) / 3)

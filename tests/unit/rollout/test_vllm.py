@@ -89,23 +89,26 @@ def test_greedy_equals_hf_generate_with_stops_and_truncation(engine):
     assert any(not g[0].finished and len(g[0].completion_ids) == 16 for g in groups)  # truncated
 
 
-def _recomputed_logprobs(model: torch.nn.Module, r) -> torch.Tensor:
-    """The completion tokens' log-probs under ``model`` (fp32, raw logits: no temperature)."""
+def _recomputed_logprobs(model: torch.nn.Module, r, temperature: float = 1.0) -> torch.Tensor:
+    """The completion tokens' log-probs under ``model`` at ``temperature``: log_softmax(logits / T), fp32."""
     ids = torch.tensor([r.prompt_ids + r.completion_ids])
     with torch.no_grad():
-        logp = torch.log_softmax(model(ids).logits[0].float(), -1)
+        logp = torch.log_softmax(model(ids).logits[0].float() / temperature, -1)
     start = len(r.prompt_ids)
     return logp[start - 1 : -1].gather(1, ids[0, start:, None])[:, 0]
 
 
-def test_logprobs_are_the_sampled_tokens_raw_logprobs(engine):
+def test_logprobs_are_the_sampled_tokens_logprobs_at_the_sampling_temperature(engine):
     model, backend, _ = engine
     groups = backend.generate(PROMPTS[:2], n=3, max_new_tokens=10, temperature=0.7, seed=5)
     for group in groups:
         for r in group:
             assert len(r.logprobs) == len(r.completion_ids)
-            recomputed = _recomputed_logprobs(model, r)
+            recomputed = _recomputed_logprobs(model, r, temperature=0.7)
             assert torch.allclose(torch.tensor(r.logprobs), recomputed, atol=LOGPROB_TOLERANCE)
+            # Not the raw logits' (the trainer's ratio is at T: the engine's must be too).
+            raw = _recomputed_logprobs(model, r)
+            assert not torch.allclose(torch.tensor(r.logprobs), raw, atol=LOGPROB_TOLERANCE)
 
 
 def test_a_seed_gives_the_same_samples_and_samples_of_a_group_differ(engine):

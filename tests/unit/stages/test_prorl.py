@@ -17,6 +17,7 @@ from slingshot.checkpoint import CheckpointManager, load_torch
 from slingshot.data.tasks import SplitSizes, TaskFamily, make_splits, register_family
 from slingshot.stages import prorl
 from slingshot.tracking import Tracker
+from slingshot.train import rl_sampling
 from slingshot.train.logprobs import token_logprobs
 from slingshot.train.rl_batch import build_rl_batch, masked_mean
 from slingshot.train.state import STATE_FILE
@@ -219,6 +220,30 @@ def test_dynamic_sampling_never_trains_on_all_equal_groups(tmp_path, sft_setup, 
         assert (rewards != rewards[:, :1]).any(dim=1).all(), f"an all-equal group was trained on: {rewards}"
     # The filter had something to drop: some generated group was all-equal.
     assert min(rec.rows[s]["groups_kept_frac"] for s in (1, 2, 3)) < 1.0
+
+
+def test_a_run_without_learning_signal_warns_counts_and_can_fail(tmp_path, sft_setup, monkeypatch):
+    """Every response scores 0 (a model that solves nothing): dynamic sampling drops every
+    group at every step. The run warns after no_signal_warn_steps steps in a row, counts the
+    steps in its metrics and manifest, and with no_signal_max_steps fails with the message."""
+    monkeypatch.setattr(rl_sampling, "reward", lambda *args, **kwargs: 0.0)
+    fast = {"max_gen_batches": 1, "val_prompts": 2, "no_signal_warn_steps": 2}
+    rec = Recorder()
+    with pytest.warns(
+        rl_sampling.NoLearningSignalWarning, match="NO LEARNING SIGNAL for 2 consecutive steps"
+    ) as seen:
+        result = prorl.run(_ctx(tmp_path / "warn", sft_setup, rec, steps=3, **fast))
+    assert len(seen) == 1  # once per streak, not every step
+    message = str(seen[0].message)
+    assert "every response was wrong" in message
+    for fix in ("easier prompts", "n_samples", "stronger starting model"):
+        assert fix in message
+    assert [rec.rows[s]["groups_trained"] for s in (1, 2, 3)] == [0.0, 0.0, 0.0]
+    assert [rec.rows[s]["no_signal_steps"] for s in (1, 2, 3)] == [1.0, 2.0, 3.0]
+    assert result.extra["prorl"]["no_signal_steps"] == 3 and result.metrics["no_signal_steps"] == 3.0
+
+    with pytest.raises(rl_sampling.NoLearningSignal, match="NO LEARNING SIGNAL for 2 consecutive steps"):
+        prorl.run(_ctx(tmp_path / "fail", sft_setup, Recorder(), steps=3, **fast, no_signal_max_steps=2))
 
 
 def _probe_kl(policy: torch.nn.Module, reference: torch.nn.Module, probe) -> float:

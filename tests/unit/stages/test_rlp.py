@@ -20,7 +20,12 @@ from slingshot.rollout import Rollout
 from slingshot.stages import rlp
 from slingshot.tracking import Tracker
 from slingshot.train.optim import build_scheduler
-from slingshot.train.policy_update import UpdateSettings, ema_teacher_hook, update_on_thoughts
+from slingshot.train.policy_update import (
+    UpdateSettings,
+    ema_teacher_hook,
+    sampling_passes,
+    update_on_thoughts,
+)
 from slingshot.train.rlp_batch import (
     Position,
     PositionStream,
@@ -156,7 +161,8 @@ def test_only_thought_tokens_receive_gradient_through_the_real_update():
     )
     optimizer = torch.optim.SGD(policy.parameters(), lr=0.0)
     scheduler = build_scheduler(optimizer, cfg.optimizer, 1)
-    scores = score_thoughts(policy, batch, cfg.micro_batch_size, torch.device("cpu"))
+    # θ_old at the sampling temperature, as the stage scores it: on-policy the ratio is 1.
+    scores = score_thoughts(policy, batch, cfg.micro_batch_size, torch.device("cpu"), sampling_passes(cfg))
     advantages = torch.tensor([1.0, -2.0, 0.5, -0.5])
     metrics = update_on_thoughts(
         policy,

@@ -73,3 +73,34 @@ def test_micro_batches_fit_the_token_budget_with_at_least_one_row():
     assert list(micro_batches(5, 10, 25)) == [(0, 2), (2, 4), (4, 5)]
     assert list(micro_batches(3, 100, 25)) == [(0, 1), (1, 2), (2, 3)]  # a row over the budget still runs
     assert list(micro_batches(4, 10, 10**6, max_rows=3)) == [(0, 3), (3, 4)]
+
+
+def test_log_probs_at_a_temperature_are_log_softmax_of_logits_over_t_in_every_pass_shape():
+    model = vocab_heavy_qwen3()
+    ids, attention = _ragged_batch(rows=2)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=attention).logits.float()
+    expected = torch.log_softmax(logits[:, :-1] / 0.7, -1).gather(2, ids[:, 1:, None])[..., 0]
+    raw_entropy = -(torch.softmax(logits[:, :-1], -1) * torch.log_softmax(logits[:, :-1], -1)).sum(-1)
+    valid = attention[:, 1:].bool()
+    for chunk in (None, 40):
+        passes = PassSettings(10**6, logits_chunk_tokens=chunk, temperature=0.7)
+        with_grad, _ = token_logprobs(model, ids, attention, passes=passes)  # the fused training path
+        no_grad, entropy = batched_token_logprobs(model, ids, attention, None, True, passes)
+        assert torch.allclose(with_grad.detach()[valid], expected[valid], atol=1e-5)
+        assert torch.allclose(no_grad[valid], expected[valid], atol=1e-5)
+        assert torch.allclose(entropy[valid], raw_entropy[valid], atol=1e-4)  # the model's own (T = 1)
+
+
+def test_entropies_of_the_top_k_when_asked():
+    from slingshot.algorithms.entropy import topk_entropy
+
+    model = tiny_llama()
+    ids = torch.randint(0, 64, (2, 6))
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[:, :-1].float()
+    _, entropy = batched_token_logprobs(
+        model, ids, torch.ones_like(ids), None, True, PassSettings(entropy_top_k=4)
+    )
+    assert torch.allclose(entropy, topk_entropy(logits, 4), atol=1e-5)
+    assert (entropy <= torch.log(torch.tensor(4.0)) + 1e-5).all()

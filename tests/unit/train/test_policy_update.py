@@ -12,6 +12,7 @@ from tiny_hf import tiny_llama
 
 from slingshot.config import ProRLConfig, RLPConfig
 from slingshot.rollout import Rollout
+from slingshot.train.logprobs import PassSettings
 from slingshot.train.policy_update import (
     UpdateSettings,
     clipped_loss,
@@ -288,8 +289,11 @@ def test_update_on_groups_takes_the_ratio_against_the_engines_behaviour_logprobs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     cfg = ProRLConfig(n_samples=2, batch_prompts=2, mini_batch_prompts=1, kl_coef=0.0, loss_agg="token-mean")
     plain = _train_batch().batch
-    with torch.no_grad():
-        own, _ = token_logprobs(policy, plain.input_ids, plain.attention_mask, plain.position_ids)
+    with torch.no_grad():  # at the sampling temperature, as the engine's and the update's are
+        at_t = PassSettings(temperature=cfg.temperature)
+        own, _ = token_logprobs(
+            policy, plain.input_ids, plain.attention_mask, plain.position_ids, passes=at_t
+        )
     sequences = [([1, 2], [3, 4, 5]), ([1, 2], [6, 7]), ([8], [9, 10, 11, 12]), ([8], [13])]
     delta = 0.05
     behaviour = [
@@ -319,3 +323,49 @@ def test_behaviour_logprobs_sit_in_the_logprob_frame_of_the_completion_tokens():
     assert torch.equal(trimmed.behaviour_logprobs, expected[:1])
     with pytest.raises(ValueError, match="row 0: 1 behaviour log-probs for 2 tokens"):
         build_rl_batch([([1, 2], [3, 4])], 0, [[-0.1]])
+
+
+def test_both_rl_stages_compute_their_ratio_log_probs_at_the_sampling_temperature():
+    prorl, rlp = ProRLConfig(temperature=1.2), RLPConfig(temperature=0.7)
+    assert UpdateSettings.from_config(prorl).passes.temperature == 1.2
+    assert UpdateSettings.from_config(rlp).passes.temperature == 0.7
+
+
+@pytest.mark.parametrize(
+    ("delta", "bounds", "weight"),
+    [
+        (0.05, (0.5, 5.0, "mask"), torch.e**0.05),  # ρ_b = e^0.05 inside [0.5, 5]: kept
+        (2.0, (0.5, 5.0, "mask"), 0.0),  # ρ_b = e^2 = 7.39 > 5: the tokens are dropped
+        (2.0, (0.5, 5.0, "truncate"), 5.0),  # ... or truncated to 5
+    ],
+)
+def test_behaviour_importance_weights_multiply_the_loss_and_the_ratio_is_against_theta_old(
+    delta, bounds, weight
+):
+    """With behaviour_is the ratio is the trainer's π_θ/π_θold (1 here: the policy does not move)
+    and each token's term is weighted by ρ_b = π_θold/π_behaviour: with behaviour log-probs δ
+    below the policy's, the token-mean loss is −0.25·w (w = ρ_b, 0 or 5; see the test above)."""
+    from slingshot.train.logprobs import token_logprobs
+
+    policy = tiny_llama()
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    cfg = ProRLConfig(n_samples=2, batch_prompts=2, mini_batch_prompts=1, kl_coef=0.0, loss_agg="token-mean")
+    settings = dataclasses.replace(UpdateSettings.from_config(cfg), behaviour_is=bounds)
+    plain = _train_batch().batch
+    with torch.no_grad():
+        at_t = PassSettings(temperature=cfg.temperature)
+        own, _ = token_logprobs(
+            policy, plain.input_ids, plain.attention_mask, plain.position_ids, passes=at_t
+        )
+    sequences = [([1, 2], [3, 4, 5]), ([1, 2], [6, 7]), ([8], [9, 10, 11, 12]), ([8], [13])]
+    behaviour = [
+        (own[i, len(p) - 1 : len(p) - 1 + len(c)] - delta).tolist() for i, (p, c) in enumerate(sequences)
+    ]
+    train = _train_batch()
+    train.batch = build_rl_batch(sequences, 0, behaviour)
+    metrics = update_on_groups(policy, None, optimizer, scheduler, train, settings, CPU)
+    assert metrics["ratio_mean"] == pytest.approx(1.0, abs=1e-5)
+    assert metrics["policy_loss"] == pytest.approx(-0.25 * weight, rel=1e-4, abs=1e-6)
+    assert metrics["is_weight_mean"] == pytest.approx(weight, rel=1e-4)
+    assert metrics["is_zero_frac"] == (1.0 if weight == 0.0 else 0.0)

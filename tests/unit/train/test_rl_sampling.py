@@ -156,6 +156,7 @@ def test_collect_keeps_only_groups_with_a_signal_and_counts_what_it_saw():
     kept, stats = sampler.collect(_InOrder([_entry(i) for i in range(5)]), step=7)
     assert [g.entry["id"] for g in kept] == ["1", "3"]
     assert [g.rewards for g in kept] == [[1.0, 0.0], [0.0, 1.0]]
+    assert [g.answers for g in kept] == [["5", "6"], ["6", "5"]]
     assert sampler.backend.seeds == [derive_seed(11, "rollout", 7, 0), derive_seed(11, "rollout", 7, 1)]
     lengths = [34, 34, 34, 10, 34, 33, 10, 34]  # finished responses end with the stop token
     assert stats.pop("time_generate_s") >= 0 and stats.pop("time_score_s") >= 0
@@ -164,6 +165,7 @@ def test_collect_keeps_only_groups_with_a_signal_and_counts_what_it_saw():
         "pass_rate": 4 / 8,
         "groups_kept_frac": 2 / 4,
         "groups_trained": 2.0,
+        "distinct_answers": 2.0,  # 5 and 6 in each kept group
         "gen_batches": 2.0,
         "response_length": sum(lengths) / 8,
         "response_length_max": 34.0,
@@ -218,3 +220,36 @@ def test_validate_is_pass_at_1_per_family_with_one_fixed_seed():
     assert sampler.validate(entries) == first
     assert sampler.backend.seeds == [derive_seed(11, "validation")] * 2
     assert sampler.validate([]) == {}
+
+
+def test_over_provisioning_draws_more_prompts_per_generation_batch():
+    script = {
+        0: [(RIGHT, True), (RIGHT, True)],  # no signal
+        1: [(RIGHT, True), (SHORT, True)],
+        2: [(SHORT, True), (RIGHT, True)],
+        3: [(RIGHT, True), (WRONG, True)],
+    }
+    # ceil(1.5 x 2) = 3 prompts a batch: 0, 1, 2 fill the batch in one generation batch ...
+    sampler = _sampler(script, batch_prompts=2, mini_batch_prompts=1, over_provision=1.5)
+    kept, stats = sampler.collect(_InOrder([_entry(i) for i in range(4)]), step=0)
+    assert [g.entry["id"] for g in kept] == ["1", "2"] and stats["gen_batches"] == 1.0
+    # ... where 2 a batch (the default, 1.0) takes two.
+    sampler = _sampler(script, batch_prompts=2, mini_batch_prompts=1)
+    kept, stats = sampler.collect(_InOrder([_entry(i) for i in range(4)]), step=0)
+    assert [g.entry["id"] for g in kept] == ["1", "2"] and stats["gen_batches"] == 2.0
+
+
+def test_train_batch_with_reinforce_pp_baseline_advantages():
+    groups = [
+        rl_sampling.ScoredGroup(
+            _entry(0), [Rollout([1], [2], True), Rollout([1], [3], True)], [0.0, 1.0], []
+        ),
+        rl_sampling.ScoredGroup(
+            _entry(1), [Rollout([5], [6], True), Rollout([5], [7], True)], [1.0, 3.0], []
+        ),
+    ]
+    cfg = ProRLConfig(advantage_estimator="reinforce_pp_baseline", binary_reward=False)
+    train = rl_sampling.make_train_batch(groups, cfg, pad_token_id=0)
+    # A = [-0.5, 0.5, -1, 1]: batch mean 0, biased std sqrt(0.625).
+    std = 0.625**0.5 + 1e-6
+    assert train.advantages.tolist() == pytest.approx([-0.5 / std, 0.5 / std, -1 / std, 1 / std])
