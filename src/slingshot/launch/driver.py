@@ -37,7 +37,7 @@ import submitit
 from slingshot.config import PipelineConfig
 from slingshot.io import atomic_write_json, private_dir
 from slingshot.launch.launcher import ENDED, slurm_state
-from slingshot.launch.site import DriverSection, load_site, site_file
+from slingshot.launch.site import DriverSection, job_setup_lines, load_site, site_file
 from slingshot.validate import load_pipeline_config
 
 DRIVER_ENV = "SLINGSHOT_DRIVER_JOB_ID"  # set in the Snakemake the driver runs
@@ -159,6 +159,27 @@ def driver_section(site_name: str | None) -> tuple[DriverSection, Path]:
     return section, path
 
 
+def driver_executor(cfg: PipelineConfig, section: DriverSection, folder: Path) -> submitit.AutoExecutor:
+    """The driver job's executor. It runs the site's Python after the site's env and setup
+    lines, like every stage job: Snakemake (and the stage launchers it starts) then use the
+    environment the site declares, not whatever interpreter the login node submitted with."""
+    site = load_site(cfg.launcher.site)
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_python=site.job_python())
+    executor.update_parameters(
+        name=f"{cfg.pipeline.name}.driver",
+        timeout_min=section.time_min,
+        cpus_per_task=section.cpus_per_task,
+        mem_gb=section.mem_gb,
+        tasks_per_node=1,
+        slurm_partition=section.partition,
+        slurm_signal_delay_s=section.signal_delay_s,
+        slurm_setup=job_setup_lines(site),
+        slurm_additional_parameters={"requeue": True, **site.sbatch},
+        **{f"slurm_{key}": value for key, value in (("account", site.account), ("qos", site.qos)) if value},
+    )
+    return executor
+
+
 def submit(args: list[str]) -> DriverLock:
     """Submit the driver job; its lock (job id, log). Nothing is submitted when the input or the lock refuses."""
     target = parse_target(args)
@@ -178,17 +199,7 @@ def submit(args: list[str]) -> DriverLock:
             f"{stale.path}"
         )
     folder = private_dir(driver_dir(work_dir))
-    executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
-    executor.update_parameters(
-        name=f"{cfg.pipeline.name}.driver",
-        timeout_min=section.time_min,
-        cpus_per_task=section.cpus_per_task,
-        mem_gb=section.mem_gb,
-        tasks_per_node=1,
-        slurm_partition=section.partition,
-        slurm_signal_delay_s=section.signal_delay_s,
-        slurm_additional_parameters={"requeue": True},
-    )
+    executor = driver_executor(cfg, section, folder)
     job = executor.submit(
         DriverJob(
             args=list(args),

@@ -130,12 +130,9 @@ def slurm_parameters(site: Site, resources: Resources) -> dict[str, Any]:
     account, QOS and constraint (the stage's over the site's), the setup lines (the site's env
     exported, then the site's and the stage's own lines) and the extra sbatch flags."""
     partition, _ = site.partition_for(resources)
-    env = {**site.env, "PYTHONUNBUFFERED": "1"}
-    # Every value that reaches the batch script's shell is quoted.
-    exports = [f"export {key}={shlex.quote(value)}" for key, value in env.items()]
     params: dict[str, Any] = {
         "slurm_partition": partition,
-        "slurm_setup": [*exports, *site.setup, *resources.setup],
+        "slurm_setup": [*job_setup_lines(site), *resources.setup],
         "slurm_additional_parameters": {**site.sbatch, **resources.extra_sbatch},
     }
     account, qos = resources.account or site.account, resources.qos or site.qos
@@ -143,6 +140,13 @@ def slurm_parameters(site: Site, resources: Resources) -> dict[str, Any]:
         if value:
             params[f"slurm_{key}"] = value
     return params
+
+
+def job_setup_lines(site: Site) -> list[str]:
+    """The batch-script lines every job of ``site`` runs before Python: the site's env
+    exported (values quoted: they reach a shell), then the site's setup lines."""
+    env = {**site.env, "PYTHONUNBUFFERED": "1"}
+    return [*(f"export {key}={shlex.quote(value)}" for key, value in env.items()), *site.setup]
 
 
 def setup_script(site: Site) -> str:

@@ -8,16 +8,19 @@ from pathlib import Path
 import pytest
 import yaml
 
+from slingshot.config import PipelineConfig
 from slingshot.launch.driver import (
     DriverLock,
     SubmitError,
     clean_env,
     driver_conflict,
     driver_dir,
+    driver_executor,
     driver_section,
     incomplete_manifests,
     parse_target,
 )
+from slingshot.launch.site import DriverSection
 
 
 def test_clean_env_drops_the_job_variables_a_nested_sbatch_or_srun_would_read():
@@ -95,3 +98,30 @@ def test_the_lock_round_trips_and_counts_requeues(tmp_path):
     assert again == lock and again.requeues == 2
     assert DriverLock.load(tmp_path / "elsewhere") is None
     assert driver_conflict(tmp_path / "elsewhere") is None  # no lock: nothing to refuse
+
+
+def test_the_driver_job_runs_the_sites_python_after_its_setup_lines(tmp_path):
+    # The driver's Snakemake starts the stage launchers: it must run in the site's environment,
+    # not in the interpreter the login node submitted with.
+    raw = {
+        "name": "t",
+        "default_partition": "p",
+        "partitions": {"p": {}},
+        "account": "proj1",
+        "env": {"HF_HOME": "/scratch/hf cache"},
+        "setup": ["module load cuda/12.4"],
+        "python": "/shared/envs/slingshot/bin/python",
+        "sbatch": {"reservation": "ai"},
+        "driver": {"partition": "p"},
+    }
+    site_path = tmp_path / "t.yaml"
+    site_path.write_text(yaml.safe_dump(raw))
+    cfg = PipelineConfig.model_validate({"pipeline": {"name": "demo"}, "launcher": {"site": str(site_path)}})
+    executor = driver_executor(cfg, DriverSection.model_validate(raw["driver"]), tmp_path / "driver")
+    slurm = executor._executor
+    script = slurm._make_submission_file_text(slurm._submitit_command_str, "uid")
+    setup = script.index("module load cuda/12.4")
+    assert script.index("export HF_HOME='/scratch/hf cache'") < setup
+    assert setup < script.index("/shared/envs/slingshot/bin/python -u -m submitit.core._submit")
+    assert "#SBATCH --account=proj1" in script and "#SBATCH --reservation=ai" in script
+    assert "#SBATCH --requeue" in script and "#SBATCH --partition=p" in script
