@@ -77,8 +77,11 @@ def journal_file(work_dir: Path) -> Path:
 
 
 def is_loopback(uri: str) -> bool:
-    """Whether an http(s) tracking URI names this machine only (127.x, ::1, localhost)."""
+    """Whether an http(s) tracking URI names this machine only: 127.x, ::1, localhost, or a
+    host name that resolves only to loopback (Debian maps a machine's own name to 127.0.1.1
+    in /etc/hosts, so a login node's name can be loopback on the login node)."""
     import ipaddress
+    import socket
     from urllib.parse import urlsplit
 
     host = urlsplit(uri).hostname or ""
@@ -87,7 +90,12 @@ def is_loopback(uri: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
-        return False
+        pass
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except (OSError, UnicodeError):
+        return False  # unresolvable here: the server check reports that
+    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
 
 
 def read_credentials(path: str | os.PathLike[str]) -> dict[str, str]:

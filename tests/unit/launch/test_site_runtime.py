@@ -81,7 +81,23 @@ def test_a_loopback_tracking_uri_is_refused_on_a_multi_host_site_only(tmp_path):
     # The dev site's nodes are this machine: allowed there.
     local = site_file(tmp_path, name="local")
     load_pipeline_config(_slurm_config(tmp_path, local, tracking={"uri": "http://localhost:5000"}))
-    assert is_loopback("http://[::1]:5000") and not is_loopback("http://login01:5000")
+    assert is_loopback("http://[::1]:5000")
+
+
+def test_a_host_name_is_loopback_only_when_it_resolves_to_loopback_only(monkeypatch):
+    import socket
+
+    hosts = {"login01": ["10.1.2.3"], "vmhost": ["127.0.1.1"], "dual": ["127.0.1.1", "10.1.2.4"]}
+
+    def resolve(host, *args, **kwargs):
+        if host not in hosts:
+            raise socket.gaierror(f"unknown host {host}")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, 0)) for ip in hosts[host]]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    assert is_loopback("http://vmhost:5000")  # /etc/hosts maps the machine's own name to 127.0.1.1
+    assert not is_loopback("http://login01:5000") and not is_loopback("http://dual:5000")
+    assert not is_loopback("http://nowhere.invalid:5000")  # unresolvable: not judged loopback
 
 
 def test_credentials_file_must_be_private_and_complete(tmp_path):
