@@ -21,7 +21,7 @@ TINY = {
     "epochs": 1,
     "seq_length": 256,
     "micro_batch_size": 2,
-    "grad_accum": 2,
+    "global_batch_size": 4,  # 2 micro-batches of 2 on one rank, 1 each on two
     "log_every": 1,
     "eval_every": 2,
     "eval_fraction": 0.1,

@@ -299,8 +299,8 @@ def assert_same_training(two: dict, one: dict, rel: float) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["allreduce", "fsdp"])
 def test_two_processes_match_one_with_the_same_global_batch(env, reference_run, mode):
-    # reference: 1 process x grad_accum 2 x micro 2; here: 2 processes x grad_accum 1 x micro 2.
-    two = run_two_ranks(env, f"dp-{mode}", {"grad_accum": 1, "data_parallel": mode})
+    # global batch 4: reference 1 process x 2 micro-batches of 2; here 2 processes x 1 of 2.
+    two = run_two_ranks(env, f"dp-{mode}", {"data_parallel": mode})
     assert_same_training(two, reference_run, rel=1e-4)
 
 
