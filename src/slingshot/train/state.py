@@ -75,23 +75,18 @@ def _options() -> Any:
 class ModelOptimizerState:
     """A model and its optimizer as one sharded part (one process, replicated ranks or FSDP2)."""
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None):
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
         self.model, self.optimizer = model, optimizer
 
     def sharded_state_dict(self) -> dict[str, Any]:
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+        from torch.distributed.checkpoint.state_dict import get_state_dict
 
-        if self.optimizer is None:
-            return {"model": get_model_state_dict(self.model, options=_options())}
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer, options=_options())
         return {"model": model_sd, "optimizer": optim_sd}
 
     def load_sharded_state_dict(self, state: dict[str, Any]) -> None:
-        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
+        from torch.distributed.checkpoint.state_dict import set_state_dict
 
-        if self.optimizer is None:
-            set_model_state_dict(self.model, state["model"], options=_options())
-            return
         set_state_dict(
             self.model,
             self.optimizer,
@@ -99,6 +94,23 @@ class ModelOptimizerState:
             optim_state_dict=state["optimizer"],
             options=_options(),
         )
+
+
+class _Module:
+    """A model listed as its own part (a policy, an EMA teacher, a reference model)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+
+    def sharded_state_dict(self) -> dict[str, Any]:
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        return get_model_state_dict(self.model, options=_options())
+
+    def load_sharded_state_dict(self, state: dict[str, Any]) -> None:
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+        set_model_state_dict(self.model, state, options=_options())
 
 
 class _OptimizerOf:
@@ -156,7 +168,7 @@ class TrainState:
         self.sharded: dict[str, ShardedState] = {}
         for name, part in parts.items():
             if isinstance(part, torch.nn.Module):
-                self.sharded[name] = ModelOptimizerState(part)
+                self.sharded[name] = _Module(part)
             elif isinstance(part, torch.optim.Optimizer):
                 self.sharded[name] = _OptimizerOf(_owner(part, modules), part)
             elif hasattr(part, "sharded_state_dict"):
@@ -202,6 +214,21 @@ class TrainState:
                 part.load_state_dict(rest[name])
         own = directory / rng_file(dist.rank())
         set_rng_state(load_torch(own if own.is_file() else directory / rng_file(0)))
+
+
+def read_checkpoint(directory: Path) -> dict[str, Any]:
+    """Every part of a checkpoint as full tensors and plain values, by part name, read in one
+    process (for inspection and tests; stages resume through :meth:`TrainState.load`).
+    Optimizer parts come flat: ``{"state.<param>.exp_avg": tensor, "param_groups.<param>.lr": ...}``."""
+    import tempfile
+
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    directory = Path(directory)
+    with tempfile.TemporaryDirectory() as tmp, _single_process_quiet():
+        dcp_to_torch_save(directory / TENSOR_DIR, Path(tmp) / "full.pt")
+        tensors = load_torch(Path(tmp) / "full.pt")
+    return {**load_torch(directory / PARTS_FILE), **tensors}
 
 
 class Counter:
