@@ -403,3 +403,54 @@ def test_a_vllm_run_logs_one_weight_push_per_step(tmp_path, small_data):
     rlp.run(_ctx(tmp_path, small_data, model, {**TINY_RLP, "rollout": {"backend": "vllm"}}, tracker))
     assert [tracker.rows[s]["weight_version"] for s in (1, 2, 3)] == [0.0, 1.0, 2.0]
     assert all(0 < tracker.rows[s]["thought_len"] <= TINY_RLP["thought_tokens"] for s in (1, 2, 3))
+
+
+# --------------------------------------------------------------------------- resume at another world size
+
+
+@pytest.mark.slow  # ~40 s on 2 shared cores: a 2-rank run and a 1-rank run
+@pytest.mark.parametrize("saved_on, resumed_on", [(2, 1), (1, 2)])
+def test_checkpoint_resumes_at_another_world_size(tmp_path, small_data, tiny_model, saved_on, resumed_on):
+    """The step-2 checkpoint of a run on ``saved_on`` gloo ranks (each rank writes its files)
+    resumes on ``resumed_on``: step 3 scores the same positions with the same EMA teacher.
+    Only state-determined metrics can match: thoughts are sampled per rank (seeded by
+    (seed, step, rank)), so rewards and losses legitimately differ across world sizes."""
+    import shutil
+    import socket
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from sft_worker import finish_ranks, run_stage, start_ranks
+
+    def run(name: str, world: int) -> dict:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        spec = {
+            "kind": "rlp",
+            "root": str(tmp_path / name),
+            "overrides": {**TINY_RLP, "steps": 3},
+            "upstream": {"data": small_data},
+            "init_model": str(tiny_model),
+            "interval": 2,
+            "world_size": world,
+            "port": port,
+            "out": str(tmp_path / f"{name}.json"),
+        }
+        if world == 1:
+            return run_stage(spec)
+        return finish_ranks(start_ranks(spec, tmp_path / f"{name}.spec.json"), spec)
+
+    reference = run("saved", saved_on)  # steps 1-3, checkpoints at 2 and 3
+    checkpoints = tmp_path / "saved" / "work" / "main" / "rlp" / "checkpoints"
+    files = {p.name for p in (checkpoints / "step-00000002").rglob("*")}
+    assert {f"__{r}_0.distcp" for r in range(saved_on)} <= files
+    assert {f"rng-rank{r:05d}.pt" for r in range(saved_on)} <= files
+    shutil.copytree(tmp_path / "saved", tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "work" / "main" / "rlp" / "checkpoints" / "step-00000003")
+
+    resumed = run("resumed", resumed_on)
+    assert resumed["world_size"] == resumed_on and sorted(resumed["steps"]) == ["3"]
+    want, got = reference["steps"]["3"], resumed["steps"]["3"]
+    assert got["weight_version"] == want["weight_version"] == 2.0  # sampled with step 2's weights
+    assert got["s_ema"] == pytest.approx(want["s_ema"], rel=1e-5)  # same positions, same teacher

@@ -4,9 +4,7 @@ cross-example attention, exact resume, data-parallel equivalence, and the stage'
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -261,31 +259,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_two_ranks(env, name: str, overrides: dict, env_vars: dict | None = None, **extra) -> list:
-    spec = spec_for(
-        env, name, overrides, world_size=2, port=free_port(), out=str(env["root"] / f"{name}.json"), **extra
-    )
-    spec_path = env["root"] / f"{name}.spec.json"
-    spec_path.write_text(json.dumps(spec))
-    pythonpath = os.pathsep.join([str(HERE), str(SUPPORT), os.environ.get("PYTHONPATH", "")])
-    run_env = {**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1", **(env_vars or {})}
-    return [
-        subprocess.Popen(
-            [sys.executable, str(HERE / "sft_worker.py"), str(spec_path), str(rank)],
-            env=run_env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for rank in range(2)
-    ]
+def two_rank_spec(env, name: str, overrides: dict, **extra) -> dict:
+    out = str(env["root"] / f"{name}.json")
+    return spec_for(env, name, overrides, world_size=2, port=free_port(), out=out, **extra)
 
 
 def run_two_ranks(env, name: str, overrides: dict, **extra) -> dict:
-    procs = start_two_ranks(env, name, overrides, **extra)
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
-    return json.loads((env["root"] / f"{name}.json").read_text())
+    from sft_worker import finish_ranks, start_ranks
+
+    spec = two_rank_spec(env, name, overrides, **extra)
+    return finish_ranks(start_ranks(spec, env["root"] / f"{name}.spec.json"), spec)
 
 
 def assert_same_training(two: dict, one: dict, rel: float) -> None:
@@ -329,12 +312,13 @@ def test_fsdp_checkpoint_of_two_ranks_killed_mid_save_resumes_on_one(env, refere
     resumes from it with the same global batches and the same following losses."""
     import time
 
+    from sft_worker import start_ranks
+
     from slingshot.checkpoint import CheckpointManager
 
     name = "fsdp-2to1"
-    procs = start_two_ranks(
-        env, name, {"data_parallel": "fsdp"}, {"SLINGSHOT_TEST_HOLD_SAVE": "4"}, interval=2
-    )
+    spec = two_rank_spec(env, name, {"data_parallel": "fsdp"}, interval=2)
+    procs = start_ranks(spec, env["root"] / f"{name}.spec.json", {"SLINGSHOT_TEST_HOLD_SAVE": "4"})
     work = env["root"] / name / "work"
     try:
         deadline = time.monotonic() + 300
