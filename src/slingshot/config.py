@@ -370,6 +370,17 @@ class SFTDataset(StrictModel):
     weight: Annotated[float, Field(gt=0)] = 1.0
 
 
+def sft_grad_accum(global_batch_size: int, micro_batch_size: int, world_size: int) -> int:
+    """Micro-batches per rank per SFT optimizer step; a clear error, by key, if uneven."""
+    per_pass = micro_batch_size * world_size
+    if global_batch_size % per_pass:
+        raise ValueError(
+            f"stages.sft.global_batch_size ({global_batch_size}) must be a multiple of "
+            f"stages.sft.micro_batch_size x ranks ({micro_batch_size} x {world_size} = {per_pass})"
+        )
+    return global_batch_size // per_pass
+
+
 class SFTConfig(ModelStageConfig):
     optimizer: OptimizerConfig = Field(default_factory=lambda: OptimizerConfig(lr=1e-4, weight_decay=0.0))
     use_synth: bool = True  # train on the synthesis stage's dataset

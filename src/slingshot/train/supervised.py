@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from slingshot import dist as collectives
-from slingshot.config import OptimizerConfig, SFTConfig
+from slingshot.config import OptimizerConfig, SFTConfig, sft_grad_accum
 from slingshot.data.packing import IGNORE_INDEX, PackedSFT, SFTExample, block_causal_mask
 from slingshot.dist import DistEnv
 from slingshot.train.logging import StepLogger
@@ -92,13 +92,7 @@ class SupervisedSettings:
 
     def grad_accum(self, world_size: int) -> int:
         """Micro-batches each rank runs per optimizer step at ``world_size`` ranks."""
-        per_pass = self.micro_batch_size * world_size
-        if self.global_batch_size % per_pass:
-            raise ValueError(
-                f"stages.sft.global_batch_size ({self.global_batch_size}) must be a multiple of "
-                f"stages.sft.micro_batch_size x ranks ({self.micro_batch_size} x {world_size} = {per_pass})"
-            )
-        return self.global_batch_size // per_pass
+        return sft_grad_accum(self.global_batch_size, self.micro_batch_size, world_size)
 
 
 # --------------------------------------------------------------------------- data order

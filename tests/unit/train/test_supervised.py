@@ -74,3 +74,20 @@ def test_global_batch_must_split_evenly_over_micro_batches_and_ranks():
         SFTConfig.model_validate({"micro_batch_size": 2, "global_batch_size": 5})
     with pytest.raises(ValueError, match="grad_accum is no longer a key: set global_batch_size"):
         SFTConfig.model_validate({"grad_accum": 2})
+
+
+def test_an_uneven_global_batch_is_refused_before_submission(tmp_path):
+    from stages import pipeline_config
+
+    from slingshot.validate import check_plan
+
+    sft = {"micro_batch_size": 2, "global_batch_size": 6, "resources": {"nodes": 2, "gpus_per_node": 2}}
+    problems = check_plan(pipeline_config(tmp_path, {"stages": {"sft": sft}}))
+    assert (
+        "stages.sft.global_batch_size (6) must be a multiple of stages.sft.micro_batch_size x ranks "
+        "(2 x 4 = 8) (the ranks of stages.sft.resources)"
+    ) in problems
+    sft["global_batch_size"] = 16
+    assert not [
+        p for p in check_plan(pipeline_config(tmp_path, {"stages": {"sft": sft}})) if "global_batch" in p
+    ]
