@@ -158,10 +158,11 @@ class TrainState:
 
     Every rank calls ``save`` and ``load`` (DCP is collective), into the same directory.
     Parts load in the order given (list an engine part after the policy it pushes).
-    ``is_main``: whether this rank writes ``parts.pt`` (the replicated small parts).
+    ``is_main``: whether this rank writes ``parts.pt`` (the replicated small parts); by
+    default rank 0 of the process group (one writer, never every rank into one file).
     """
 
-    def __init__(self, is_main: bool = True, **parts: Any):
+    def __init__(self, is_main: bool | None = None, **parts: Any):
         self.is_main = is_main
         self.parts = parts
         modules = {n: p for n, p in parts.items() if isinstance(p, torch.nn.Module)}
@@ -183,7 +184,8 @@ class TrainState:
         directory = Path(directory)
         with _single_process_quiet():
             dcp.save(self._tensors(), checkpoint_id=str(directory / TENSOR_DIR), no_dist=_no_dist())
-        if self.is_main:
+        writes_parts = dist.rank() == 0 if self.is_main is None else self.is_main
+        if writes_parts:
             rest = {n: p.state_dict() for n, p in self.parts.items() if n not in self.sharded}
             save_torch(directory / PARTS_FILE, rest)
         save_torch(directory / rng_file(dist.rank()), rng_state())
