@@ -105,7 +105,11 @@ def main() -> None:
     device = dist.device
     opt = OptimizerConfig(lr=1e-3, warmup_steps=2, weight_decay=0.0, grad_clip=1.0)
     settings = SupervisedSettings(
-        seq_length=args.seq, micro_batch_size=args.batch, grad_accum=1, epochs=1.0, optimizer=opt
+        seq_length=args.seq,
+        micro_batch_size=args.batch,
+        global_batch_size=args.batch,
+        epochs=1.0,
+        optimizer=opt,
     )
     model = build_model(
         len(tokenizer), args.hidden, args.layers, args.seq, tokenizer.pad_token_id, tokenizer.eos_token_id

@@ -382,7 +382,7 @@ def check_sft_stage(a: argparse.Namespace) -> dict[str, Any]:
         "epochs": 1,
         "seq_length": 512,
         "micro_batch_size": 8,
-        "grad_accum": 1,
+        "global_batch_size": 8,  # micro 8 x 1 GPU: no accumulation
         "log_every": 1,
         "eval_every": 1000,
         "eval_fraction": 0.0,

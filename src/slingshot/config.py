@@ -370,6 +370,17 @@ class SFTDataset(StrictModel):
     weight: Annotated[float, Field(gt=0)] = 1.0
 
 
+def sft_grad_accum(global_batch_size: int, micro_batch_size: int, world_size: int) -> int:
+    """Micro-batches per rank per SFT optimizer step; a clear error, by key, if uneven."""
+    per_pass = micro_batch_size * world_size
+    if global_batch_size % per_pass:
+        raise ValueError(
+            f"stages.sft.global_batch_size ({global_batch_size}) must be a multiple of "
+            f"stages.sft.micro_batch_size x ranks ({micro_batch_size} x {world_size} = {per_pass})"
+        )
+    return global_batch_size // per_pass
+
+
 class SFTConfig(ModelStageConfig):
     optimizer: OptimizerConfig = Field(default_factory=lambda: OptimizerConfig(lr=1e-4, weight_decay=0.0))
     use_synth: bool = True  # train on the synthesis stage's dataset
@@ -377,7 +388,10 @@ class SFTConfig(ModelStageConfig):
     epochs: PositiveFloat = 2.0
     seq_length: PositiveInt = 2048
     micro_batch_size: PositiveInt = 4
-    grad_accum: PositiveInt = 1
+    # Rows (packed sequences) per optimizer step, whatever the world size: gradient
+    # accumulation is derived (global_batch_size / (micro_batch_size x ranks)), so a resume
+    # on another number of GPUs keeps the data schedule. It must divide evenly (run time).
+    global_batch_size: PositiveInt = 16
     packing: bool = True
     eval_every: PositiveInt = 50
     # Held-out loss: this share of the distinct prompts (chosen by content hash, so the
@@ -390,6 +404,25 @@ class SFTConfig(ModelStageConfig):
     # without a dense [T, T] mask per row: the choice for long sequences on GPUs.
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2", "flash_attention_3"] | None = None
     memory: MemoryConfig = Field(default_factory=MemoryConfig)  # SFT: bf16 and activation_checkpointing
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "grad_accum" in data:
+            raise ValueError(
+                "grad_accum is no longer a key: set global_batch_size (rows per optimizer step = "
+                "micro_batch_size x grad_accum x ranks); accumulation is derived from it"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> SFTConfig:
+        if self.global_batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"global_batch_size ({self.global_batch_size}) must be a multiple of "
+                f"micro_batch_size ({self.micro_batch_size})"
+            )
+        return self
 
 
 class EntropyControl(StrictModel):

@@ -6,9 +6,10 @@
 resumes from the newest complete checkpoint (``state.load_state_dict``), then after each
 step asks the save triggers (interval, time budget, USR2), saves through the
 checkpoint manager, and raises StageInterrupted after saving on a stop request.
-Replicated state (plain DDP) is written by rank 0; stages with sharded state
-(Megatron dist_checkpointing, FSDP) pass ``all_ranks_write=True`` and write into the
-directory they are given, which is the same for every rank.
+State written by rank 0 alone uses the default; stages whose state every rank writes
+(``slingshot.train.state.TrainState``'s DCP checkpoints: SFT, RLP, ProRL; Megatron
+dist_checkpointing) pass ``all_ranks_write=True`` and write into the directory they are
+given, the same for every rank, published only after every rank has written.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from slingshot.config import MODEL_CHAIN, PipelineConfig, StagesConfig, deep_merge
+from slingshot.config import MODEL_CHAIN, PipelineConfig, StagesConfig, deep_merge, sft_grad_accum
 from slingshot.data.prompt_sets import prompt_sets
 from slingshot.data.tasks import get_family
 from slingshot.launch.site import SiteError, load_site
@@ -350,6 +350,14 @@ def check_plan(cfg: PipelineConfig) -> list[str]:
                 problems.append(
                     f"{where}stages.{kind}.init_model: required, since no earlier stage is enabled"
                 )
+        if stages.sft.enabled:  # the run checks it too; here it fails before anything is submitted
+            sft, res = stages.sft, stages.sft.resources
+            try:
+                sft_grad_accum(
+                    sft.global_batch_size, sft.micro_batch_size, res.nodes * res.effective_tasks_per_node
+                )
+            except ValueError as error:
+                problems.append(f"{where}{error} (the ranks of stages.sft.resources)")
         if stages.synth.enabled:
             if stages.synth.proxy_model:
                 problem = _model_dir_problem(stages.synth.proxy_model)

@@ -53,7 +53,7 @@ def test_two_node_sft_matches_one_process(small_data, tmp_path, monkeypatch):
     executor.update_parameters(
         nodes=2, tasks_per_node=1, cpus_per_task=1, timeout_min=10, slurm_partition="debug"
     )
-    job = executor.submit(run_distributed, spec("two", grad_accum=1))
+    job = executor.submit(run_distributed, spec("two"))
     ranks = job.results()
     assert sorted(r["node"] for r in ranks) == ["n1", "n2"]
     two = ranks[0]

@@ -157,7 +157,7 @@ def run(ctx: StageContext) -> StageResult:
 
     metrics: dict[str, float] = {}
     last_val: dict[str, float] = {}
-    for step in resumable_steps(ctx, phase.steps, state):
+    for step in resumable_steps(ctx, phase.steps, state, all_ranks_write=True):  # DCP: every rank
         started = time.monotonic()
         if ahead is None:
             groups, gen = sampler.collect(stream, step)

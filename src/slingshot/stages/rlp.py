@@ -163,7 +163,7 @@ def run(ctx: StageContext) -> StageResult:
     logger = StepLogger(ctx, cfg.log_every)
     per_rank = cfg.positions_per_step // world
 
-    for step in resumable_steps(ctx, cfg.steps, state):
+    for step in resumable_steps(ctx, cfg.steps, state, all_ranks_write=True):  # DCP: every rank
         # Every rank draws the same global positions and takes its slice.
         positions = stream.take(cfg.positions_per_step)[rank * per_rank : (rank + 1) * per_rank]
 

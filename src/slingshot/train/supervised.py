@@ -9,18 +9,23 @@ needs plain next-token training on prompt/response pairs).
 What it guarantees:
 - Data order: epoch ``e`` is a seeded permutation of the examples (``numpy`` PCG64 seeded
   with ``[seed, e]``), packed first-fit into rows, cut into global batches of
-  ``micro_batch_size * grad_accum * world_size`` rows. Global batch ``k`` is a pure
-  function of (examples, settings, k), so a resumed run sees exactly the batches an
-  uninterrupted run would, and every world size sees the same global batches.
+  ``global_batch_size`` rows (a config value; each rank accumulates
+  ``global_batch_size / (micro_batch_size * world_size)`` micro-batches). Global batch
+  ``k`` is a pure function of (examples, settings, k), so a resumed run sees exactly the
+  batches an uninterrupted run would, and every world size sees the same global batches
+  (a checkpoint written on 2 ranks resumes on 1 with the same schedule).
 - Loss: the sum of token losses over the global batch divided by its number of
   supervised tokens, whatever the split over ranks and micro-batches: 1 process with
-  ``grad_accum=2`` and 2 processes with ``grad_accum=1`` take the same step.
+  2 micro-batches and 2 processes with 1 each take the same step.
 - Packing: position ids restart at every example and attention never crosses an example
   boundary (a block-diagonal 4-D mask for eager/sdpa; position-id varlen detection for
   flash attention); a model that does not honour either falls back to one example per
   row (checked once, numerically, by :func:`packing_supported`).
 - Data parallel: FSDP2 (``fully_shard``) on GPUs; gradient all-reduce on gloo (CPU
-  tests); nothing for one process. Every collective goes through :mod:`slingshot.dist`.
+  tests; ``data_parallel: fsdp`` shards over gloo too); nothing for one process. Every
+  collective goes through :mod:`slingshot.dist`.
+- Checkpoints: :class:`slingshot.train.state.TrainState` (DCP), written by every rank;
+  each rank writes its own FSDP2 shards, and a resume at another world size reshards.
 - Metrics (the project's naming rule): training step metrics unprefixed (``loss``,
   ``grad_norm``, ``lr``, ``epoch``, ``rows``, ``tokens``, ``tokens_per_s``), the held-out
   loss as ``val/loss`` and ``val/tokens``.
@@ -38,12 +43,12 @@ import numpy as np
 import torch
 
 from slingshot import dist as collectives
-from slingshot.config import OptimizerConfig, SFTConfig
+from slingshot.config import OptimizerConfig, SFTConfig, sft_grad_accum
 from slingshot.data.packing import IGNORE_INDEX, PackedSFT, SFTExample, block_causal_mask
 from slingshot.dist import DistEnv
 from slingshot.train.logging import StepLogger
 from slingshot.train.optim import build_optimizer, build_scheduler
-from slingshot.train.state import Counter, FullModelOptimizerState, ModelOptimizerState, TrainState
+from slingshot.train.state import Counter, ModelOptimizerState, TrainState
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -57,7 +62,7 @@ ParallelMode = Literal["auto", "fsdp", "allreduce"]
 class SupervisedSettings:
     seq_length: int
     micro_batch_size: int  # rows per forward pass on one rank
-    grad_accum: int  # micro-batches per rank per optimizer step
+    global_batch_size: int  # rows per optimizer step over all ranks (the data schedule's unit)
     epochs: float  # a fractional last epoch takes the first part of that epoch's batches
     optimizer: OptimizerConfig
     packing: bool = True
@@ -74,7 +79,7 @@ class SupervisedSettings:
         return cls(
             seq_length=cfg.seq_length,
             micro_batch_size=cfg.micro_batch_size,
-            grad_accum=cfg.grad_accum,
+            global_batch_size=cfg.global_batch_size,
             epochs=cfg.epochs,
             optimizer=cfg.optimizer,
             packing=cfg.packing,
@@ -84,6 +89,10 @@ class SupervisedSettings:
             data_parallel=cfg.data_parallel,
             bf16=cfg.memory.bf16,
         )
+
+    def grad_accum(self, world_size: int) -> int:
+        """Micro-batches each rank runs per optimizer step at ``world_size`` ranks."""
+        return sft_grad_accum(self.global_batch_size, self.micro_batch_size, world_size)
 
 
 # --------------------------------------------------------------------------- data order
@@ -128,12 +137,12 @@ def supervised_targets(example: SFTExample) -> int:
 class EpochSchedule:
     """Global batch ``k`` (1-based) as lists of example indices per row, from a seeded order."""
 
-    def __init__(self, lengths: Sequence[int], settings: SupervisedSettings, world_size: int):
+    def __init__(self, lengths: Sequence[int], settings: SupervisedSettings):
         if not lengths:
             raise ValueError("no training examples")
         self.lengths = list(lengths)
         self.settings = settings
-        self.global_rows = settings.micro_batch_size * settings.grad_accum * world_size
+        self.global_rows = settings.global_batch_size  # not the world size: a resume may change it
         full = math.floor(settings.epochs)
         self.steps_per_epoch: list[int] = []
         for epoch in range(math.ceil(settings.epochs)):
@@ -371,6 +380,7 @@ class SupervisedTrainer:
         self.eval_examples = list(eval_examples)
         self.model_config = model.config
         self.mode = resolve_parallel(settings.data_parallel, dist)
+        self.grad_accum = settings.grad_accum(dist.world_size)  # refuses an uneven split, by key
         model.to(self.device)
         # Decide packing before sharding (the probe runs the whole model on this rank).
         self.packing = settings.packing and packing_supported(model, self.examples, pad_id)
@@ -383,15 +393,11 @@ class SupervisedTrainer:
         self.model.train()
         self.optimizer = build_optimizer(model, settings.optimizer)
         effective = settings if self.packing == settings.packing else replace(settings, packing=False)
-        self.schedule = EpochSchedule([len(ex.input_ids) for ex in self.examples], effective, dist.world_size)
+        self.schedule = EpochSchedule([len(ex.input_ids) for ex in self.examples], effective)
         self.scheduler = build_scheduler(self.optimizer, settings.optimizer, self.schedule.total_steps)
         self.targets = [supervised_targets(ex) for ex in self.examples]
         self.progress = Counter(step=0, tokens=0, supervised_tokens=0, last={})
-        core = (
-            FullModelOptimizerState(model, self.optimizer)
-            if self.mode == "fsdp"
-            else ModelOptimizerState(model, self.optimizer)
-        )
+        core = ModelOptimizerState(model, self.optimizer)  # sharded as it lives (DCP reshards on load)
         self.state = TrainState(dist.is_main, core=core, scheduler=self.scheduler, progress=self.progress)
         self.autocast = self.device.type == "cuda" and self.mode != "fsdp" and settings.bf16
 
@@ -427,7 +433,7 @@ class SupervisedTrainer:
         # Sum of token losses / global target count, times world size under FSDP (whose
         # reduce-scatter averages over ranks): the gradient of the global token mean.
         scale = (dist.world_size if self.mode == "fsdp" else 1) / max(global_targets, 1)
-        micro = shard_micro_batches(rows, dist.rank, dist.world_size, s.micro_batch_size, s.grad_accum)
+        micro = shard_micro_batches(rows, dist.rank, dist.world_size, s.micro_batch_size, self.grad_accum)
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = 0.0
         for i, mb in enumerate(micro):
@@ -490,8 +496,7 @@ class SupervisedTrainer:
 
         logger = StepLogger(ctx, self.settings.log_every)
         total = self.total_steps
-        sharded = self.mode == "fsdp"
-        for step in resumable_steps(ctx, total, self.state, all_ranks_write=sharded):
+        for step in resumable_steps(ctx, total, self.state, all_ranks_write=True):
             metrics = self.train_step(step)
             logger.log(step, metrics, force=step in (1, total))
             if step % self.settings.eval_every == 0 and step != total:

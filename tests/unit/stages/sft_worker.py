@@ -1,6 +1,7 @@
-"""Runs the real SFT stage for the tests, in this process or as one rank of a multi-process
-job (spawned locally with ``python sft_worker.py <spec.json> <rank>``, or as a Slurm task
-through submitit), records every logged metric by step, and writes ``<out>.json``."""
+"""Runs the real SFT stage (or another training stage: ``spec["kind"]``, e.g. ``rlp``) for
+the tests, in this process or as one rank of a multi-process job (spawned locally with
+``python sft_worker.py <spec.json> <rank>``, or as a Slurm task through submitit), records
+every logged metric by step, and writes ``<out>.json``."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ TINY = {
     "epochs": 1,
     "seq_length": 256,
     "micro_batch_size": 2,
-    "grad_accum": 2,
+    "global_batch_size": 4,  # 2 micro-batches of 2 on one rank, 1 each on two
     "log_every": 1,
     "eval_every": 2,
     "eval_fraction": 0.1,
@@ -75,23 +76,25 @@ class RecordingTracker(Tracker):
 
 
 def run_stage(spec: dict[str, Any], dist: Any = None) -> dict[str, Any]:
-    """One SFT run from ``spec`` (root, overrides, upstream, init_model, stop_after, interval, out)."""
+    """One run from ``spec`` (kind, root, overrides, upstream, init_model, stop_after, interval, out)."""
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
+    import importlib
+
     from stages import StopAfter, make_ctx, pipeline_config
 
-    from slingshot.stages import sft
-
+    kind = spec.get("kind", "sft")
+    stage = importlib.import_module(f"slingshot.stages.{kind}")
     root = Path(spec["root"])
-    cfg = pipeline_config(root, {"stages": {"sft": spec["overrides"]}})
+    cfg = pipeline_config(root, {"stages": {kind: spec["overrides"]}})
     tracker = RecordingTracker()
     ctx = make_ctx(
-        root, "sft", cfg, spec["upstream"], init_model=spec["init_model"], tracker=tracker, dist=dist
+        root, kind, cfg, spec["upstream"], init_model=spec["init_model"], tracker=tracker, dist=dist
     )
     ctx.triggers = StopAfter(spec.get("interval", 1000), spec.get("stop_after"))
     record: dict[str, Any] = {"interrupted_at": None}
     try:
-        result = sft.run(ctx)
+        result = stage.run(ctx)
         record.update(
             outputs=result.outputs, metrics=result.metrics, tokens=result.tokens, extra=result.extra
         )
@@ -105,6 +108,35 @@ def run_stage(spec: dict[str, Any], dist: Any = None) -> dict[str, Any]:
     if ctx.dist.is_main and spec.get("out"):
         Path(spec["out"]).write_text(json.dumps(record))
     return record
+
+
+def start_ranks(spec: dict[str, Any], spec_path: Path, env_vars: dict[str, str] | None = None) -> list[Any]:
+    """Spawn ``spec["world_size"]`` local gloo ranks of this worker (``spec["port"]`` free)."""
+    import subprocess
+
+    spec_path.write_text(json.dumps(spec))
+    here = Path(__file__).resolve().parent
+    pythonpath = os.pathsep.join(
+        [str(here), str(here.parents[1] / "support"), os.environ.get("PYTHONPATH", "")]
+    )
+    run_env = {**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1", **(env_vars or {})}
+    return [
+        subprocess.Popen(
+            [sys.executable, str(here / "sft_worker.py"), str(spec_path), str(rank)],
+            env=run_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in range(spec["world_size"])
+    ]
+
+
+def finish_ranks(procs: list[Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """Wait for the ranks; rank 0's record (``spec["out"]``), or the ranks' output on a failure."""
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(out[-3000:] for out in outs)
+    return json.loads(Path(spec["out"]).read_text())
 
 
 def run_distributed(spec: dict[str, Any]) -> dict[str, Any]:

@@ -13,14 +13,14 @@ import pytest
 import torch
 from stages import make_ctx, pipeline_config
 
-from slingshot.checkpoint import CheckpointManager, load_torch
+from slingshot.checkpoint import CheckpointManager
 from slingshot.data.tasks import SplitSizes, TaskFamily, make_splits, register_family
 from slingshot.stages import prorl
 from slingshot.tracking import Tracker
 from slingshot.train import rl_sampling
 from slingshot.train.logprobs import token_logprobs
 from slingshot.train.rl_batch import build_rl_batch, masked_mean
-from slingshot.train.state import STATE_FILE
+from slingshot.train.state import read_checkpoint
 
 # Three one-digit addends, "+" only: a validation sum is unseen, but its two sub-steps
 # (a + b, then s + c) are each seen many times in training, so what RL sharpens on
@@ -266,7 +266,7 @@ def test_resume_restores_the_reference_and_the_kl(tmp_path, sft_setup, monkeypat
         prorl.run(_ctx(tmp_path / "cut", sft_setup, crashed, steps=4, interval=2))
     ckpt_dir = tmp_path / "cut" / "work" / "main" / "prorl-len48" / "checkpoints"
     (ckpt,) = [c for c in CheckpointManager(ckpt_dir).complete() if c.step == 2]
-    saved = load_torch(ckpt.path / STATE_FILE)
+    saved = read_checkpoint(ckpt.path)
     before_policy = load_causal_lm(sft_setup["model"])
     before_policy.load_state_dict(saved["policy"])
     before_ref = load_causal_lm(sft_setup["model"])

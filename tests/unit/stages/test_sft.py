@@ -4,9 +4,7 @@ cross-example attention, exact resume, data-parallel equivalence, and the stage'
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -261,27 +259,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_two_ranks(env, name: str, overrides: dict) -> dict:
-    spec = spec_for(
-        env, name, overrides, world_size=2, port=free_port(), out=str(env["root"] / f"{name}.json")
-    )
-    spec_path = env["root"] / f"{name}.spec.json"
-    spec_path.write_text(json.dumps(spec))
-    pythonpath = os.pathsep.join([str(HERE), str(SUPPORT), os.environ.get("PYTHONPATH", "")])
-    run_env = {**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1"}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(HERE / "sft_worker.py"), str(spec_path), str(rank)],
-            env=run_env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for rank in range(2)
-    ]
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
-    return json.loads((env["root"] / f"{name}.json").read_text())
+def two_rank_spec(env, name: str, overrides: dict, **extra) -> dict:
+    out = str(env["root"] / f"{name}.json")
+    return spec_for(env, name, overrides, world_size=2, port=free_port(), out=out, **extra)
+
+
+def run_two_ranks(env, name: str, overrides: dict, **extra) -> dict:
+    from sft_worker import finish_ranks, start_ranks
+
+    spec = two_rank_spec(env, name, overrides, **extra)
+    return finish_ranks(start_ranks(spec, env["root"] / f"{name}.spec.json"), spec)
 
 
 def assert_same_training(two: dict, one: dict, rel: float) -> None:
@@ -299,9 +286,80 @@ def assert_same_training(two: dict, one: dict, rel: float) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["allreduce", "fsdp"])
 def test_two_processes_match_one_with_the_same_global_batch(env, reference_run, mode):
-    # reference: 1 process x grad_accum 2 x micro 2; here: 2 processes x grad_accum 1 x micro 2.
-    two = run_two_ranks(env, f"dp-{mode}", {"grad_accum": 1, "data_parallel": mode})
+    # global batch 4: reference 1 process x 2 micro-batches of 2; here 2 processes x 1 of 2.
+    two = run_two_ranks(env, f"dp-{mode}", {"data_parallel": mode})
     assert_same_training(two, reference_run, rel=1e-4)
+
+
+def assert_continues_like(resumed: dict, reference: dict, first: int) -> None:
+    """``resumed`` ran steps ``first``.. after a resume; they match ``reference``'s (2 ranks
+    sum in another order than 1: rel 1e-4, as for the data-parallel equivalence)."""
+    steps = sorted(int(k) for k in resumed["steps"])
+    assert steps[0] == first and str(steps[-1]) in reference["steps"]
+    for step in map(str, steps):
+        for key in ("loss", "grad_norm", "lr", "tokens"):
+            want = reference["steps"][step][key]
+            assert resumed["steps"][step][key] == pytest.approx(want, rel=1e-4), (step, key)
+    a = load_model_and_tokenizer(resumed["outputs"]["model_dir"])[0].state_dict()
+    b = load_model_and_tokenizer(reference["outputs"]["model_dir"])[0].state_dict()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=2e-4, rtol=1e-3), k
+
+
+def test_fsdp_checkpoint_of_two_ranks_killed_mid_save_resumes_on_one(env, reference_run):
+    """2 ranks shard the model (FSDP2 over gloo) and each writes its shards; the job is killed
+    while the step-4 checkpoint waits for COMPLETE, so step 2 stays in charge and one process
+    resumes from it with the same global batches and the same following losses."""
+    import time
+
+    from sft_worker import start_ranks
+
+    from slingshot.checkpoint import CheckpointManager
+
+    name = "fsdp-2to1"
+    spec = two_rank_spec(env, name, {"data_parallel": "fsdp"}, interval=2)
+    procs = start_ranks(spec, env["root"] / f"{name}.spec.json", {"SLINGSHOT_TEST_HOLD_SAVE": "4"})
+    work = env["root"] / name / "work"
+    try:
+        deadline = time.monotonic() + 300
+        while not list(work.glob("*/sft/checkpoints/.held-step-4")):
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), [
+                p.communicate()[0][-3000:] for p in procs if p.poll() is not None
+            ]
+            time.sleep(0.2)
+        held = list(work.glob("*/sft/checkpoints/.held-step-4"))[0]
+        partial = Path(held.read_text().split()[0])
+        # Every rank wrote its shard and RNG before the (held) publication.
+        names = {p.name for p in partial.rglob("*") if p.is_file()}
+        assert {"__0_0.distcp", "__1_0.distcp", ".metadata", "parts.pt"} <= names
+        assert {"rng-rank00000.pt", "rng-rank00001.pt"} <= names
+        sizes = [(partial / "dcp" / f"__{r}_0.distcp").stat().st_size for r in range(2)]
+        assert min(sizes) > 0.3 * max(sizes)  # the tensors are split, not all on rank 0
+    finally:
+        for p in procs:
+            p.kill()
+            p.communicate()
+    manager = CheckpointManager(held.parent)
+    assert manager.latest().step == 2  # the killed save did not replace the previous checkpoint
+    assert not (partial / "COMPLETE").exists()
+
+    from sft_worker import run_stage
+
+    resumed = run_stage(spec_for(env, name, {"data_parallel": "fsdp"}))  # 1 process, same work dir
+    assert resumed["world_size"] == 1 and resumed["interrupted_at"] is None
+    assert_continues_like(resumed, reference_run, first=3)
+
+
+@pytest.mark.slow
+def test_one_process_checkpoint_resumes_on_two_ranks_allreduce(env, reference_run):
+    from sft_worker import run_stage
+
+    name = "allreduce-1to2"
+    first = run_stage(spec_for(env, name, {"data_parallel": "allreduce"}, stop_after=2, interval=100))
+    assert first["interrupted_at"] == 2
+    resumed = run_two_ranks(env, name, {"data_parallel": "allreduce"})
+    assert resumed["world_size"] == 2
+    assert_continues_like(resumed, reference_run, first=3)
 
 
 def test_user_dataset_is_mixed_in_by_weight(env, tmp_path):

@@ -49,3 +49,15 @@ def test_model_and_optimizer_as_one_part(tmp_path):
         torch.equal(m, opt.state[p]["exp_avg"]) for m, p in zip(moments, model.parameters(), strict=True)
     )
     assert opt2.state[next(model2.parameters())]["step"] == 1
+
+
+def test_a_checkpoint_of_the_old_single_file_format_is_refused_by_name(tmp_path):
+    import pytest
+
+    model = tiny_llama()
+    opt = build_optimizer(model, OptimizerConfig(lr=1e-2))
+    torch.save(
+        {"core": {"model": model.state_dict(), "optimizer": opt.state_dict()}}, tmp_path / "train_state.pt"
+    )
+    with pytest.raises(RuntimeError, match=f"checkpoint {tmp_path} is in the old single-file format"):
+        TrainState(core=ModelOptimizerState(model, opt)).load(tmp_path)
