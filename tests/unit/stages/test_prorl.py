@@ -536,7 +536,8 @@ DP_KEYS = (
 
 
 def assert_same_run(two: dict, one: dict, keys: tuple[str, ...], tol: float = 1e-5) -> None:
-    """Every logged metric of ``keys`` and every final weight agree within ``tol``."""
+    """Every logged metric of ``keys`` (relative ``tol``, absolute ``tol``/10: the losses are ~1e-5 themselves)
+    and every final weight (absolute ``tol``) agree."""
     from slingshot.models.hf import load_causal_lm
 
     assert (two["world_size"], one["world_size"]) == (2, 1)
@@ -544,7 +545,7 @@ def assert_same_run(two: dict, one: dict, keys: tuple[str, ...], tol: float = 1e
     for step, row in one["steps"].items():
         for key in keys:
             if key in row:
-                assert two["steps"][step][key] == pytest.approx(row[key], rel=tol, abs=tol), (step, key)
+                assert two["steps"][step][key] == pytest.approx(row[key], rel=tol, abs=tol / 10), (step, key)
     a = load_causal_lm(two["outputs"]["model_dir"]).state_dict()
     b = load_causal_lm(one["outputs"]["model_dir"]).state_dict()
     moved = load_causal_lm(one["init_model"]).state_dict()

@@ -402,3 +402,34 @@ def test_a_vllm_run_logs_one_weight_push_per_step(tmp_path, small_data):
     rlp.run(_ctx(tmp_path, small_data, model, {**TINY_RLP, "rollout": {"backend": "vllm"}}, tracker))
     assert [tracker.rows[s]["weight_version"] for s in (1, 2, 3)] == [0.0, 1.0, 2.0]
     assert all(0 < tracker.rows[s]["thought_len"] <= TINY_RLP["thought_tokens"] for s in (1, 2, 3))
+
+
+# --------------------------------------------------------------------------- data parallel
+
+
+def test_two_ranks_match_one_on_the_same_global_batch(tmp_path, small_data, tiny_model):
+    """2 gloo ranks, each taking half of every mini-batch's positions, log the same losses,
+    rewards and scores and end at the same weights as 1 rank (B=4 in 2 mini-batches)."""
+    from rl_worker import spawn
+    from test_prorl import assert_same_run
+
+    cfg = {**TINY_RLP, "positions_per_step": 4, "mini_batches": 2}
+    spec = {"kind": "rlp", "upstream": {"data": small_data}, "init_model": str(tiny_model), "overrides": cfg}
+    one = spawn({**spec, "root": str(tmp_path / "one")}, tmp_path / "one", 1)
+    two = spawn({**spec, "root": str(tmp_path / "two")}, tmp_path / "two", 2)
+    one["init_model"] = str(tiny_model)
+    assert sorted(int(s) for s in one["steps"]) == [1, 2, 3]
+    keys = ("loss", "grad_norm", "clip_frac", "reward_mean", "reward_std", "s_pred", "s_ema")
+    keys += ("thought_len", "policy_entropy", "ema_distance", "tokens", "gain_positive_frac")
+    assert_same_run(two, one, keys)
+
+
+def test_a_batch_that_does_not_divide_over_the_ranks_is_refused(tmp_path, small_data, tiny_model):
+    from slingshot.dist import DistEnv
+
+    cfg = pipeline_config(
+        tmp_path, {"stages": {"rlp": {**TINY_RLP, "positions_per_step": 4, "mini_batches": 2}}}
+    )
+    ctx = make_ctx(tmp_path, "rlp", cfg, {"data": small_data}, init_model=str(tiny_model), dist=DistEnv(0, 4))
+    with pytest.raises(ValueError, match=r"rlp\.positions_per_step: 4 positions in 2 mini_batches"):
+        rlp.run(ctx)
