@@ -577,7 +577,7 @@ def test_two_ranks_match_one_on_the_same_global_batch(tmp_path, sft_setup):
     assert_same_run(two, one, (*DP_KEYS, "val/pass_at_1", "val/response_length"))
 
 
-def test_a_global_batch_that_does_not_divide_over_the_ranks_is_refused():
+def test_a_batch_that_does_not_divide_over_the_ranks_or_async_rollouts_on_several_are_refused():
     from slingshot.config import ProRLConfig
 
     prorl.check_world_size(ProRLConfig(batch_prompts=4, mini_batch_prompts=2), 2)
@@ -587,3 +587,11 @@ def test_a_global_batch_that_does_not_divide_over_the_ranks_is_refused():
         prorl.check_world_size(ProRLConfig(batch_prompts=4, mini_batch_prompts=1), 2)
     with pytest.raises(ValueError, match=r"prorl\.over_provision: ceil"):
         prorl.check_world_size(ProRLConfig(batch_prompts=4, mini_batch_prompts=2, over_provision=1.25), 2)
+    async_cfg = ProRLConfig(
+        batch_prompts=4, mini_batch_prompts=2, rollout={"backend": "vllm", "async_steps": 1}
+    )
+    with pytest.raises(
+        ValueError, match=r"prorl\.rollout\.async_steps: .* one process only; this job has 2 ranks"
+    ):
+        prorl.check_world_size(async_cfg, 2)
+    prorl.check_world_size(async_cfg, 1)
