@@ -109,8 +109,13 @@ def _setup(a: argparse.Namespace, root: Path) -> dict[str, Any]:
 
 
 def run_prorl(
-    a: argparse.Namespace, setup: dict[str, Any], root: Path, rollout: dict[str, Any] | None = None
+    a: argparse.Namespace,
+    setup: dict[str, Any],
+    root: Path,
+    rollout: dict[str, Any] | None = None,
+    dist: Any = None,
 ) -> list[float]:
+    """Step times of one ProRL run (``dist``: this process's rank of a multi-process run)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
     from stages import make_ctx, pipeline_config
 
@@ -166,6 +171,7 @@ def run_prorl(
         phase="bench",
         init_model=str(setup["model"]),
         tracker=Times(),
+        dist=dist,
         interval_steps=10_000,
     )
     prorl.run(ctx)
@@ -173,7 +179,8 @@ def run_prorl(
     if timed:
         generate = statistics.mean(parts[s][0] for s in timed)
         update = statistics.mean(parts[s][1] for s in timed)
-        print(f"  {rollout or 'hf'}: generation {generate:.3f} s, update + push {update:.3f} s per step")
+        if dist is None or dist.is_main:
+            print(f"  {rollout or 'hf'}: generation {generate:.3f} s, update + push {update:.3f} s per step")
     return [times[s] for s in sorted(times)]
 
 

@@ -135,6 +135,16 @@ def all_reduce_mean(values: Mapping[str, float], group: Any = None) -> dict[str,
     return dict(zip(keys, box.tolist(), strict=True))
 
 
+def all_reduce_sum(values: Mapping[str, float], group: Any = None) -> dict[str, float]:
+    """The sum over ranks of a dict of floats (every rank must pass the same keys)."""
+    if not is_initialized() or world_size(group) == 1:
+        return dict(values)
+    keys = sorted(values)
+    box = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+    all_reduce(box, "sum", group)
+    return dict(zip(keys, box.tolist(), strict=True))
+
+
 def all_reduce_scalar(value: float, op: str = "sum", group: Any = None) -> float:
     if not is_initialized() or world_size(group) == 1:
         return value
@@ -172,6 +182,33 @@ def gather_objects(obj: T, group: Any = None) -> list[T] | None:
     dst = tdist.get_global_rank(group, 0) if group is not None else 0
     out: list[Any] | None = [None] * tdist.get_world_size(group) if tdist.get_rank() == dst else None
     tdist.gather_object(obj, out, dst=dst, group=group)
+    return out
+
+
+def all_gather_flat(items: list[T]) -> list[T]:
+    """Every rank's ``items`` concatenated in rank order (pickled; the same list on every rank)."""
+    return [item for part in all_gather_objects(items) for item in part]
+
+
+def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
+    """``[start, stop)`` of rank ``rank``'s contiguous share of ``n`` items (the first
+    ``n % world`` ranks take one more)."""
+    base, extra = divmod(n, world)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+def minibatch_shard(n: int, chunk: int, rank: int, world: int) -> list[int]:
+    """Rank ``rank``'s indices of ``n`` items cut into consecutive mini-batches of ``chunk``:
+    its contiguous share of EVERY mini-batch, in order, so that mini-batch k on each rank
+    is its part of the one-process run's mini-batch k (each chunk must divide by ``world``)."""
+    out: list[int] = []
+    for start in range(0, n, chunk):
+        size = min(chunk, n - start)
+        if size % world:
+            raise ValueError(f"a mini-batch of {size} items does not divide over {world} ranks")
+        share = size // world
+        out += range(start + rank * share, start + (rank + 1) * share)
     return out
 
 

@@ -110,11 +110,10 @@ class Parallelism:
 
 
 def stage_parallelism(kind: str, section: Any, on_gpu: bool = True) -> Parallelism:
-    """How a stage lays its model over its ranks: the one place that knows (issue 20 will
-    shard ProRL and RLP; today RLP replicates the model per rank and ProRL runs as one process)."""
+    """How a stage lays its model over its ranks: the one place that knows (RLP and ProRL
+    replicate the model per rank, each rank training on its share of the batch; FSDP2 for
+    them is still to come)."""
     ranks = section.resources.nodes * section.resources.effective_tasks_per_node
-    if kind == "prorl":
-        return Parallelism("single", 1, 1)
     if (
         kind == "sft"
         and ranks > 1
@@ -243,7 +242,8 @@ def plan_prorl(
     par, precision, memory = stage_parallelism("prorl", cfg, on_gpu), _precision(cfg, on_gpu), cfg.memory
     chunk = memory.logits_chunk_tokens
     width = PROMPT_TOKENS + max_response_tokens
-    mini_rows = cfg.mini_batch_prompts * cfg.n_samples
+    ranks = max(par.ranks, 1)  # each rank holds its share of every mini-batch and of the batch
+    mini_rows = cfg.mini_batch_prompts // ranks * cfg.n_samples
     rows = micro_batch_rows(mini_rows, width, memory.logprob_tokens_per_micro_batch)
     micro = f"{rows} x {width} tokens, prompts taken as {PROMPT_TOKENS}"
     plan = StagePlan(stage, "prorl", par, precision, micro)
@@ -252,7 +252,7 @@ def plan_prorl(
         plan.lines["reference copy"] = _frozen(memory.frozen_copy, dims)
     # θ_old and reference log-probs and θ_old entropies of the whole batch, kept for the step.
     buffers = 3 if cfg.kl_coef > 0 else 2
-    plan.lines["step log-prob buffers"] = buffers * cfg.batch_prompts * cfg.n_samples * width * 4.0
+    plan.lines["step log-prob buffers"] = buffers * cfg.batch_prompts // ranks * cfg.n_samples * width * 4.0
     passes = {
         "training forward+backward": _training_pass(
             dims, rows * width, memory.activation_checkpointing, precision, LOGITS_TRAIN_RL, chunk
@@ -260,7 +260,7 @@ def plan_prorl(
         "no-grad log-prob pass": _no_grad_pass(dims, rows, width, precision, True, chunk),
     }
     plan.peak_pass = _peak(plan.lines, passes)
-    _rollout(plan, cfg.rollout, dims, cfg.batch_prompts * cfg.n_samples, width)
+    _rollout(plan, cfg.rollout, dims, cfg.batch_prompts // ranks * cfg.n_samples, width)
     return plan
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -20,6 +21,19 @@ class Rollout:
     weight_version: int = 0  # weight pushes (sync_weights) before this rollout was sampled
 
 
+Seeds = int | Sequence[int] | None  # one seed for a generate call, or one per prompt
+
+
+def per_prompt_seeds(seed: Seeds, n_prompts: int) -> list[int] | None:
+    """The seeds of a call seeded per prompt; None for one seed per call (or none)."""
+    if seed is None or isinstance(seed, int):
+        return None
+    seeds = [int(s) for s in seed]
+    if len(seeds) != n_prompts:
+        raise ValueError(f"{len(seeds)} seeds for {n_prompts} prompts")
+    return seeds
+
+
 class RolloutBackend(Protocol):
     weight_version: int  # sync_weights calls so far
 
@@ -30,9 +44,11 @@ class RolloutBackend(Protocol):
         max_new_tokens: int,
         temperature: float,
         top_p: float = 1.0,
-        seed: int | None = None,
+        seed: Seeds = None,
     ) -> list[list[Rollout]]:
-        """``n`` samples for each prompt (token ids), grouped per prompt."""
+        """``n`` samples for each prompt (token ids), grouped per prompt. ``seed``: one for the
+        call, or one per prompt (a prompt's samples then depend on its seed alone, not on
+        what else is in the call: how sharded stages draw the same samples on any world size)."""
         ...
 
     def sync_weights(self, model: torch.nn.Module, step: int | None = None) -> None:

@@ -1,11 +1,13 @@
 """HF generate as a rollout backend: the training model itself samples, so weights are
-always in sync. Prompts are left-padded into one batch per call."""
+always in sync. Prompts are left-padded into one batch per call; a call seeded per prompt
+generates each prompt's ``n`` samples as a batch of their own under that prompt's seed, so
+they do not depend on the other prompts (nor on how a sharded stage split them over ranks)."""
 
 from __future__ import annotations
 
 import torch
 
-from slingshot.rollout.base import Rollout
+from slingshot.rollout.base import Rollout, Seeds, per_prompt_seeds
 
 
 class HFRollout:
@@ -30,8 +32,14 @@ class HFRollout:
         max_new_tokens: int,
         temperature: float,
         top_p: float = 1.0,
-        seed: int | None = None,
+        seed: Seeds = None,
     ) -> list[list[Rollout]]:
+        seeds = per_prompt_seeds(seed, len(prompts))
+        if seeds is not None:
+            return [
+                self.generate([p], n, max_new_tokens, temperature, top_p, s)[0]
+                for p, s in zip(prompts, seeds, strict=True)
+            ]
         if seed is not None:
             torch.manual_seed(seed)
         was_training = self.model.training

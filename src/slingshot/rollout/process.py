@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.multiprocessing as mp
 
-from slingshot.rollout.base import Rollout
+from slingshot.rollout.base import Rollout, Seeds
 from slingshot.rollout.vllm import VLLMRollout, WeightSyncTimeout, engine_weights
 
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ class ProcessRollout:
         max_new_tokens: int,
         temperature: float,
         top_p: float = 1.0,
-        seed: int | None = None,
+        seed: Seeds = None,
     ) -> list[list[Rollout]]:
         request = dict(
             prompts=prompts,

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from slingshot.rollout.base import Rollout
+from slingshot.rollout.base import Rollout, Seeds, per_prompt_seeds
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -163,15 +163,20 @@ class VLLMRollout:
         max_new_tokens: int,
         temperature: float,
         top_p: float = 1.0,
-        seed: int | None = None,
+        seed: Seeds = None,
     ) -> list[list[Rollout]]:
         from vllm import SamplingParams, TokensPrompt
 
         if self._broken:
             raise RuntimeError(self._broken)
         requests, params = [], []
+        seeds = per_prompt_seeds(seed, len(prompts))
         for i, prompt in enumerate(prompts):
             for j in range(n):
+                # Seeded per prompt: sample j of prompt i is seeds[i] + j, whatever else is in the call.
+                sample_seed = (
+                    seeds[i] + j if seeds is not None else None if seed is None else seed + i * n + j
+                )
                 requests.append(TokensPrompt(prompt_token_ids=list(prompt)))
                 params.append(
                     SamplingParams(
@@ -181,7 +186,7 @@ class VLLMRollout:
                         max_tokens=max_new_tokens,
                         stop_token_ids=self.stop_token_ids,
                         ignore_eos=True,  # stop only on stop_token_ids, as the HF backend does
-                        seed=None if seed is None else seed + i * n + j,
+                        seed=sample_seed,
                         logprobs=0,  # the sampled token's log-prob, at the sampling temperature
                         detokenize=False,
                     )

@@ -21,18 +21,30 @@ entropy controller, reset bookkeeping, prompt-stream position and RNG. A resume 
 re-anchors the reference to the resumed weights (that silently zeroes the KL). A new
 length-schedule phase is a new job that starts from the previous phase's HF model, so
 its reference starts there too: the phase boundary acts as a reference reset.
-Single process: rollouts and updates share one device (world_size > 1 is refused). With
-``rollout.async_steps: 1`` the vLLM engine runs in a process of its own and generates step
-t+1's batch while step t's update runs; the importance ratio is then against the engine's
-log-probs (the behaviour policy, one weight version behind), and ``weight_lag`` logs the lag.
+N ranks × M nodes (one task per GPU or CPU process): every rank holds the whole policy and
+reference on its device and its own rollout backend (HF generate on the policy, or a vLLM
+engine per rank). Each generation batch's prompts are split over the ranks by whole
+groups, the scored groups are gathered so dynamic sampling decides globally, and each rank
+trains on its share of every mini-batch; the loss is normalised by the global token count
+and gradients are summed (``dist.all_reduce_grads``: gloo on CPU, NCCL on GPUs), so N ranks
+take the step one process takes on the same ``batch_prompts`` (which, like
+``mini_batch_prompts`` and the prompts per generation batch, must divide by the world size).
+Validation prompts are sharded and pass@1 gathered; rank 0 logs and writes the model. The
+policy is NOT sharded (FSDP2) yet: each GPU holds a full copy (see the README).
+With ``rollout.async_steps: 1`` (one process only) the vLLM engine runs in a process of its
+own and generates step t+1's batch while step t's update runs; the importance ratio is then
+against the engine's log-probs (the behaviour policy, one weight version behind), and
+``weight_lag`` logs the lag.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import Any
 
+from slingshot import dist
 from slingshot.config import ProRLConfig, ProRLPhase
 from slingshot.context import StageContext, StageResult
 from slingshot.data.chat import ChatFormat
@@ -57,6 +69,7 @@ from slingshot.train.rl_sampling import (
     make_train_batch,
     plateaued,
     prompt_stream,
+    rank_groups,
     reset_reference,
     track_signal,
     track_validation,
@@ -88,14 +101,33 @@ def _restrict(entries: list[dict], families: list[str] | None, split: str) -> li
     return [e for e in entries if e["family"] in families]
 
 
+def check_world_size(cfg: ProRLConfig, world: int) -> None:
+    """Every split of the global batch over ``world`` ranks is by whole groups, evenly."""
+    if world == 1:
+        return
+    if cfg.rollout.async_steps:
+        raise ValueError(
+            f"prorl.rollout.async_steps: one-step-async rollouts run in one process only; this job "
+            f"has {world} ranks (set async_steps: 0, or resources to one task)"
+        )
+    per_gen = math.ceil(cfg.over_provision * cfg.batch_prompts)
+    for key, value in (
+        ("batch_prompts", cfg.batch_prompts),
+        ("mini_batch_prompts", cfg.mini_batch_prompts),
+        ("over_provision", per_gen),
+    ):
+        if value % world:
+            what = f"ceil(over_provision x batch_prompts) = {value}" if key == "over_provision" else value
+            raise ValueError(
+                f"prorl.{key}: {what} prompts do not divide over {world} ranks (the global batch "
+                "is split by whole groups; make it a multiple of the world size)"
+            )
+
+
 def run(ctx: StageContext) -> StageResult:
     cfg = ctx.config
     assert isinstance(cfg, ProRLConfig)
-    if ctx.dist.world_size > 1:
-        raise ValueError(
-            "prorl runs as one process (rollouts and updates on one device); set resources so "
-            "tasks_per_node=1 and nodes=1"
-        )
+    check_world_size(cfg, ctx.dist.world_size)
     phase = _phase(cfg, ctx.phase)
     seed = derive_seed(ctx.pipeline.pipeline.seed, "prorl", phase.name)
     device = ctx.dist.device
@@ -145,14 +177,14 @@ def run(ctx: StageContext) -> StageResult:
     ahead = CollectAhead(sampler, stream) if cfg.rollout.async_steps else None
     if ahead is not None:
         parts["ahead"] = ahead
-    state = TrainState(**parts)
-    settings = UpdateSettings.from_config(cfg)
+    state = TrainState(ctx.dist.is_main, **parts)  # every rank holds the same state: rank 0 writes it
+    settings = UpdateSettings.from_config(cfg, ctx.dist.world_size)
     logger = StepLogger(ctx, cfg.log_every)
     if ctx.checkpoints.latest() is None:  # fresh start: the curve's step-0 point
         val = sampler.validate(val_entries)
         track_validation(book, val["val/pass_at_1"])
-        ctx.tracker.log_metrics(val, step=0)
         if ctx.dist.is_main:
+            ctx.tracker.log_metrics(val, step=0)
             print(f"[{ctx.stage}] step 0 " + " ".join(f"{k}={v:.4g}" for k, v in val.items()), flush=True)
 
     metrics: dict[str, float] = {}
@@ -173,7 +205,7 @@ def run(ctx: StageContext) -> StageResult:
         # Staleness: the trainer's weights are this many pushes ahead of the rollouts' (0 when sync).
         metrics["weight_lag"] = backend.weight_version - gen["weight_version"]
         if groups:
-            train = make_train_batch(groups, cfg, tokenizer.pad_token_id)
+            train = make_train_batch(rank_groups(groups, cfg), cfg, tokenizer.pad_token_id)
             step_settings = dataclasses.replace(settings, eps_high=controller.eps_high)
             update_started = time.monotonic()
             metrics.update(
@@ -218,6 +250,7 @@ def run(ctx: StageContext) -> StageResult:
     if ctx.dist.is_main:
         save_model_dir(policy, tokenizer, model_dir)
     ctx.publish_model(model_dir, {"phase": phase.name})
+    dist.barrier()  # no rank reports done before the model directory exists
     final = {k: v for k, v in {**metrics, **last_val}.items() if isinstance(v, int | float)}
     return StageResult(
         outputs={"model_dir": str(model_dir)},

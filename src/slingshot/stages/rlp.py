@@ -21,8 +21,13 @@ On ordinary text, at a position t the model writes a thought c between ``<think>
 scheduler, φ, the position stream and the RNG, so a resumed run continues exactly.
 The log-probs of θ_old and θ in the ratio are at the sampling ``temperature`` (the
 distribution the thoughts came from, SPEC §7); S_pred and S_ema are the model's own (T = 1).
-With several ranks, each takes its slice of the B positions (B must divide evenly) and
-gradients are averaged. The position stream and batches are ``slingshot.train.rlp_batch``,
+N ranks × M nodes: every rank draws the same B global positions and takes its share of
+every mini-batch (whole groups: a position and its G thoughts; B/mini_batches must divide
+by the world size). Thoughts are seeded per position, never per rank; the loss is normalised
+by the global thought count and gradients are summed (``dist.all_reduce_grads``: gloo on
+CPU, NCCL on GPUs), so N ranks take the step one process takes. Each rank holds the whole
+policy and the EMA teacher φ on its device (replicated, updated identically; no FSDP2 yet);
+rewards and metrics are gathered, rank 0 logs and writes. The position stream and batches are ``slingshot.train.rlp_batch``,
 the scoring passes ``slingshot.train.rlp_scoring``, the update
 ``slingshot.train.policy_update.update_on_thoughts`` (shared with ProRL).
 """
@@ -36,6 +41,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from slingshot import dist
 from slingshot.algorithms.rlp import information_gain_reward, parameter_distance, rlp_group_advantages
@@ -78,10 +85,18 @@ def special_ids(tokenizer: Any, chat: ChatConfig) -> tuple[int, int]:
     )
 
 
-def sample_seed(seed: int, step: int, rank: int) -> int:
-    # Sampling depends only on (seed, step, rank): a resumed step draws the same thoughts.
-    digest = hashlib.sha256(f"rlp-sample:{seed}:{step}:{rank}".encode()).digest()
+def sample_seed(seed: int, step: int, position: int) -> int:
+    # Sampling depends only on (seed, step, the position's index in the step's global batch):
+    # a resumed step draws the same thoughts, and so does any number of ranks.
+    digest = hashlib.sha256(f"rlp-sample:{seed}:{step}:{position}".encode()).digest()
     return int.from_bytes(digest[:4], "little")
+
+
+def _gathered(values: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``values`` (the same shape but for dim 0), concatenated: global statistics."""
+    if dist.world_size() == 1:
+        return values
+    return torch.cat(dist.all_gather_objects(values.detach().cpu()))
 
 
 def _corpus(ctx: StageContext, name: str) -> tuple[CorpusSpec, str]:
@@ -107,8 +122,13 @@ def run(ctx: StageContext) -> StageResult:
     assert isinstance(cfg, RLPConfig)
     device = ctx.dist.device
     world, rank = ctx.dist.world_size, ctx.dist.rank
-    if cfg.positions_per_step % world:
-        raise ValueError(f"positions_per_step ({cfg.positions_per_step}) must divide over {world} ranks")
+    per_mini = cfg.positions_per_step // cfg.mini_batches
+    if per_mini % world:
+        raise ValueError(
+            f"rlp.positions_per_step: {cfg.positions_per_step} positions in {cfg.mini_batches} "
+            f"mini_batches ({per_mini} each) do not divide over {world} ranks (each rank takes "
+            "whole groups of every mini-batch)"
+        )
     input_model = ctx.require_input_model()
 
     policy, tokenizer = load_model_and_tokenizer(input_model, device=device)
@@ -150,6 +170,7 @@ def run(ctx: StageContext) -> StageResult:
     progress = Counter(tokens=0, thought_tokens=0, last_metrics={})
     backend: RolloutBackend = make_rollout(cfg.rollout, policy, tokenizer, [think_close], stage=ctx.stage)
     state = TrainState(
+        ctx.dist.is_main,  # every rank holds the same state: rank 0 writes it
         model=policy,
         optimizer=optimizer,
         scheduler=scheduler,
@@ -158,14 +179,16 @@ def run(ctx: StageContext) -> StageResult:
         progress=progress,
         engine=EngineWeights(backend, policy),  # after the policy: a resume pushes its weights
     )
-    settings = UpdateSettings.from_config(cfg)
+    settings = UpdateSettings.from_config(cfg, world)
     follow_policy = ema_teacher_hook(ema, policy, cfg.ema_tau)  # SPEC: after EVERY optimizer step
     logger = StepLogger(ctx, cfg.log_every)
-    per_rank = cfg.positions_per_step // world
+    # This rank's positions: its share of every mini-batch (all of them in one process).
+    mine = dist.minibatch_shard(cfg.positions_per_step, per_mini, rank, world)
 
     for step in resumable_steps(ctx, cfg.steps, state, all_ranks_write=True):  # DCP: every rank
-        # Every rank draws the same global positions and takes its slice.
-        positions = stream.take(cfg.positions_per_step)[rank * per_rank : (rank + 1) * per_rank]
+        # Every rank draws the same global positions and takes its share.
+        drawn = stream.take(cfg.positions_per_step)
+        positions = [drawn[i] for i in mine]
 
         t0 = time.perf_counter()
         prompts = [prompt_ids(p, think_open) for p in positions]
@@ -175,7 +198,7 @@ def run(ctx: StageContext) -> StageResult:
             max_new_tokens=cfg.thought_tokens,
             temperature=cfg.temperature,
             top_p=cfg.top_p,
-            seed=sample_seed(ctx.pipeline.pipeline.seed, step, rank),
+            seed=[sample_seed(ctx.pipeline.pipeline.seed, step, i) for i in mine],
         )
         t1 = time.perf_counter()
         batch = build_thought_batch(positions, rollouts, think_open, think_close, pad_id)
@@ -194,29 +217,38 @@ def run(ctx: StageContext) -> StageResult:
         backend.sync_weights(policy, step=step)
         t3 = time.perf_counter()
 
-        generated = int(batch.thought_lengths.sum())
+        # The global batch's statistics (the update's are global already).
+        all_rewards, lengths = _gathered(rewards), _gathered(batch.thought_lengths)
+        counts = dist.all_reduce_sum(
+            {
+                "entropy_sum": scores.entropy_sum,
+                "thought_tokens": float(scores.thought_tokens),
+                "tokens": float(batch.tokens),
+                "tokens_per_s": float(batch.thought_lengths.sum()) / max(t1 - t0, 1e-9),
+            }
+        )
+        generated = int(lengths.sum())
         metrics = {
             "weight_version": float(rollouts[0][0].weight_version),  # the weights the thoughts came from
-            "reward_mean": float(rewards.mean()),
-            "reward_std": float(rewards.std(unbiased=False)),
-            "gain_positive_frac": float((rewards > 0).float().mean()),
-            "s_pred": float(s_pred.mean()),
-            "s_ema": float(s_ema.mean()),
-            "thought_len": float(batch.thought_lengths.float().mean()),
-            "thought_closed_frac": float(batch.closed.float().mean()),
-            "policy_entropy": scores.entropy_sum / max(scores.thought_tokens, 1),
+            "reward_mean": float(all_rewards.mean()),
+            "reward_std": float(all_rewards.std(unbiased=False)),
+            "gain_positive_frac": float((all_rewards > 0).float().mean()),
+            "s_pred": float(_gathered(s_pred).mean()),
+            "s_ema": float(_gathered(s_ema).mean()),
+            "thought_len": float(lengths.float().mean()),
+            "thought_closed_frac": float(_gathered(batch.closed).float().mean()),
+            "policy_entropy": counts["entropy_sum"] / max(counts["thought_tokens"], 1.0),
             **update,
             "ema_distance": float(parameter_distance(ema.parameters(), policy.parameters())),
-            "time_generate_s": t1 - t0,
+            "time_generate_s": t1 - t0,  # this rank's (rank 0 logs)
             "time_score_s": t2 - t1,
             "time_update_s": t3 - t2,
-            "thought_tokens_per_s": generated / max(t1 - t0, 1e-9),
+            "thought_tokens_per_s": counts["tokens_per_s"],  # summed over ranks
         }
         if cfg.position_selection == "entropy":
             metrics["selected_frac"] = stream.selected / max(stream.candidates, 1)
-        metrics = dist.all_reduce_mean(metrics)
-        progress["tokens"] += batch.tokens * world
-        progress["thought_tokens"] += generated * world
+        progress["tokens"] += int(counts["tokens"])
+        progress["thought_tokens"] += generated
         progress["last_metrics"] = metrics
         logger.log(step, {**metrics, "tokens": float(progress["tokens"])}, force=step == cfg.steps)
 

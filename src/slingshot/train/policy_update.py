@@ -2,7 +2,7 @@
 
 :func:`policy_update` is the shared loop: ``epochs`` passes over the mini-batches; per
 mini-batch the gradients are zeroed, the stage's loss function runs the forward and
-backward passes (one or several micro-batches), gradients are averaged over ranks,
+backward passes (one or several micro-batches), gradients are summed over ranks,
 clipped, and the optimizer and scheduler step; then the post-step hook runs (RLP's EMA
 teacher φ ← τφ + (1−τ)θ after EVERY optimizer step). :func:`clipped_loss` is the shared
 loss: the decoupled-clip policy loss plus, when a reference is given, β·KL to it.
@@ -19,6 +19,13 @@ Every forward pass, with or without gradient, covers at most ``tokens_per_micro_
 tokens (:func:`slingshot.train.logprobs.micro_batches`); a mini-batch of several
 micro-batches accumulates their gradients with the weights that make the sum equal the
 whole mini-batch's loss.
+
+Data parallel: each rank holds its share of every mini-batch (whole groups, see
+:func:`slingshot.dist.minibatch_shard`). Every normaliser (the token, row or thought count
+a mean is over) is the GLOBAL one, all-reduced before the backward pass, so each rank's
+loss is its share of the global loss and the gradients are summed over ranks: N ranks
+take exactly the step one process takes on the same global batch, however unevenly the
+tokens fall. The metrics are summed the same way, so every rank reports the global values.
 """
 
 from __future__ import annotations
@@ -78,7 +85,9 @@ class UpdateSettings:
     behaviour_is: tuple[float, float, ISMode] | None = None
 
     @classmethod
-    def from_config(cls, cfg: ProRLConfig | RLPConfig) -> UpdateSettings:
+    def from_config(cls, cfg: ProRLConfig | RLPConfig, world_size: int = 1) -> UpdateSettings:
+        """``world_size``: ProRL's mini-batch is ``mini_batch_prompts`` groups over all ranks,
+        so each rank's is its share (the stage checks that it divides)."""
         if isinstance(cfg, ProRLConfig):
             return cls(
                 eps_low=cfg.eps_low,
@@ -88,7 +97,7 @@ class UpdateSettings:
                 kl_coef=cfg.kl_coef,
                 kl_kind=cfg.kl_kind,
                 top_entropy_q=cfg.top_entropy_q,
-                minibatch_rows=cfg.mini_batch_prompts * cfg.n_samples,  # whole groups
+                minibatch_rows=cfg.mini_batch_prompts // world_size * cfg.n_samples,  # whole groups
                 passes=sampling_passes(cfg),
                 behaviour_is=(
                     (cfg.behaviour_is.low, cfg.behaviour_is.high, cfg.behaviour_is.mode)
@@ -151,8 +160,8 @@ def policy_update(
         for index, minibatch in enumerate(minibatches):
             optimizer.zero_grad(set_to_none=True)
             stats = minibatch_loss(index, minibatch)
-            # Each rank's loss is a mean over its own rows: the global gradient is the mean.
-            dist.all_reduce_grads(policy, "mean")
+            # Each rank's loss is its share of the globally normalised loss: the gradient is the sum.
+            dist.all_reduce_grads(policy, "sum")
             grad_norm = dist.clip_grad_norm(policy.parameters(), settings.grad_clip)
             optimizer.step()
             scheduler.step()
@@ -270,11 +279,14 @@ def update_on_groups(
         # The forking-token mask keeps ceil(q·n) tokens per response: the counts, and so the
         # weights of the micro-batches, are known before any entropy is.
         kept = top_entropy_counts(mini.response_mask, q) if q < 1.0 else mini.response_mask.sum(dim=1)
-        totals = {
-            "update_tokens": float(kept.sum()),
-            "update_rows": float((kept > 0).sum()),
-            "response_tokens": float(mini.response_mask.sum()),
-        }
+        # Global counts: each rank's means are over the whole mini-batch's tokens/rows.
+        totals = dist.all_reduce_sum(
+            {
+                "update_tokens": float(kept.sum()),
+                "update_rows": float((kept > 0).sum()),
+                "response_tokens": float(mini.response_mask.sum()),
+            }
+        )
         sums = dict.fromkeys(
             ("loss", "policy_loss", "kl", "entropy_sum", "update_tokens", *CLIP_STATS, *IS_STATS), 0.0
         )
@@ -318,6 +330,7 @@ def update_on_groups(
             sums["update_tokens"] += n_update
             for key in CLIP_STATS:  # fractions of the update tokens
                 sums[key] += float(getattr(out, key)) * token_share
+        sums = dist.all_reduce_sum(sums)  # every rank's shares: the global values
         stats = {key: sums[key] for key in ("loss", "policy_loss", "entropy_sum", *CLIP_STATS)}
         for key in IS_STATS:  # sums over the update tokens -> their means
             stats[key] = sums[key] / max(totals["update_tokens"], 1.0)
@@ -348,7 +361,8 @@ def update_on_groups(
     metrics["entropy"] = sum(step.stats["entropy_sum"] for step in steps) / max(entropy_tokens, 1.0)
     metrics["updates"] = float(n)
     metrics["lr"] = float(scheduler.get_last_lr()[0])
-    metrics["adv_abs_mean"] = float(train.advantages.abs().mean())
+    # Every rank holds as many rows: the mean of the ranks' means is the global mean.
+    metrics["adv_abs_mean"] = dist.all_reduce_scalar(float(train.advantages.abs().mean()), "mean")
     return metrics
 
 
@@ -381,7 +395,8 @@ def update_on_thoughts(
     def minibatch_loss(_: int, bounds: tuple[int, int]) -> float:
         nonlocal tokens_seen
         mini, mini_stop = bounds
-        n_thoughts = int(has_thought[mini:mini_stop].sum())
+        # The global count of thoughts in this mini-batch (every rank holds its share of it).
+        n_thoughts = int(dist.all_reduce_scalar(float(has_thought[mini:mini_stop].sum())))
         mini_loss = 0.0
         for start, stop in settings.micro_bounds(mini, mini_stop, width):
             sub = batch.rows(start, stop)
@@ -398,14 +413,15 @@ def update_on_thoughts(
             for key in CLIP_STATS:
                 clip_sums[key] += float(getattr(out, key)) * n_tok
             tokens_seen += n_tok
-        return mini_loss
+        return dist.all_reduce_scalar(mini_loss)
 
     bounds = settings.minibatch_bounds(batch.input_ids.shape[0])
     steps = policy_update(policy, optimizer, scheduler, bounds, minibatch_loss, settings, post_step)
     loss_sum = 0.0
     for step in steps:
         loss_sum += step.stats
-    metrics = {key: value / max(tokens_seen, 1) for key, value in clip_sums.items()}
+    totals = dist.all_reduce_sum({**clip_sums, "tokens": float(tokens_seen)})
+    metrics = {key: totals[key] / max(totals["tokens"], 1.0) for key in CLIP_STATS}
     metrics["loss"] = loss_sum / (settings.epochs * settings.mini_batches)
     metrics["grad_norm"] = sum(step.grad_norm for step in steps) / len(steps)
     metrics["lr"] = float(optimizer.param_groups[0]["lr"])

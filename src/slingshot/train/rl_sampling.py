@@ -7,6 +7,13 @@ dynamic sampling) and turns the kept groups into one :class:`TrainBatch`. Valida
 (pass@1 on held-out prompts, a round robin over families) uses the same scoring. The
 bookkeeping of reference resets (best validation score, plateau, π_ref ← π_θ) and the
 entropy controller built from the config live here too, so the stage only calls them.
+
+With several ranks every rank draws the same global prompts, generates and scores its
+contiguous share of them (whole groups), and the scored groups are gathered back into the
+global order: dynamic sampling then decides on the global list, identically on every rank
+(when the batch is full, how many generation batches ran), and every statistic is the
+global one. Each prompt's samples are seeded by (step, generation batch, its index in the
+batch), never by rank, so N ranks draw exactly the samples one process does.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from typing import Any
 
 import torch
 
+from slingshot import dist
 from slingshot.algorithms.entropy import EntropyController
 from slingshot.algorithms.grpo import (
     dynamic_sampling_mask,
@@ -255,6 +263,13 @@ class TrainBatch:
     batch: RLBatch
 
 
+def rank_groups(groups: list[ScoredGroup], cfg: ProRLConfig) -> list[ScoredGroup]:
+    """This rank's share of the step's kept groups: its contiguous part of every mini-batch
+    of ``mini_batch_prompts`` groups (all of them in one process)."""
+    world = dist.world_size()
+    return [groups[i] for i in dist.minibatch_shard(len(groups), cfg.mini_batch_prompts, dist.rank(), world)]
+
+
 def make_train_batch(groups: list[ScoredGroup], cfg: ProRLConfig, pad_token_id: int) -> TrainBatch:
     """The kept groups as one batch; one-step-async runs carry the engine's log-probs, the
     behaviour policy of the importance ratio."""
@@ -297,18 +312,33 @@ class GroupSampler:
         self.seed = seed
         self.prompt_ids = cached_prompt_ids(tokenizer)
 
-    def _generate(self, entries: list[dict], n: int, temperature: float, seed: int) -> list[list[Rollout]]:
+    def _generate(
+        self, entries: list[dict], n: int, temperature: float, seeds: list[int]
+    ) -> list[list[Rollout]]:
         return self.backend.generate(
             [self.prompt_ids(e) for e in entries],
             n=n,
             max_new_tokens=self.max_tokens,
             temperature=temperature,
             top_p=self.cfg.top_p,
-            seed=seed,
+            seed=seeds,
         )
 
     def _score(self, entry: dict, rollouts: list[Rollout]) -> ScoredGroup:
         return score_group(entry, rollouts, self.tokenizer, self.cfg, self.max_tokens, self.think_tags)
+
+    def _sharded_groups(
+        self, entries: list[dict], n: int, temperature: float, seeds: list[int]
+    ) -> tuple[list[ScoredGroup], float, float]:
+        """This rank generates and scores its share of ``entries`` (one seed per prompt); the
+        scored groups of every rank, in the global order, and this rank's generate/score seconds."""
+        start, stop = dist.shard_bounds(len(entries), dist.rank(), dist.world_size())
+        started = time.perf_counter()
+        rollouts = self._generate(entries[start:stop], n, temperature, seeds[start:stop])
+        generated = time.perf_counter()
+        mine = [self._score(e, rs) for e, rs in zip(entries[start:stop], rollouts, strict=True)]
+        scored = time.perf_counter()
+        return dist.all_gather_flat(mine), generated - started, scored - generated
 
     def collect(
         self, stream: PromptStream | MixedPromptStream, step: int
@@ -323,17 +353,13 @@ class GroupSampler:
         # Over-provisioning draws more prompts than the batch needs; the surplus kept groups are dropped.
         prompts_per_gen = math.ceil(cfg.over_provision * cfg.batch_prompts)
         for g in range(cfg.max_gen_batches):
-            entries = stream.take(prompts_per_gen)
-            started = time.perf_counter()
-            rollouts = self._generate(
-                entries, cfg.n_samples, cfg.temperature, derive_seed(self.seed, "rollout", step, g)
-            )
-            generate_s += time.perf_counter() - started
+            entries = stream.take(prompts_per_gen)  # the same global prompts on every rank
+            seeds = [derive_seed(self.seed, "rollout", step, g, i) for i in range(len(entries))]
+            groups, gen_s, sc_s = self._sharded_groups(entries, cfg.n_samples, cfg.temperature, seeds)
+            generate_s += gen_s
+            score_s += sc_s
             gen_batches += 1
-            started = time.perf_counter()
-            groups = [self._score(e, rs) for e, rs in zip(entries, rollouts, strict=True)]
-            score_s += time.perf_counter() - started
-            tokens += sum(len(r.prompt_ids) + len(r.completion_ids) for rs in rollouts for r in rs)
+            tokens += sum(len(r.prompt_ids) + len(r.completion_ids) for grp in groups for r in grp.rollouts)
             seen += groups
             keep = dynamic_sampling_mask(torch.tensor([grp.rewards for grp in groups], dtype=torch.float64))
             kept += [grp for grp, k in zip(groups, keep.tolist(), strict=True) if k]
@@ -341,6 +367,9 @@ class GroupSampler:
             if len(kept) >= cfg.batch_prompts:
                 break
         kept = kept[: cfg.batch_prompts]
+        # A short batch (max_gen_batches ran out) trains on a multiple of the world size, so
+        # that every mini-batch splits evenly over the ranks (one process keeps them all).
+        kept = kept[: len(kept) - len(kept) % dist.world_size()]
         flat = [r for grp in seen for r in grp.rollouts]
         lengths = torch.tensor([len(r.completion_ids) for r in flat], dtype=torch.float64)
         stats = {
@@ -373,15 +402,14 @@ class GroupSampler:
         if not entries:
             return {}
         cfg = self.cfg
-        rollouts = self._generate(
-            entries, cfg.val_samples, cfg.val_temperature, derive_seed(self.seed, "validation")
-        )
+        # Sharded like training: each rank scores its share, pass@1 is over the gathered groups.
+        seeds = [derive_seed(self.seed, "validation", i) for i in range(len(entries))]
+        groups, _, _ = self._sharded_groups(entries, cfg.val_samples, cfg.val_temperature, seeds)
         by_family: dict[str, list[float]] = defaultdict(list)
         lengths: list[int] = []
-        for entry, rs in zip(entries, rollouts, strict=True):
-            grp = self._score(entry, rs)
-            by_family[entry["family"]] += [float(c) for c in grp.correct]
-            lengths += [len(r.completion_ids) for r in rs]
+        for grp in groups:
+            by_family[grp.entry["family"]] += [float(c) for c in grp.correct]
+            lengths += [len(r.completion_ids) for r in grp.rollouts]
         every = [c for cs in by_family.values() for c in cs]
         out = {"val/pass_at_1": sum(every) / len(every), "val/response_length": sum(lengths) / len(lengths)}
         out.update({f"val/pass_at_1/{fam}": sum(cs) / len(cs) for fam, cs in sorted(by_family.items())})

@@ -185,7 +185,8 @@ def test_the_parallelism_of_each_stage():
     assert stage_parallelism("sft", sft, on_gpu=False).kind == "replicated"  # gloo all-reduce
     rlp = RLPConfig(resources={"gpus_per_node": 8})
     assert (stage_parallelism("rlp", rlp).kind, stage_parallelism("rlp", rlp).shard) == ("replicated", 1)
-    assert stage_parallelism("prorl", ProRLConfig(resources={"nodes": 4, "gpus_per_node": 8})).ranks == 1
+    prorl = stage_parallelism("prorl", ProRLConfig(resources={"nodes": 4, "gpus_per_node": 8}))
+    assert (prorl.kind, prorl.ranks, prorl.shard) == ("replicated", 32, 1)
 
 
 # --------------------------------------------------------------------------- the shipped recipe

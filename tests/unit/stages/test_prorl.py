@@ -508,3 +508,90 @@ def test_one_step_async_trains_a_version_behind_on_the_engines_logprobs_and_resu
     for step in (3, 4):
         for key in ("reward_mean", "weight_version", "weight_lag", "loss", "kl", "ratio_mean"):
             assert resumed.rows[step][key] == pytest.approx(full.rows[step][key], rel=1e-4, abs=1e-7), key
+
+
+# --------------------------------------------------------------------------- data parallel
+
+# 3 steps of 4 prompts x 4 samples (mini-batches of 2 prompts), validation at steps 0, 2, 3.
+DP_RUN = {
+    "n_samples": 4,
+    "batch_prompts": 4,
+    "mini_batch_prompts": 2,
+    "temperature": 1.0,
+    "kl_coef": 1e-3,
+    "max_gen_batches": 2,
+    "val_every": 2,
+    "val_prompts": 4,
+    "val_samples": 2,
+    "val_temperature": 1.0,
+    "log_every": 1,
+    "optimizer": {"lr": 3e-4},
+    "phases": [{"name": "len32", "steps": 3, "max_response_tokens": 32}],
+}
+DP_KEYS = (
+    "loss", "policy_loss", "kl", "entropy", "grad_norm", "clip_frac", "reward_mean", "pass_rate",
+    "groups_trained", "groups_kept_frac", "gen_batches", "tokens", "response_length",
+    "adv_abs_mean", "update_token_frac", "eps_high",
+)  # fmt: skip
+
+
+def assert_same_run(two: dict, one: dict, keys: tuple[str, ...], tol: float = 1e-5) -> None:
+    """Every logged metric of ``keys`` (relative ``tol``, absolute ``tol``/10: the losses are ~1e-5 themselves)
+    and every final weight (absolute ``tol``) agree."""
+    from slingshot.models.hf import load_causal_lm
+
+    assert (two["world_size"], one["world_size"]) == (2, 1)
+    assert two["steps"].keys() == one["steps"].keys()
+    for step, row in one["steps"].items():
+        for key in keys:
+            if key in row:
+                assert two["steps"][step][key] == pytest.approx(row[key], rel=tol, abs=tol / 10), (step, key)
+    a = load_causal_lm(two["outputs"]["model_dir"]).state_dict()
+    b = load_causal_lm(one["outputs"]["model_dir"]).state_dict()
+    moved = load_causal_lm(one["init_model"]).state_dict()
+    assert any(not torch.equal(b[k], moved[k]) for k in b), "the reference run did not train"
+    for k in b:
+        assert torch.allclose(a[k], b[k], atol=tol, rtol=0), k
+
+
+@pytest.mark.slow
+def test_two_ranks_match_one_on_the_same_global_batch(tmp_path, sft_setup):
+    """2 gloo ranks, each generating and training on half of every batch, log the same
+    losses, rewards, kept groups and validation and end at the same weights as 1 rank."""
+    from rl_worker import spawn
+
+    spec = {
+        "kind": "prorl",
+        "root": str(tmp_path),
+        "overrides": DP_RUN,
+        "upstream": {"data": sft_setup["data"]},
+        "init_model": str(sft_setup["model"]),
+        "stage": "prorl-len32",
+        "phase": "len32",
+    }
+    one = spawn({**spec, "root": str(tmp_path / "one")}, tmp_path / "one", 1)
+    two = spawn({**spec, "root": str(tmp_path / "two")}, tmp_path / "two", 2)
+    one["init_model"] = spec["init_model"]
+    assert sorted(int(s) for s in one["steps"]) == [0, 1, 2, 3]
+    assert sum(one["steps"][s]["groups_trained"] for s in ("1", "2", "3")) > 0
+    assert_same_run(two, one, (*DP_KEYS, "val/pass_at_1", "val/response_length"))
+
+
+def test_a_batch_that_does_not_divide_over_the_ranks_or_async_rollouts_on_several_are_refused():
+    from slingshot.config import ProRLConfig
+
+    prorl.check_world_size(ProRLConfig(batch_prompts=4, mini_batch_prompts=2), 2)
+    with pytest.raises(ValueError, match=r"prorl\.batch_prompts: 6 prompts do not divide over 4 ranks"):
+        prorl.check_world_size(ProRLConfig(batch_prompts=6, mini_batch_prompts=2), 4)
+    with pytest.raises(ValueError, match=r"prorl\.mini_batch_prompts"):
+        prorl.check_world_size(ProRLConfig(batch_prompts=4, mini_batch_prompts=1), 2)
+    with pytest.raises(ValueError, match=r"prorl\.over_provision: ceil"):
+        prorl.check_world_size(ProRLConfig(batch_prompts=4, mini_batch_prompts=2, over_provision=1.25), 2)
+    async_cfg = ProRLConfig(
+        batch_prompts=4, mini_batch_prompts=2, rollout={"backend": "vllm", "async_steps": 1}
+    )
+    with pytest.raises(
+        ValueError, match=r"prorl\.rollout\.async_steps: .* one process only; this job has 2 ranks"
+    ):
+        prorl.check_world_size(async_cfg, 2)
+    prorl.check_world_size(async_cfg, 1)

@@ -412,9 +412,8 @@ def test_a_vllm_run_logs_one_weight_push_per_step(tmp_path, small_data):
 @pytest.mark.parametrize("saved_on, resumed_on", [(2, 1), (1, 2)])
 def test_checkpoint_resumes_at_another_world_size(tmp_path, small_data, tiny_model, saved_on, resumed_on):
     """The step-2 checkpoint of a run on ``saved_on`` gloo ranks (each rank writes its files)
-    resumes on ``resumed_on``: step 3 scores the same positions with the same EMA teacher.
-    Only state-determined metrics can match: thoughts are sampled per rank (seeded by
-    (seed, step, rank)), so rewards and losses legitimately differ across world sizes."""
+    resumes on ``resumed_on``: step 3 scores the same positions with the same EMA teacher,
+    samples the same thoughts (seeded per position, not per rank) and logs the same losses."""
     import shutil
     import socket
     import sys
@@ -454,3 +453,36 @@ def test_checkpoint_resumes_at_another_world_size(tmp_path, small_data, tiny_mod
     want, got = reference["steps"]["3"], resumed["steps"]["3"]
     assert got["weight_version"] == want["weight_version"] == 2.0  # sampled with step 2's weights
     assert got["s_ema"] == pytest.approx(want["s_ema"], rel=1e-5)  # same positions, same teacher
+    for key in ("loss", "reward_mean", "reward_std", "s_pred", "thought_len", "grad_norm"):
+        assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), key
+
+
+# --------------------------------------------------------------------------- data parallel
+
+
+def test_two_ranks_match_one_on_the_same_global_batch(tmp_path, small_data, tiny_model):
+    """2 gloo ranks, each taking half of every mini-batch's positions, log the same losses,
+    rewards and scores and end at the same weights as 1 rank (B=4 in 2 mini-batches)."""
+    from rl_worker import spawn
+    from test_prorl import assert_same_run
+
+    cfg = {**TINY_RLP, "positions_per_step": 4, "mini_batches": 2}
+    spec = {"kind": "rlp", "upstream": {"data": small_data}, "init_model": str(tiny_model), "overrides": cfg}
+    one = spawn({**spec, "root": str(tmp_path / "one")}, tmp_path / "one", 1)
+    two = spawn({**spec, "root": str(tmp_path / "two")}, tmp_path / "two", 2)
+    one["init_model"] = str(tiny_model)
+    assert sorted(int(s) for s in one["steps"]) == [1, 2, 3]
+    keys = ("loss", "grad_norm", "clip_frac", "reward_mean", "reward_std", "s_pred", "s_ema")
+    keys += ("thought_len", "policy_entropy", "ema_distance", "tokens", "gain_positive_frac")
+    assert_same_run(two, one, keys)
+
+
+def test_a_batch_that_does_not_divide_over_the_ranks_is_refused(tmp_path, small_data, tiny_model):
+    from slingshot.dist import DistEnv
+
+    cfg = pipeline_config(
+        tmp_path, {"stages": {"rlp": {**TINY_RLP, "positions_per_step": 4, "mini_batches": 2}}}
+    )
+    ctx = make_ctx(tmp_path, "rlp", cfg, {"data": small_data}, init_model=str(tiny_model), dist=DistEnv(0, 4))
+    with pytest.raises(ValueError, match=r"rlp\.positions_per_step: 4 positions in 2 mini_batches"):
+        rlp.run(ctx)
