@@ -582,6 +582,9 @@ class EvaluateConfig(StageConfig):
     temperature: Annotated[float, Field(ge=0)] = 0.7
     max_new_tokens: PositiveInt = 1024
     prompts_per_task: PositiveInt = 64
+    # Prompts of one family per generate call: the unit ranks share and sampling seeds derive
+    # from (family, batch index), so results depend on it but never on the number of ranks.
+    prompts_per_batch: PositiveInt = 8
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     # Standard benchmarks beside the held-out task families (each a row of its own).
     benchmarks: list[BenchmarkConfig] = Field(default_factory=list)
