@@ -8,6 +8,7 @@ world_size, port, out.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import socket
@@ -28,8 +29,6 @@ def run_stage(spec: dict[str, Any], dist: Any = None) -> dict[str, Any]:
     torch.set_num_threads(1)
     from stages import make_ctx, pipeline_config
 
-    from slingshot.stages import evaluate, synth
-
     root = Path(spec["root"])
     cfg = pipeline_config(root, {"stages": {spec["kind"]: spec["overrides"]}})
     ctx = make_ctx(
@@ -42,7 +41,8 @@ def run_stage(spec: dict[str, Any], dist: Any = None) -> dict[str, Any]:
         init_model=spec.get("init_model"),
         dist=dist,
     )
-    result = {"synth": synth, "evaluate": evaluate}[spec["kind"]].run(ctx)
+    stage = importlib.import_module(f"slingshot.stages.{spec['kind']}")  # only what this run needs
+    result = stage.run(ctx)
     record = {
         "outputs": result.outputs,
         "metrics": result.metrics,
