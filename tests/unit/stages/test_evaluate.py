@@ -90,7 +90,7 @@ def test_metrics_are_exact_for_known_completions(tmp_path, small_data, model_dir
     result = evaluate.run(ctx, rollout_factory=lambda m, t, s: scripted)
 
     families = sorted({e["family"] for e in entries})
-    assert scripted.calls == len(families)  # one batched call per family
+    assert scripted.calls == len(families)  # 5 prompts a family: one batch (prompts_per_batch 8) each
     exp = scripted.expected
     assert len(exp) == 5 * len(families)
     cs = [v["c"] for v in exp.values()]
