@@ -331,6 +331,19 @@ class GeneratorConfig(StrictModel):
         return self
 
 
+class ArrayTaskConfig(StrictModel):
+    """What ONE task of a job array a stage fans out (synthesis feature shards) requests: its
+    share of the stage's node, not the stage's whole allocation (the parent job keeps that)."""
+
+    # None: one GPU when the stage's nodes have GPUs, else none.
+    gpus: NonNegativeInt | None = None
+    # None: the node's CPUs / memory in proportion to the task's GPUs (without GPUs: one
+    # stage task's CPUs and 1/tasks_per_node of the memory).
+    cpus_per_task: PositiveInt | None = None
+    mem_gb: PositiveFloat | None = None
+    time_min: PositiveInt | None = None  # None: the stage's time limit
+
+
 class SynthConfig(StageConfig):
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
     # Proxy model for gradient features; None: the variant's model entering synthesis.
@@ -350,7 +363,10 @@ class SynthConfig(StageConfig):
     top_p: Annotated[float, Field(gt=0, le=1)] = 0.95
     keep_cluster_fraction: Annotated[float, Field(gt=0, le=1)] = 0.5
     max_rounds: PositiveInt = 50
-    feature_shards: PositiveInt = 1  # Slurm array tasks for feature extraction
+    # 1: features are computed by this job's ranks (one shard each, on its device); more: as
+    # many Slurm array tasks, fanned out from a one-task job, each requesting array_task.
+    feature_shards: PositiveInt = 1
+    array_task: ArrayTaskConfig = Field(default_factory=ArrayTaskConfig)
     # Per-sample gradients: torch.func vmap over feature_batch_size samples, or one backward
     # per sample; gradients of as many samples as fit feature_memory_mb are projected together.
     feature_method: Literal["vmap", "loop"] = "vmap"
@@ -360,6 +376,34 @@ class SynthConfig(StageConfig):
     # Few-shot examples are drawn with weight difficulty_floor + difficulty, where
     # difficulty = 1 - (agreeing solutions / solutions_per_problem): easy ones still appear.
     difficulty_floor: PositiveFloat = 0.1
+
+    @model_validator(mode="after")
+    def _check_fan_out(self) -> SynthConfig:
+        res, task = self.resources, self.array_task
+        tasks = res.nodes * res.effective_tasks_per_node
+        if self.feature_shards > 1 and tasks > 1:
+            raise ValueError(
+                f"feature_shards: {self.feature_shards} array tasks fan out from a one-task job, but "
+                f"resources ask for {tasks} tasks, whose ranks compute the features themselves "
+                "(set feature_shards: 1, or resources to one task)"
+            )
+        if task.gpus is not None and task.gpus > res.gpus_per_node:
+            raise ValueError(
+                f"array_task.gpus: {task.gpus} GPUs per array task, but the stage's nodes have "
+                f"{res.gpus_per_node} (resources.gpus_per_node)"
+            )
+        node_cpus = res.cpus_per_task * res.effective_tasks_per_node
+        if task.cpus_per_task is not None and task.cpus_per_task > node_cpus:
+            raise ValueError(
+                f"array_task.cpus_per_task: {task.cpus_per_task} CPUs per array task, more than the "
+                f"stage's node has ({node_cpus} = resources.cpus_per_task x tasks per node)"
+            )
+        if task.mem_gb is not None and res.mem_gb is not None and task.mem_gb > res.mem_gb:
+            raise ValueError(
+                f"array_task.mem_gb: {task.mem_gb:g} GB per array task, more than the stage's node has "
+                f"({res.mem_gb:g} GB, resources.mem_gb)"
+            )
+        return self
 
 
 class SFTDataset(StrictModel):
@@ -615,6 +659,9 @@ class EvaluateConfig(StageConfig):
     temperature: Annotated[float, Field(ge=0)] = 0.7
     max_new_tokens: PositiveInt = 1024
     prompts_per_task: PositiveInt = 64
+    # Prompts of one family per generate call: the unit ranks share and sampling seeds derive
+    # from (family, batch index), so results depend on it but never on the number of ranks.
+    prompts_per_batch: PositiveInt = 8
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     # Standard benchmarks beside the held-out task families (each a row of its own).
     benchmarks: list[BenchmarkConfig] = Field(default_factory=list)

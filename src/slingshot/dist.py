@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -24,6 +24,7 @@ import torch
 import torch.distributed as tdist
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 CPU_BACKEND = "gloo"
 GPU_BACKEND = "cpu:gloo,cuda:nccl"
@@ -239,3 +240,33 @@ def clip_grad_norm(parameters: Iterable[torch.nn.Parameter], max_norm: float) ->
     if hasattr(norm, "full_tensor"):
         norm = norm.full_tensor()
     return float(norm)
+
+
+# --------------------------------------------------------------------------- sharded work
+
+
+def shard_indices(n: int, rank: int, world: int) -> range:
+    """Rank ``rank``'s contiguous slice of ``n`` items split over ``world`` ranks.
+
+    Slices are in rank order and differ in size by at most one, so concatenating every
+    rank's results in rank order restores the items' order (:func:`all_gather_ordered`).
+    """
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is not in a world of {world}")
+    base, extra = divmod(n, world)
+    start = rank * base + min(rank, extra)
+    return range(start, start + base + (1 if rank < extra else 0))
+
+
+def all_gather_ordered(local: list[T]) -> list[T]:
+    """Every rank's list joined in rank order (on every rank): the inverse of :func:`shard_indices`."""
+    return [item for part in all_gather_objects(local) for item in part]
+
+
+def map_sharded(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """``[fn(x) for x in items]`` with each rank computing its :func:`shard_indices` slice;
+    every rank gets the whole list, in order. Every rank must call it with the same items,
+    and ``fn`` must not depend on the rank (seed from the item), so any world size gives the
+    one-process result."""
+    mine = [fn(items[i]) for i in shard_indices(len(items), rank(), world_size())]
+    return all_gather_ordered(mine)

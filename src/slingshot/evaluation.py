@@ -272,7 +272,7 @@ def evaluate_family(
     stop_token_ids: Sequence[int],
     think_tags: tuple[str, str] = THINK_TAGS,
 ) -> list[SampleResult]:
-    """All samples of one family in one batched generate call, decoded and judged."""
+    """All samples of ``entries`` (one family's batch) in one generate call, decoded and judged."""
     prompts = [encode_prompt(tokenizer, e) for e in entries]
     groups = rollout.generate(prompts, n=n, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     stops = set(stop_token_ids)
@@ -300,6 +300,29 @@ def evaluate_family(
     return out
 
 
+@dataclass(frozen=True)
+class EvalBatch:
+    """Up to ``prompts_per_batch`` prompts of one family, answered in one generate call.
+
+    The unit ranks share and seeds derive from: its seed is the family's and the batch's
+    index in it, never a rank, so any number of ranks samples what one does.
+    """
+
+    family: str
+    index: int  # within the family
+    entries: tuple[dict, ...]
+
+
+def eval_batches(groups: Mapping[str, Sequence[dict]], prompts_per_batch: int) -> list[EvalBatch]:
+    """Every family's prompts (families sorted, prompts in order) cut into batches."""
+    return [
+        EvalBatch(family, i // prompts_per_batch, tuple(entries[i : i + prompts_per_batch]))
+        for family in sorted(groups)
+        for entries in [list(groups[family])]
+        for i in range(0, len(entries), prompts_per_batch)
+    ]
+
+
 def max_positions(model: Any) -> int | None:
     config = getattr(model, "config", None)
     return getattr(config, "max_position_embeddings", None)
@@ -308,7 +331,8 @@ def max_positions(model: Any) -> int | None:
 def answer_budget(tokenizer: Any, entries: Sequence[dict], max_new_tokens: int, positions: int | None) -> int:
     """max_new_tokens, shortened so the family's longest prompt plus its answer fits the model.
 
-    Per family (one batch each), so one family's long prompts do not cut every answer short.
+    Per family (from all its prompts, so every rank and batch of it gets the same budget), so
+    one family's long prompts do not cut every answer short.
     """
     if positions is None:
         return max_new_tokens

@@ -12,7 +12,7 @@ from stages import make_ctx, pipeline_config, tiny_model_dir
 
 from slingshot.data.tasks import load_entries
 from slingshot.data.teacher import ProceduralTeacher
-from slingshot.launch.array import run_array
+from slingshot.launch.array import array_resources, run_array
 from slingshot.stages.synth import feature_extractor, proxy_model_dir
 from slingshot.synth.features import FeatureSpec
 from slingshot.synth.shards import ShardedFeatures, shard_path
@@ -34,7 +34,8 @@ def _extractor(tmp: Path, small_data: dict, model: Path, backend: str, shards: i
         },
     )
     ctx = make_ctx(tmp, "synth", cfg, {"data": small_data}, init_model=str(model))
-    ctx.run_array = partial(run_array, cfg=cfg, resources=ctx.config.resources)  # as the job layer does
+    share = array_resources(ctx.config.resources, ctx.config)  # as the job layer does
+    ctx.run_array = partial(run_array, cfg=cfg, resources=share)
     spec = FeatureSpec(dim=64, seed=11, block_size=4096, batch_size=4)
     return feature_extractor(ctx, ctx.config, proxy_model_dir(ctx, ctx.config), spec)
 

@@ -2,7 +2,7 @@
 
 ``run_array(fn, n, ...)`` calls ``fn(i)`` for i in 0..n-1 and returns the results in
 order: on Slurm as ONE submitit job array (``executor.map_array``, ``--array=0-(n-1)``)
-with the given resources; on the local backends sequentially in this process (a local
+with the given resources (a stage's share for one task: :func:`array_task_resources`); on the local backends sequentially in this process (a local
 machine has no spare cores to fan out to, and tests stay debuggable). Stages call this
 instead of importing submitit, so stages still know nothing of Slurm.
 
@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from slingshot.config import PipelineConfig, Resources
+from slingshot.config import ArrayTaskConfig, PipelineConfig, Resources
 from slingshot.launch.site import load_site, slurm_parameters
 
 T = TypeVar("T")
@@ -48,6 +48,43 @@ def _slurm_executor(cfg: PipelineConfig, res: Resources, folder: Path, name: str
         params["mem_gb"] = res.mem_gb
     executor.update_parameters(**params)
     return executor
+
+
+def array_task_resources(stage: Resources, task: ArrayTaskConfig) -> Resources:
+    """What one array task requests: ``task``'s share of the stage's node.
+
+    A task with g of the node's G GPUs gets g/G of the node's CPUs (cpus_per_task x tasks per
+    node) and memory unless ``task`` sets them; without GPUs, one stage task's CPUs and
+    1/tasks_per_node of the memory. Partition, account, QoS, constraint and setup are the
+    stage's. The parent job's own request is ``stage``, unchanged.
+    """
+    tasks = stage.effective_tasks_per_node
+    gpus = task.gpus if task.gpus is not None else min(1, stage.gpus_per_node)
+    if gpus > stage.gpus_per_node:
+        raise ValueError(
+            f"array_task.gpus: {gpus} GPUs per array task, but the stage's nodes have "
+            f"{stage.gpus_per_node} (resources.gpus_per_node)"
+        )
+    share = gpus / stage.gpus_per_node if stage.gpus_per_node and gpus else 1 / tasks
+    cpus = task.cpus_per_task or max(1, int(stage.cpus_per_task * tasks * share))
+    mem = task.mem_gb or (round(stage.mem_gb * share, 3) if stage.mem_gb else None)
+    return stage.model_copy(
+        update={
+            "nodes": 1,
+            "gpus_per_node": gpus,
+            "tasks_per_node": 1,
+            "cpus_per_task": cpus,
+            "mem_gb": mem,
+            "time_min": task.time_min or stage.time_min,
+        }
+    )
+
+
+def array_resources(stage: Resources, section: object) -> Resources:
+    """One array task's request for a stage whose section says its share (``array_task``);
+    the stage's own resources for any other."""
+    task = getattr(section, "array_task", None)
+    return array_task_resources(stage, task) if isinstance(task, ArrayTaskConfig) else stage
 
 
 def uses_slurm(cfg: PipelineConfig) -> bool:

@@ -26,7 +26,7 @@ from slingshot.config import CheckpointConfig, PipelineConfig
 from slingshot.context import StageContext, StageResult, read_manifest
 from slingshot.dist import DistEnv, init_distributed, shutdown_distributed
 from slingshot.io import private_dir, sha256_json
-from slingshot.launch.array import run_array
+from slingshot.launch.array import array_resources, run_array
 from slingshot.launch.state import LaunchState, record_start
 from slingshot.manifest import git_commit, write_manifest
 from slingshot.plan import Node, Plan, build_plan, stage_config
@@ -163,7 +163,7 @@ class StageJob:
             dist=dist,
             checkpoints=CheckpointManager(work_dir / "checkpoints", keep=checkpointing.keep),
             triggers=triggers,
-            run_array=partial(run_array, cfg=cfg, resources=resources),
+            run_array=partial(run_array, cfg=cfg, resources=array_resources(resources, section)),
         )
         run = resolve_entrypoint(cfg.entrypoints.get(node.kind) or default_entrypoint(node.kind))
         try:

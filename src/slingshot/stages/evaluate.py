@@ -19,9 +19,14 @@ families ``bench/<name>`` with the same n samples and seeds; their rows follow `
 metrics are ``bench/<name>/pass_at_1`` etc.
 
 Outputs (``output_dir``): ``eval_table.csv`` / ``eval_table.json`` (one row per family
-plus ``all``, then one per benchmark), ``samples.jsonl`` (every completion with its verdict). Families done are
-cached in the work dir, so a requeued job does not generate them again. Ranks split the
-families and gather the samples. Prompts, scoring and the table are in
+plus ``all``, then one per benchmark), ``samples.jsonl`` (every completion with its verdict). Batches done are
+cached in the work dir, so a requeued job does not generate them again.
+
+Ranks: every family's prompts are cut into batches of ``prompts_per_batch`` (one generate
+call each, seeded by family and batch index, never by rank); ranks take contiguous, equal
+shares of all batches (:func:`slingshot.dist.shard_indices`) and gather the samples in batch
+order, so N ranks write the table and samples one rank does, and every rank works even
+when there are fewer families than ranks. Prompts, scoring and the table are in
 :mod:`slingshot.evaluation`.
 """
 
@@ -36,17 +41,18 @@ from typing import Any
 from slingshot.context import StageContext, StageResult, read_manifest
 from slingshot.data.chat import ChatFormat
 from slingshot.data.tasks import derive_seed, load_entries
-from slingshot.dist import all_gather_objects
+from slingshot.dist import all_gather_objects, map_sharded, shard_indices
 from slingshot.evaluation import (
+    EvalBatch,
     SampleResult,
     answer_budget,
     check_benchmarks_held_out,
     check_held_out,
+    eval_batches,
     evaluate_family,
     flat_metrics,
     load_benchmarks,
     max_positions,
-    mean,
     select_prompts,
     summarize,
     table_csv,
@@ -96,8 +102,8 @@ def run(ctx: StageContext, rollout_factory: Any = None) -> StageResult:
         digest = sha256_json([e["hash"] for e in benchmarks[spec.name]])
         ctx.log_file_input(f"bench-{spec.name}", spec.path, context="evaluation", digest=digest)
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    device = ctx.dist.device  # this rank's GPU (or the CPU)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model_dir = ctx.require_input_model()
     model, tokenizer = load_model_and_tokenizer(model_dir, dtype=dtype, device=device)
     chat = ChatFormat.of(tokenizer, ctx.pipeline.chat)
@@ -109,42 +115,47 @@ def run(ctx: StageContext, rollout_factory: Any = None) -> StageResult:
     groups: dict[str, list[dict]] = {}
     for entry in chosen + [e for entries in benchmarks.values() for e in entries]:
         groups.setdefault(entry["family"], []).append(entry)
-    mine = sorted(groups)[ctx.dist.rank :: ctx.dist.world_size]
-    cache_dir = ctx.work_dir / "families"
-    results: list[SampleResult] = []
-    budgets: dict[str, int] = {}
-    for family in mine:
-        cached = cache_dir / f"{family}.json"  # bench/<name>.json for a benchmark
-        if cached.is_file():  # done before a requeue: same prompts, same seed, same model
-            results += [SampleResult(**r) for r in json.loads(cached.read_text())]
-            continue
-        t0 = time.monotonic()
-        family_entries = groups[family]
-        max_new = answer_budget(tokenizer, family_entries, cfg.max_new_tokens, max_positions(model))
-        budgets[family] = max_new
-        if max_new < cfg.max_new_tokens:
+    # Budgets from each family's whole prompt set, on every rank: a batch's budget never
+    # depends on which rank runs it.
+    budgets = {
+        family: answer_budget(tokenizer, entries, cfg.max_new_tokens, max_positions(model))
+        for family, entries in groups.items()
+    }
+    for family, max_new in sorted(budgets.items()):
+        if max_new < cfg.max_new_tokens and ctx.dist.is_main:
             print(
                 f"[{ctx.stage}] {family}: max_new_tokens {cfg.max_new_tokens} -> {max_new} (model positions)"
             )
+    batches = eval_batches(groups, cfg.prompts_per_batch)
+    cache_dir = ctx.work_dir / "batches"
+
+    def run_batch(batch: EvalBatch) -> list[SampleResult]:
+        batch_seed = derive_seed(seed, "evaluate-samples", batch.family, batch.index)
+        key = sha256_json(
+            [batch.family, [e["hash"] for e in batch.entries], batch_seed, cfg.n_samples, cfg.temperature]
+        )
+        cached = cache_dir / f"{key[:32]}.json"
+        if cached.is_file():  # done before a requeue: same prompts, same seed, same model
+            return [SampleResult(**r) for r in json.loads(cached.read_text())]
         got = evaluate_family(
             rollout,
             tokenizer,
-            family_entries,
+            batch.entries,
             cfg.n_samples,
-            max_new,
+            budgets[batch.family],
             cfg.temperature,
-            derive_seed(seed, "evaluate-samples", family),
+            batch_seed,
             stop_ids,
             chat.think_tags,
         )
         atomic_write_json(cached, [asdict(r) for r in got])
-        results += got
-        print(
-            f"[{ctx.stage}] {family}: pass@1 {mean([float(r.correct) for r in got]):.3f} "
-            f"parse {mean([float(r.parsed) for r in got]):.3f} ({time.monotonic() - t0:.1f}s)",
-            flush=True,
-        )
-    results = [r for part in all_gather_objects(results) for r in part]  # every rank's families
+        return got
+
+    # Ranks share the batches of every family (not whole families), gathered in batch order:
+    # every rank works however few the families are, and the samples are one process's.
+    mine = shard_indices(len(batches), ctx.dist.rank, ctx.dist.world_size)
+    prompts_by_rank = all_gather_objects(sum(len(batches[i].entries) for i in mine))
+    results = [r for part in map_sharded(run_batch, batches) for r in part]
     is_bench = {f: f.startswith("bench/") for f in groups}
     rows = summarize([r for r in results if not is_bench[r.family]], cfg.k)
     bench_rows = summarize([r for r in results if is_bench[r.family]], cfg.k)[:-1] if benchmarks else []
@@ -152,6 +163,12 @@ def run(ctx: StageContext, rollout_factory: Any = None) -> StageResult:
     metrics = flat_metrics(rows)
     metrics.update({f"{r['family']}/prompts": float(r["prompts"]) for r in bench_rows})
     metrics["eval_seconds"] = time.monotonic() - started
+    if ctx.dist.is_main:
+        for row in rows:
+            print(
+                f"[{ctx.stage}] {row['family']}: pass@1 {row['pass_at_1']:.3f} parse {row['parse_rate']:.3f}",
+                flush=True,
+            )
 
     outputs = {
         "table_csv": str(ctx.output_dir / "eval_table.csv"),
@@ -183,7 +200,9 @@ def run(ctx: StageContext, rollout_factory: Any = None) -> StageResult:
                 "k": sorted(set(cfg.k)),
                 "temperature": cfg.temperature,
                 "max_new_tokens": cfg.max_new_tokens,
-                "max_new_tokens_by_family": budgets,  # shortened where prompts are long (rank 0's)
+                "max_new_tokens_by_family": budgets,  # shortened where prompts are long
+                "prompts_per_batch": cfg.prompts_per_batch,
+                "prompts_by_rank": prompts_by_rank,  # (family, prompt) items each rank answered
                 "table": rows,
             }
         },

@@ -10,8 +10,9 @@ Each round r = 1, 2, ... then
    request showing few_shot pool examples drawn ∝ difficulty_floor + difficulty;
 3. samples solutions_per_problem solutions per problem and keeps a problem only if a
    strict majority agree on the final answer (quality filter; one agreeing solution);
-4. computes the survivors' gradient features (in feature_shards shards, fanned out through
-   ``ctx.run_array``: one Slurm job array on Slurm);
+4. computes the survivors' gradient features (one shard per rank on the rank's device, or,
+   from a one-task job, feature_shards shards fanned out through ``ctx.run_array``: one
+   Slurm job array on Slurm whose tasks request ``array_task``'s share);
 5. keeps a candidate only if its nearest centroid is among the keep_cluster_fraction
    least populated clusters (diversity filter), and adds it to the pool;
 
@@ -22,6 +23,12 @@ in flight. Outputs: an HF dataset (problem, solution, answer, task, round, clust
 ``outputs["dataset"]`` and a cluster-size plot; metrics: per round pool size, G-Vendi
 and the keep ratio of each filter, and at the end the G-Vendi of the selected set
 against random same-size subsets of the unfiltered candidates.
+
+On N ranks (one task per GPU) the seeds' and new problems' generation and the solutions'
+votes are shared out by request/problem and gathered in order, each rank computes its
+feature shard, and the clustering, filters and state (small CPU tensors) are replicated
+on every rank: every rank holds the state one rank would, checkpoints are written by rank
+0, and the dataset equals the one-rank dataset.
 """
 
 from __future__ import annotations
@@ -63,14 +70,21 @@ def proxy_model_dir(ctx: StageContext, cfg: SynthConfig) -> Path:
 def feature_extractor(
     ctx: StageContext, cfg: SynthConfig, model_dir: Path, spec: FeatureSpec
 ) -> ShardedFeatures:
-    """Features in ``feature_shards`` shards: one shard runs in this job, more fan out via ``ctx``."""
+    """Features in shards: with ``feature_shards: 1`` one per rank of this job, each on its
+    rank's device; more fan out from a one-task job through ``ctx.run_array`` (a Slurm job
+    array whose tasks request ``array_task``'s share)."""
     name = f"{ctx.pipeline.pipeline.name}.{ctx.stage}.features"
+    rank, world = ctx.dist.rank, ctx.dist.world_size
 
     def run_array(task: Callable[[int], str], indices: list[int], folder: Path) -> list[str]:
         if cfg.feature_shards == 1:
-            return [task(i) for i in indices]  # this job computes its own single shard
+            return [task(i) for i in indices if i % world == rank]  # shard i on rank i
         return ctx.run_array(task, indices, folder=folder, name=name)
 
+    if cfg.feature_shards == 1:
+        return ShardedFeatures(
+            spec, model_dir, ctx.work_dir / "features", world, run_array, device=str(ctx.dist.device)
+        )
     return ShardedFeatures(spec, model_dir, ctx.work_dir / "features", cfg.feature_shards, run_array)
 
 
@@ -110,9 +124,10 @@ def run_round(
 def run(ctx: StageContext) -> StageResult:
     cfg = ctx.config
     assert isinstance(cfg, SynthConfig)
-    if ctx.dist.world_size > 1:
+    if ctx.dist.world_size > 1 and cfg.feature_shards > 1:  # the config check refuses it too
         raise ValueError(
-            f"stage {ctx.stage} runs as one task; spread feature extraction with feature_shards instead"
+            f"stage {ctx.stage}: stages.synth.feature_shards > 1 fans out from a one-task job; "
+            f"with {ctx.dist.world_size} tasks the ranks compute the features (set feature_shards: 1)"
         )
     seed = derive_seed(ctx.pipeline.pipeline.seed, "synth", ctx.variant)
     data = ctx.upstream_of_kind("data")["outputs"]

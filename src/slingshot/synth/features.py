@@ -13,6 +13,9 @@ Two ways to get per-sample gradients, which must agree (tested):
   as the samples alone.
 * ``loop``: one ordinary ``loss.backward()`` per sample.
 
+Features are computed on the device the proxy model is on (each rank's GPU in a
+multi-rank job, an array task's GPU) and returned on the CPU.
+
 Memory: the per-sample gradients of up to ``group`` samples are held at once
 (``group × D`` floats, D = number of parameters) and projected together, which
 amortises generating the ±1 rows; ``group`` is chosen from ``memory_mb``. The
@@ -94,10 +97,11 @@ def trainable_params(model: torch.nn.Module) -> dict[str, Tensor]:
 def grads_loop(model: torch.nn.Module, samples: Sequence[Encoded]) -> list[Tensor]:
     """Per-sample gradients, one backward per sample: per parameter a ``[N, numel]`` tensor."""
     params = trainable_params(model)
+    device = next(iter(params.values())).device
     out: list[list[Tensor]] = [[] for _ in params]
     for s in samples:
-        ids = torch.tensor([s.input_ids])
-        labels = torch.tensor(s.labels)
+        ids = torch.tensor([s.input_ids], device=device)
+        labels = torch.tensor(s.labels, device=device)
         for p in params.values():
             p.grad = None
         loss = _mean_nll(model(input_ids=ids).logits[0], labels)
@@ -129,7 +133,8 @@ def grads_vmap(model: torch.nn.Module, samples: Sequence[Encoded], pad_token_id:
         logits = functional_call(model, p, args=(), kwargs={"input_ids": one_ids.unsqueeze(0)}).logits[0]
         return _mean_nll(logits, one_labels)
 
-    per_sample = vmap(grad(loss), in_dims=(None, 0, 0))(params, ids, labels)
+    device = next(iter(params.values())).device
+    per_sample = vmap(grad(loss), in_dims=(None, 0, 0))(params, ids.to(device), labels.to(device))
     return [per_sample[name].reshape(len(samples), -1) for name in params]
 
 
@@ -175,7 +180,7 @@ def gradient_features(
             del per_param
     finally:
         model.train(was_training)
-    out = torch.cat(feats)
+    out = torch.cat(feats).cpu()  # computed on the model's device, kept on the CPU
     if not bool(torch.isfinite(out).all()):
         raise FloatingPointError("non-finite gradient features: check the proxy model")
     return out, tokens

@@ -25,6 +25,7 @@ def test_single_process_collectives_are_identities():
     assert dist.broadcast_object("x") == "x"
     assert dist.all_gather_objects({"k": 1}) == [{"k": 1}]
     assert dist.gather_objects(3) == [3]
+    assert dist.map_sharded(str, [1, 2]) == ["1", "2"]
     dist.barrier()
 
 
@@ -55,6 +56,7 @@ def _worker(rank: int, world: int, port: int, out: dict) -> None:
         record["broadcast"] = dist.broadcast_object(f"from-{rank}")
         record["gathered"] = dist.all_gather_objects(rank * 7)
         record["gathered_to_first"] = dist.gather_objects(f"r{rank}")
+        record["sharded"] = dist.map_sharded(lambda x: (x * x, dist.rank()), list(range(5)))
 
         model = torch.nn.Linear(2, 1, bias=False)
         model.weight.grad = torch.full((1, 2), float(rank + 1))
@@ -100,6 +102,16 @@ def test_collectives_on_two_gloo_ranks():
         assert r["broadcast"] == "from-0"
         assert r["gathered"] == [0, 7]
         assert r["gathered_to_first"] == (["r0", "r1"] if rank == 0 else None)
+        # Items 0-2 on rank 0 and 3-4 on rank 1, joined in item order on both ranks.
+        assert r["sharded"] == [(0, 0), (1, 0), (4, 0), (9, 1), (16, 1)]
         assert r["grad_mean"] == [1.5, 1.5]
         assert r["fsdp_norm"] == pytest.approx(r["plain_norm"], rel=1e-5)
         assert r["fsdp_norm"] > 0
+
+
+def test_shard_indices_are_contiguous_balanced_and_cover_every_item():
+    assert [list(dist.shard_indices(7, r, 3)) for r in range(3)] == [[0, 1, 2], [3, 4], [5, 6]]
+    assert [list(dist.shard_indices(2, r, 4)) for r in range(4)] == [[0], [1], [], []]
+    assert list(dist.shard_indices(0, 0, 1)) == []
+    with pytest.raises(ValueError, match="rank 2 is not in a world of 2"):
+        dist.shard_indices(5, 2, 2)

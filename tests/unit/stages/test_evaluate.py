@@ -90,7 +90,7 @@ def test_metrics_are_exact_for_known_completions(tmp_path, small_data, model_dir
     result = evaluate.run(ctx, rollout_factory=lambda m, t, s: scripted)
 
     families = sorted({e["family"] for e in entries})
-    assert scripted.calls == len(families)  # one batched call per family
+    assert scripted.calls == len(families)  # 5 prompts a family: one batch (prompts_per_batch 8) each
     exp = scripted.expected
     assert len(exp) == 5 * len(families)
     cs = [v["c"] for v in exp.values()]
@@ -262,3 +262,56 @@ def test_greedy_evaluation_with_vllm_equals_hf(tmp_path, small_data):
     untimed = {k: v for k, v in hf.metrics.items() if k != "eval_seconds"}
     assert {k: v for k, v in vllm.metrics.items() if k != "eval_seconds"} == untimed
     assert len(untimed) > 20 and untimed["response_tokens"] > 0
+
+
+def test_batches_of_few_families_reach_every_rank():
+    from slingshot.dist import shard_indices
+    from slingshot.evaluation import eval_batches
+
+    groups = {"b": [{"id": f"b{i}"} for i in range(3)], "a": [{"id": f"a{i}"} for i in range(2)]}
+    batches = eval_batches(groups, 2)
+    assert [(b.family, b.index, [e["id"] for e in b.entries]) for b in batches] == [
+        ("a", 0, ["a0", "a1"]),
+        ("b", 0, ["b0", "b1"]),
+        ("b", 1, ["b2"]),
+    ]
+    one_per_batch = eval_batches(groups, 1)  # 2 families, 4 ranks: every rank gets prompts
+    shares = [[one_per_batch[i].entries[0]["id"] for i in shard_indices(5, r, 4)] for r in range(4)]
+    assert shares == [["a0", "a1"], ["b0"], ["b1"], ["b2"]]
+
+
+def test_two_ranks_share_one_familys_prompts_and_match_one_rank(tmp_path, small_data, model_dir):
+    """One family, two ranks: both answer prompts, and the table and every sample equal one rank's."""
+    from rank_worker import run_ranks, run_stage
+
+    entries = load_entries(small_data["outputs"]["tasks_test"])
+    family = entries[0]["family"]
+    one_family = tmp_path / "tasks_test.jsonl"
+    one_family.write_text("".join(json.dumps(e) + "\n" for e in entries if e["family"] == family))
+    data = dict(small_data, outputs=dict(small_data["outputs"], tasks_test=str(one_family)))
+    spec = {
+        "kind": "evaluate",
+        "overrides": {
+            **EVAL,
+            "n_samples": 2,
+            "k": [1, 2],
+            "prompts_per_task": 4,
+            "prompts_per_batch": 1,
+            "max_new_tokens": 8,
+            "temperature": 1.0,
+        },
+        "upstream": {"data": data, "main/sft": {"kind": "sft", "outputs": {"model_dir": str(model_dir)}}},
+        "stage": "evaluate-sft",
+        "model_from": "main/sft",
+    }
+    one = run_stage({**spec, "root": str(tmp_path / "one")})
+    two = run_ranks({**spec, "root": str(tmp_path / "two")})
+    assert one["extra"]["evaluation"]["prompts_by_rank"] == [4]
+    assert two["extra"]["evaluation"]["prompts_by_rank"] == [2, 2]
+    untimed = {k: v for k, v in one["metrics"].items() if k != "eval_seconds"}
+    assert {k: v for k, v in two["metrics"].items() if k != "eval_seconds"} == untimed
+    assert untimed["prompts"] == 4 and two["tokens"] == one["tokens"] > 0
+    samples = [Path(r["outputs"]["samples"]).read_text() for r in (one, two)]
+    assert samples[0] == samples[1] and len(samples[0].splitlines()) == 8
+    assert len({json.loads(line)["completion"] for line in samples[0].splitlines()}) > 1  # sampled
+    assert Path(two["outputs"]["table_csv"]).read_text() == Path(one["outputs"]["table_csv"]).read_text()

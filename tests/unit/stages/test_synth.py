@@ -187,3 +187,38 @@ def test_stage_runs_with_the_hf_generator(small_data, tiny_model, tmp_path):
     ds = _load(result.outputs["dataset"])
     assert result.metrics["rounds"] == 1 and len(ds) >= 8
     assert all(row["solution"].startswith("<think>") for row in ds if row["round"] == 0)
+
+
+@pytest.mark.slow
+def test_two_ranks_synthesize_the_one_rank_dataset(small_data, tiny_model, tmp_path):
+    """Generation, votes and feature shards split over 2 gloo ranks; the dataset, its clusters
+    and the metrics equal one rank's, and one rank resumes the 2-rank checkpoint."""
+    import shutil
+
+    from rank_worker import run_ranks, run_stage
+
+    from slingshot.checkpoint import CheckpointManager
+
+    tiny = {**SMALL_SYNTH, "seed_pool_size": 12, "target_size": 30, "requests_per_round": 4, "max_rounds": 2}
+    spec = {
+        "kind": "synth",
+        "overrides": tiny,
+        "upstream": {"data": small_data},
+        "init_model": str(tiny_model),
+    }
+    one = run_stage({**spec, "root": str(tmp_path / "one")})
+    two = run_ranks({**spec, "root": str(tmp_path / "two")})
+    assert two["world_size"] == 2 and one["metrics"]["rounds"] == 2
+    a, b = _load(one["outputs"]["dataset"]), _load(two["outputs"]["dataset"])
+    assert len(a) > tiny["seed_pool_size"] and a.to_dict() == b.to_dict()
+    assert two["metrics"] == pytest.approx(one["metrics"], rel=1e-5) and two["tokens"] == one["tokens"]
+    # Each round's features were computed as two shards, one per rank.
+    shards = sorted(p.name for p in (tmp_path / "two").glob("work/main/synth/features/round-0001/shard-*.pt"))
+    assert shards == ["shard-0000.pt", "shard-0001.pt"]
+    # Resume on ONE rank from the 2-rank run's round-1 checkpoint: round 2 again, same dataset.
+    checkpoints = CheckpointManager(tmp_path / "two" / "work" / "main" / "synth" / "checkpoints")
+    shutil.rmtree(checkpoints.latest().path)
+    assert checkpoints.latest().step == 1
+    resumed = run_stage({**spec, "root": str(tmp_path / "two")})
+    assert _load(resumed["outputs"]["dataset"]).to_dict() == a.to_dict()
+    assert resumed["metrics"] == pytest.approx(one["metrics"], rel=1e-5)
