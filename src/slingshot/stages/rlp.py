@@ -200,18 +200,11 @@ def run(ctx: StageContext) -> StageResult:
         batch = build_thought_batch(positions, rollouts, fmt, None, pad_id, unclosed=cfg.unclosed_thought)
         scores = score_thoughts(policy, batch, cfg.micro_batch_size, device, sampling_passes(cfg))
         s_ema = score_baseline(ema, positions, pad_id, cfg.micro_batch_size, device, passes)
-        scored = thought_rewards(scores.s_pred, s_ema, batch)
+        scored = thought_rewards(scores.s_pred, s_ema, batch)  # an excluded thought: advantage 0
+        advantages = scored.advantages
         t2 = time.perf_counter()
         update = update_on_thoughts(
-            policy,
-            optimizer,
-            scheduler,
-            batch,
-            scores.old_logp,
-            scored.advantages,
-            settings,
-            device,
-            follow_policy,
+            policy, optimizer, scheduler, batch, scores.old_logp, advantages, settings, device, follow_policy
         )
         backend.sync_weights(policy, step=step)
         t3 = time.perf_counter()
