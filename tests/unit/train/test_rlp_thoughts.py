@@ -201,7 +201,8 @@ def _warm_start(small_data, out: Path, steps: int = 300) -> Path:
 def test_a_correct_inline_thought_gains_on_a_warm_started_model(tmp_path, small_data):
     """On held-out problems, ``question\\n <think> c </think> answer``: the teacher's thought c
     (which ends "answer: X") raises log p(first answer token) over the no-thought baseline, and
-    an empty thought does not."""
+    an empty thought does not; the model's own sampled thoughts stop at </think>, end of text or
+    a nested <think>, and the unclosed ones are excluded."""
     from slingshot.data.tasks import load_entries
     from slingshot.data.teacher import ProceduralTeacher
     from slingshot.models.hf import load_model_and_tokenizer
@@ -244,6 +245,32 @@ def test_a_correct_inline_thought_gains_on_a_warm_started_model(tmp_path, small_
     # is what the correct one adds.
     assert correct.mean() > 1.0 and (correct > 0).float().mean() > 0.9
     assert (correct - empty).mean() > 1.0 and (correct > empty).float().mean() > 0.8
+
+    # Its own thoughts, sampled with the stage's stops (</think>, end of text, a nested <think>):
+    # every one ends at a stop or at the cap and none runs past one. 300 steps do not teach it
+    # to write good ones: measured 30% closed, 18 of 128 ran into <|endoftext|> and 27 opened a
+    # nested <think> (before, both ran on into a new document or a nested thought).
+    from slingshot.rollout.hf import HFRollout
+
+    prompts = [rollout[0].prompt_ids for rollout in rollouts]
+    sampled = HFRollout(model, tok.pad_token_id, fmt.stop_ids).generate(prompts, 4, 48, 0.7, seed=0)
+    stops = set(fmt.stop_ids)
+    flat = [r for group in sampled for r in group]
+    assert all(not stops & set(r.completion_ids[:-1]) for r in flat)
+    assert all(r.completion_ids[-1] in stops if r.finished else len(r.completion_ids) == 48 for r in flat)
+    ends = [r.completion_ids[-1] for r in flat if r.finished]
+    print(
+        "closed",
+        ends.count(fmt.close_id),
+        "EOS",
+        ends.count(tok.eos_token_id),
+        "nested",
+        ends.count(fmt.nested_id),
+    )
+    assert ends.count(tok.eos_token_id) > 0 and ends.count(fmt.nested_id) > 0
+    own = build_thought_batch(positions, sampled, fmt, None, tok.pad_token_id, unclosed="exclude")
+    assert int(own.ended.sum()) == ends.count(tok.eos_token_id) + ends.count(fmt.nested_id)
+    assert torch.equal(own.valid, own.closed) and not own.thought_mask[~own.closed].any()
 
 
 def test_a_stage_step_on_chat_documents_logs_what_became_of_its_thoughts(tmp_path, small_data):
