@@ -291,7 +291,8 @@ class RLPConfig(ModelStageConfig):
     # appending ``close`` (not an action) and score it like a closed one; ``zero_reward``:
     # keep it in the group with reward 0 (no information gain).
     unclosed_thought: Literal["exclude", "close", "zero_reward"] = "exclude"
-    # Positions whose target lies in these spans are never drawn: an existing think block,
+    # Positions whose target lies in these spans are never drawn: an existing think block (and
+    # the token right after it),
     # a \boxed{...} answer, the user turn (user header up to the assistant header) of a chat
     # document. [] draws anywhere.
     exclude_spans: list[Literal["think", "boxed", "user"]] = Field(

@@ -295,7 +295,9 @@ def _brace_end(text: str, start: int) -> int:
 
 def excluded_char_spans(text: str, markers: SpanMarkers, kinds: Sequence[SpanKind]) -> list[tuple[int, int]]:
     """[start, end) character spans of ``text`` inside the ``kinds`` of span, openers and closers
-    included: ``think`` from ``<think>`` to the next ``</think>``; ``boxed`` from ``\\boxed{`` to
+    included: ``think`` from ``<think>`` to the next ``</think>`` and one character on (so the
+    token right after the block is in it too: a thought there would follow a thought, in a
+    place the model has only seen a thought's continuation); ``boxed`` from ``\\boxed{`` to
     its matching brace; ``user`` from the user-turn opener to the end of the assistant header.
     An unclosed span runs to the end of the text."""
     spans: list[tuple[int, int]] = []
@@ -305,7 +307,7 @@ def excluded_char_spans(text: str, markers: SpanMarkers, kinds: Sequence[SpanKin
             spans.append((match.start(), find_end(match.end())))
 
     if "think" in kinds:
-        add(markers.think_open, lambda e: _until(text, e, markers.think_close))
+        add(markers.think_open, lambda e: min(_until(text, e, markers.think_close) + 1, len(text)))
     if "boxed" in kinds:
         add(_BOXED, lambda e: _brace_end(text, e))
     if "user" in kinds and markers.user_open and markers.assistant_open:

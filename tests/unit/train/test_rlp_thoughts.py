@@ -129,8 +129,9 @@ def test_drawn_positions_avoid_think_boxed_and_user_spans():
     pieces += ["\n", "\\", "boxed", "{", "4", "{", "}", "}", " ok"]
     markers = SpanMarkers(user_open="<|user|>\n", assistant_open="\n<|assistant|>\n")
     mask = excluded_token_mask(pieces, markers, ["think", "boxed", "user"])
-    # user turn through the assistant header: 0-6; think block 7-11; \boxed{4{}} 13-19 (nested brace).
-    assert [i for i, m in enumerate(mask) if not m] == [12, 20]
+    # user turn through the assistant header: 0-6; think block 7-11 and the "\n" after it; \boxed{4{}}
+    # 13-19 (nested brace).
+    assert [i for i, m in enumerate(mask) if not m] == [20]
     assert [i for i, m in enumerate(excluded_token_mask(pieces, markers, ["boxed"])) if not m] == list(
         range(13)
     ) + [20]
@@ -166,8 +167,8 @@ def test_span_filter_on_a_real_chat_document(small_data):
     ids = tok(text, add_special_tokens=False)["input_ids"]
     excluded = span_filter(tok, markers, ["think", "boxed", "user"])(ids)
     kept = "".join(tok.decode([i]) for i, out in zip(ids, excluded, strict=True) if not out)
-    # Kept: the text before the turn, the newline after </think> (its own token here) and the tail.
-    assert kept == "Ann has 3.\n\n Yes."
+    # Kept: the text before the turn and the tail.
+    assert kept == "Ann has 3.\n Yes."
 
 
 def _warm_start(small_data, out: Path, steps: int = 300) -> Path:
@@ -273,9 +274,10 @@ def test_a_correct_inline_thought_gains_on_a_warm_started_model(tmp_path, small_
     assert torch.equal(own.valid, own.closed) and not own.thought_mask[~own.closed].any()
 
 
-def test_a_stage_step_on_chat_documents_logs_what_became_of_its_thoughts(tmp_path, small_data):
-    """One real step on the chat-format reasoning corpus with the defaults (exclude unclosed
-    thoughts, skip think / boxed / user spans): the fractions of closed, capped and ended
+def test_a_stage_step_logs_what_became_of_its_thoughts(tmp_path, small_data):
+    """Real steps with the defaults (exclude unclosed thoughts, skip think / boxed / user spans).
+    The chat-format reasoning corpus (user turn, think block, box) has no position left, which
+    the stage says naming the key; on general text the fractions of closed, capped and ended
     thoughts account for all of them, and the excluded ones are exactly the unclosed ones."""
     from stages import make_ctx, pipeline_config
 
@@ -291,11 +293,21 @@ def test_a_stage_step_on_chat_documents_logs_what_became_of_its_thoughts(tmp_pat
             self.rows[step] = dict(metrics)
 
     model = tiny_model_dir(tmp_path / "m", Path(small_data["outputs"]["tokenizer_dir"]))
-    rlp_cfg = {"corpus": "reasoning", "steps": 1, "positions_per_step": 2, "group_size": 2, "log_every": 1}
-    rlp_cfg |= {"thought_tokens": 4, "context_tokens": 24, "min_context_tokens": 4, "micro_batch_size": 4}
-    cfg = pipeline_config(tmp_path, {"stages": {"rlp": rlp_cfg}})
+    rlp_cfg = {"steps": 1, "positions_per_step": 2, "group_size": 2, "log_every": 1, "thought_tokens": 4}
+    rlp_cfg |= {"context_tokens": 24, "min_context_tokens": 4, "micro_batch_size": 4}
+
+    def run(corpus: str, tracker: Tracker | None = None) -> None:
+        cfg = pipeline_config(tmp_path / corpus, {"stages": {"rlp": {**rlp_cfg, "corpus": corpus}}})
+        rlp.run(
+            make_ctx(
+                tmp_path / corpus, "rlp", cfg, {"data": small_data}, init_model=str(model), tracker=tracker
+            )
+        )
+
+    with pytest.raises(ValueError, match="every position lies in stages.rlp.exclude_spans"):
+        run("reasoning")
     tracker = Recording()
-    rlp.run(make_ctx(tmp_path, "rlp", cfg, {"data": small_data}, init_model=str(model), tracker=tracker))
+    run("general", tracker)
     metrics = tracker.rows[1]
     closed, capped, ended = (
         metrics[k] for k in ("thought_closed_frac", "thought/capped_frac", "thought/ended_frac")
