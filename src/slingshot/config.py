@@ -29,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from slingshot.data.config import DataConfig
+from slingshot.data.config import DataConfig, ThoughtTemplate
 from slingshot.models.config import GPTModelConfig, ParallelConfig
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -282,6 +282,22 @@ class RLPConfig(ModelStageConfig):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0  # thought sampling
     min_context_tokens: PositiveInt = 16  # a position needs at least this much context
+    # The thought is written as the model has seen thoughts: prompt ``context + open``, stop on
+    # ``close`` (one token), end of text (EOS / end of turn) or a nested ``open``; the sequence
+    # scored is ``context open c close after target`` (``after``: e.g. Qwen3's "\n\n").
+    thought_template: ThoughtTemplate = Field(default_factory=ThoughtTemplate)
+    # A thought that did not close (length cap, end of text, nested open): ``exclude`` it from
+    # its group's baseline/advantage and from the loss (counted, logged); ``close`` it by
+    # appending ``close`` (not an action) and score it like a closed one; ``zero_reward``:
+    # keep it in the group with reward 0 (no information gain).
+    unclosed_thought: Literal["exclude", "close", "zero_reward"] = "exclude"
+    # Positions whose target lies in these spans are never drawn: an existing think block (and
+    # the token right after it),
+    # a \boxed{...} answer, the user turn (user header up to the assistant header) of a chat
+    # document. [] draws anywhere.
+    exclude_spans: list[Literal["think", "boxed", "user"]] = Field(
+        default_factory=lambda: ["think", "boxed", "user"]
+    )
     positions_per_document: PositiveInt = 1  # distinct positions drawn from one document
     # Policy updates per step: ppo_epochs passes over the B·G thoughts, each split into
     # mini_batches optimizer steps (groups kept whole); 1 x 1 is on-policy (ratio = 1).
@@ -726,6 +742,14 @@ class PipelineConfig(StrictModel):
         if not value:
             raise ValueError("at least one variant is required")
         return value
+
+    @model_validator(mode="after")
+    def _inline_thought_template(self) -> PipelineConfig:
+        # One template for both ends: the reasoning corpus's inline thoughts default to RLP's.
+        inline = self.data.inline_thoughts
+        if inline.template is None:
+            inline.template = self.stages.rlp.thought_template.model_copy()
+        return self
 
     def variant_stages(self, variant: str) -> StagesConfig:
         """The stage configs of one variant: base stages with its overrides merged in."""

@@ -271,7 +271,10 @@ def plan_rlp(
 
     par, precision, memory = stage_parallelism("rlp", cfg, on_gpu), _precision(cfg, on_gpu), cfg.memory
     chunk = memory.logits_chunk_tokens
-    width = cfg.context_tokens + cfg.thought_tokens + 2 + cfg.target_tokens  # <think> c </think> x_t..
+    # context open c close after x_t..: open and close one token each (the tiny and Qwen vocabularies);
+    # after's byte count bounds its tokens.
+    after = len(cfg.thought_template.after.encode())
+    width = cfg.context_tokens + cfg.thought_tokens + 2 + after + cfg.target_tokens
     thoughts = cfg.positions_per_step // max(par.ranks, 1) * cfg.group_size
     budget = memory.logprob_tokens_per_micro_batch
     rows = micro_batch_rows(thoughts // cfg.mini_batches, width, budget, cfg.micro_batch_size)

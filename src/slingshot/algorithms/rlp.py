@@ -46,7 +46,7 @@ def information_gain_reward(
     return gain
 
 
-def rlp_group_advantages(rewards: Tensor) -> Tensor:
+def rlp_group_advantages(rewards: Tensor, valid: Tensor | None = None) -> Tensor:
     """Group-relative advantages without std scaling: G/(G−1) · (r − mean_G(r)).
 
     This is the leave-one-out baseline: r_i − mean_{j≠i} r_j. Each group's advantages sum
@@ -54,6 +54,10 @@ def rlp_group_advantages(rewards: Tensor) -> Tensor:
 
     Args:
         rewards: ``[B, G]``, G ≥ 2 thoughts per position.
+        valid: optional ``[B, G]`` bool: only these thoughts form the group (e.g. closed
+            thoughts). G becomes each group's count n of valid thoughts,
+            n/(n−1) · (r − mean_valid(r)) for a valid thought; an excluded thought, and
+            every thought of a group with n < 2 (no baseline), gets 0.
 
     Returns:
         ``[B, G]`` advantages (float; detached).
@@ -66,7 +70,15 @@ def rlp_group_advantages(rewards: Tensor) -> Tensor:
     r = rewards.detach()
     if not r.is_floating_point():
         r = r.to(torch.get_default_dtype())
-    return (g / (g - 1)) * (r - r.mean(dim=1, keepdim=True))
+    if valid is None:
+        return (g / (g - 1)) * (r - r.mean(dim=1, keepdim=True))
+    if valid.shape != rewards.shape:
+        raise ValueError(f"valid {tuple(valid.shape)} must have the shape of rewards {tuple(rewards.shape)}")
+    m = valid.to(r.dtype)
+    n = m.sum(dim=1, keepdim=True)
+    mean = (r * m).sum(dim=1, keepdim=True) / n.clamp(min=1)
+    scale = torch.where(n >= 2, n / (n - 1).clamp(min=1), torch.zeros_like(n))
+    return scale * (r - mean) * m
 
 
 def _as_list(params: Iterable[Tensor]) -> list[Tensor]:

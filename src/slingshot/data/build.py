@@ -4,7 +4,7 @@ Layout under ``out_dir``::
 
     tasks/{train,validation,test}.jsonl   task entries (held-out hashes never in train)
     corpora/general.jsonl                 generated general text        {"id", "text"}
-    corpora/reasoning.jsonl               prompt + teacher trace        {"id", "text", "prompt", "response", ...}
+    corpora/reasoning.jsonl               prompt + teacher trace        {"id", "text", "prompt", "response", "form", ...}
     tokenizer/                            save_pretrained() tokenizer with chat template
     indexed/<corpus>.bin / .idx           Megatron-Core indexed datasets (eod after each doc)
 
@@ -135,7 +135,9 @@ def build_tiny_corpora(
     teacher = ProceduralTeacher(error_rate=cfg.teacher_error_rate, seed=cfg.seed)
     reasoning = write_jsonl(
         out / "corpora" / "reasoning.jsonl",
-        reasoning_records(splits["train"], teacher, cfg.reasoning_samples_per_entry),
+        reasoning_records(
+            splits["train"], teacher, cfg.reasoning_samples_per_entry, cfg.inline_thoughts, cfg.seed
+        ),
     )
     manifest["corpora"] = {"general": general.model_dump(), "reasoning": reasoning.model_dump()}
 

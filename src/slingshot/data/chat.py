@@ -69,6 +69,20 @@ def end_of_turn_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     return ids[:1] if ids and ids[0] in _special_ids(tokenizer) else []
 
 
+def turn_markers(tokenizer: PreTrainedTokenizerBase) -> tuple[str, str] | None:
+    """(text before a user message, text after it up to the assistant's answer), found by
+    rendering one user turn with the generation prompt: ``("<|user|>\\n", "\\n<|assistant|>\\n")``
+    for the tiny recipe. None if the template does not show the message verbatim."""
+    ensure_chat_template(tokenizer)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": _SENTINEL}], tokenize=False, add_generation_prompt=True
+    )
+    if text.count(_SENTINEL) != 1:
+        return None
+    before, after = text.split(_SENTINEL)
+    return (before, after) if before and after else None
+
+
 def single_token_id(tokenizer: PreTrainedTokenizerBase, token: str, key: str) -> int:
     """The id of ``token``, which must be one token of the vocabulary; ``key`` names the setting."""
     vocab = tokenizer.get_vocab()

@@ -13,6 +13,43 @@ from slingshot.data.tasks import BUILTIN_FAMILIES, SplitSizes, check_settings, g
 DEFAULT_FAMILIES: tuple[str, ...] = BUILTIN_FAMILIES
 
 
+class ThoughtTemplate(BaseModel):
+    """How a thought is written into text: ``{open}{thought}{close}{after}{continuation}``.
+
+    One template for both ends of RLP: the data stage writes the inline thoughts of the
+    reasoning corpus with it (``data.inline_thoughts``), and RLP renders its sampled thoughts
+    with it (``stages.rlp.thought_template``), so the model is scored on a format it has
+    seen. ``close`` must be a single token (generation stops on it).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    open: str = Field(default="<think>", min_length=1)
+    close: str = Field(default="</think>", min_length=1)
+    after: str = ""  # written between the closed thought and the continuation (not sampled)
+
+    def render(self, thought: str, continuation: str) -> str:
+        return f"{self.open}{thought}{self.close}{self.after}{continuation}"
+
+
+class InlineThoughts(BaseModel):
+    """Reasoning documents written as plain statements whose answer may carry an inline thought.
+
+    A fraction ``statement_fraction`` of the reasoning records is written as
+    ``{question}\n{answer}`` instead of a chat turn, and a fraction ``thought_fraction`` of
+    those carries the teacher's thought before the answer in ``template``:
+    ``{question}\n<think>{thought}</think>{answer}``. Pretraining then teaches that a thought
+    may precede a continuation and help predict it (what RLP rewards); the plain statements
+    are the positions where RLP can insert one. ``template`` None: ``stages.rlp.thought_template``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    statement_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+    thought_fraction: float = Field(default=0.5, ge=0.0, le=1.0)
+    template: ThoughtTemplate | None = None
+
+
 class TokenizerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -51,6 +88,7 @@ class DataConfig(BaseModel):
     teacher_error_rate: float = Field(
         default=0.0, ge=0.0, le=1.0, description="wrong-trace rate in the reasoning corpus (0: all correct)"
     )
+    inline_thoughts: InlineThoughts = Field(default_factory=InlineThoughts)
     extra_corpora: list[CorpusSpec] = Field(
         default_factory=list, description="user corpora (JSONL/Parquet/HF disk) also tokenized to .bin/.idx"
     )

@@ -7,6 +7,11 @@
 - Reasoning text: task prompts followed by the procedural teacher's traces, rendered as
   a chat turn (the format every later stage prompts with), the
   "reasoning data" that FLR pretraining front-loads, and the SFT/synthesis seed set.
+  With ``data.inline_thoughts`` a fraction of the records is written instead as a plain
+  statement ``{question}\n{answer}``, some of them with the teacher's thought inline before
+  the answer in RLP's thought template (``{question}\n<think>{thought}</think>{answer}``):
+  what teaches a pretrained model that a thought may precede a continuation and help
+  predict it, the format RLP scores its thoughts in.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import random
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from slingshot.data.config import InlineThoughts, ThoughtTemplate
 from slingshot.data.tasks import derive_seed
 from slingshot.data.teacher import ProceduralTeacher
 from slingshot.data.tokenizer import render_turn
@@ -130,19 +136,48 @@ def generate_general_text(
         yield general_text_doc(seed, i, min_sentences, max_sentences)
 
 
+def reasoning_text(
+    question: str, thought: str, answer: str, completion: str, form: str, template: ThoughtTemplate
+) -> str:
+    """The pretraining text of one trace in ``form``: ``chat`` (a chat turn), ``statement``
+    (``{question}\n{answer}``) or ``thought`` (a statement whose answer carries the thought)."""
+    if form == "chat":
+        return render_turn(question, completion)
+    if form == "statement":
+        return f"{question}\n{answer}"
+    return f"{question}\n{template.render(thought, answer)}"
+
+
 def reasoning_records(
-    entries: Iterable[dict[str, Any]], teacher: ProceduralTeacher, samples_per_entry: int = 1
+    entries: Iterable[dict[str, Any]],
+    teacher: ProceduralTeacher,
+    samples_per_entry: int = 1,
+    inline: InlineThoughts | None = None,
+    seed: int = 0,
 ) -> Iterator[dict[str, Any]]:
-    """Prompt + teacher trace records; ``text`` (pretraining) and ``prompt``/``response`` (SFT)."""
+    """Prompt + teacher trace records; ``text`` (pretraining) and ``prompt``/``response`` (SFT).
+
+    ``form`` says how ``text`` is written (:func:`reasoning_text`); which records are
+    statements, and which of those carry the thought, depends only on (seed, record id)."""
+    inline = inline or InlineThoughts()
+    template = inline.template or ThoughtTemplate()
     for entry in entries:
         for k in range(samples_per_entry):
             trace = teacher.solve(entry, sample=k)
+            rid = f"{entry['id']}#{k}"
+            rng = random.Random(derive_seed(seed, "inline-thought", rid))
+            form = "chat"
+            if rng.random() < inline.statement_fraction:
+                form = "thought" if rng.random() < inline.thought_fraction else "statement"
             yield {
-                "id": f"{entry['id']}#{k}",
+                "id": rid,
                 "family": entry["family"],
                 "prompt": entry["question"],
                 "response": trace.completion,
-                "text": render_turn(entry["question"], trace.completion),
+                "text": reasoning_text(
+                    entry["question"], trace.thought, trace.answer, trace.completion, form, template
+                ),
+                "form": form,
                 "correct": trace.correct,
                 "hash": entry["hash"],
             }

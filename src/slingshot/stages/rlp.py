@@ -5,10 +5,12 @@ On ordinary text, at a position t the model writes a thought c between ``<think>
 
 1. draw B positions from the corpus (uniform, or where a frozen proxy model's next-token
    entropy is above a threshold; the stream position is checkpointed);
-2. sample G thoughts per position with the rollout backend from ``x_<t <think>``
-   (stop at ``</think>``, at most ``thought_tokens``; an unclosed thought gets
-   ``</think>`` appended, which is not an action);
-3. score all B·G sequences ``x_<t <think> c </think> x_t..x_{t+k-1}`` in one batched,
+   positions inside ``exclude_spans`` (a think block, ``\\boxed{}``, a user turn) are skipped;
+2. sample G thoughts per position with the rollout backend from ``x_<t <think>``, written in
+   ``thought_template`` (stop at its close, at end of text or a nested open, at most
+   ``thought_tokens``); an unclosed thought is treated as ``unclosed_thought`` says
+   (default: excluded from its group and the loss, logged as ``thought/unclosed_frac``);
+3. score all B·G sequences ``x_<t <think> c </think> after x_t..x_{t+k-1}`` in one batched,
    teacher-forced, no-grad pass of the policy (θ_old at sampling time): the target
    log-probs give S_pred, the thought-token log-probs are kept as the old log-probs;
    the EMA teacher φ scores ``x_<t x_t..`` (no thought) for S_ema;
@@ -45,10 +47,10 @@ from typing import Any
 import torch
 
 from slingshot import dist
-from slingshot.algorithms.rlp import information_gain_reward, parameter_distance, rlp_group_advantages
+from slingshot.algorithms.rlp import parameter_distance
 from slingshot.config import ChatConfig, RLPConfig
 from slingshot.context import StageContext, StageResult
-from slingshot.data.chat import single_token_id
+from slingshot.data.chat import single_token_id, stop_token_ids, turn_markers
 from slingshot.data.corpora import CorpusSpec, read_corpus, record_text
 from slingshot.data.packing import tokenize_documents
 from slingshot.io import sha256_file
@@ -71,8 +73,16 @@ from slingshot.train.policy_update import (
     sampling_passes,
     update_on_thoughts,
 )
-from slingshot.train.rlp_batch import PositionStream, build_thought_batch, prompt_ids, proxy_entropy_fn
-from slingshot.train.rlp_scoring import score_baseline, score_thoughts
+from slingshot.train.rlp_batch import (
+    PositionStream,
+    SpanMarkers,
+    ThoughtFormat,
+    build_thought_batch,
+    prompt_ids,
+    proxy_entropy_fn,
+    span_filter,
+)
+from slingshot.train.rlp_scoring import score_baseline, score_thoughts, thought_metrics, thought_rewards
 from slingshot.train.state import Counter, TrainState
 
 
@@ -133,7 +143,15 @@ def run(ctx: StageContext) -> StageResult:
 
     policy, tokenizer = load_model_and_tokenizer(input_model, device=device)
     policy.eval()  # no dropout: θ_old and θ log-probs agree exactly on-policy (ratio 1)
-    think_open, think_close = special_ids(tokenizer, ctx.pipeline.chat)
+    special_ids(tokenizer, ctx.pipeline.chat)  # the think tags the spans are found by: one token each
+    # Thoughts in the template the model saw; they end at its close or at end of text.
+    fmt = ThoughtFormat.of(
+        tokenizer, cfg.thought_template, stop_token_ids(tokenizer, ctx.pipeline.chat.stop_tokens)
+    )
+    user = turn_markers(tokenizer)
+    markers = SpanMarkers(
+        ctx.pipeline.chat.think_open, ctx.pipeline.chat.think_close, *(user or (None, None))
+    )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     # φ: a copy of the input model at the first step (a resume overwrites it from the checkpoint).
     memory, passes = cfg.memory, PassSettings.from_memory(cfg.memory)
@@ -163,12 +181,13 @@ def run(ctx: StageContext) -> StageResult:
         seed=ctx.pipeline.pipeline.seed,
         bos_id=tokenizer.bos_token_id,
         entropy_fn=entropy_fn,
+        excluded=span_filter(tokenizer, markers, cfg.exclude_spans),
     )
     optimizer = build_optimizer(policy, cfg.optimizer)
     updates = cfg.steps * cfg.ppo_epochs * cfg.mini_batches
     scheduler = build_scheduler(optimizer, cfg.optimizer, updates)
     progress = Counter(tokens=0, thought_tokens=0, last_metrics={})
-    backend: RolloutBackend = make_rollout(cfg.rollout, policy, tokenizer, [think_close], stage=ctx.stage)
+    backend: RolloutBackend = make_rollout(cfg.rollout, policy, tokenizer, fmt.stop_ids, stage=ctx.stage)
     state = TrainState(
         ctx.dist.is_main,  # every rank holds the same state: rank 0 writes it
         model=policy,
@@ -191,7 +210,7 @@ def run(ctx: StageContext) -> StageResult:
         positions = [drawn[i] for i in mine]
 
         t0 = time.perf_counter()
-        prompts = [prompt_ids(p, think_open) for p in positions]
+        prompts = [prompt_ids(p, fmt.open_ids) for p in positions]
         rollouts = backend.generate(
             prompts,
             n=cfg.group_size,
@@ -201,15 +220,11 @@ def run(ctx: StageContext) -> StageResult:
             seed=[sample_seed(ctx.pipeline.pipeline.seed, step, i) for i in mine],
         )
         t1 = time.perf_counter()
-        batch = build_thought_batch(positions, rollouts, think_open, think_close, pad_id)
+        batch = build_thought_batch(positions, rollouts, fmt, None, pad_id, unclosed=cfg.unclosed_thought)
         scores = score_thoughts(policy, batch, cfg.micro_batch_size, device, sampling_passes(cfg))
         s_ema = score_baseline(ema, positions, pad_id, cfg.micro_batch_size, device, passes)
-        b, g = batch.groups
-        k = cfg.target_tokens
-        s_pred = scores.s_pred.view(b, g, k)
-        s_ema_bg = s_ema.view(b, 1, k).expand(b, g, k)
-        rewards = information_gain_reward(s_pred, s_ema_bg, multi_token=True)  # [B, G]
-        advantages = rlp_group_advantages(rewards).reshape(-1)
+        scored = thought_rewards(scores.s_pred, s_ema, batch)  # an excluded thought: advantage 0
+        advantages = scored.advantages
         t2 = time.perf_counter()
         update = update_on_thoughts(
             policy, optimizer, scheduler, batch, scores.old_logp, advantages, settings, device, follow_policy
@@ -218,7 +233,7 @@ def run(ctx: StageContext) -> StageResult:
         t3 = time.perf_counter()
 
         # The global batch's statistics (the update's are global already).
-        all_rewards, lengths = _gathered(rewards), _gathered(batch.thought_lengths)
+        lengths = _gathered(batch.thought_lengths)
         counts = dist.all_reduce_sum(
             {
                 "entropy_sum": scores.entropy_sum,
@@ -230,13 +245,16 @@ def run(ctx: StageContext) -> StageResult:
         generated = int(lengths.sum())
         metrics = {
             "weight_version": float(rollouts[0][0].weight_version),  # the weights the thoughts came from
-            "reward_mean": float(all_rewards.mean()),
-            "reward_std": float(all_rewards.std(unbiased=False)),
-            "gain_positive_frac": float((all_rewards > 0).float().mean()),
-            "s_pred": float(_gathered(s_pred).mean()),
+            # Over every rank's thoughts: the global batch's statistics.
+            **thought_metrics(
+                _gathered(scored.rewards),
+                _gathered(scored.valid),
+                _gathered(batch.closed),
+                _gathered(batch.ended),
+            ),
+            "s_pred": float(_gathered(scores.s_pred).mean()),
             "s_ema": float(_gathered(s_ema).mean()),
             "thought_len": float(lengths.float().mean()),
-            "thought_closed_frac": float(_gathered(batch.closed).float().mean()),
             "policy_entropy": counts["entropy_sum"] / max(counts["thought_tokens"], 1.0),
             **update,
             "ema_distance": float(parameter_distance(ema.parameters(), policy.parameters())),

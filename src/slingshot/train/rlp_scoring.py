@@ -5,6 +5,8 @@ time (θ_old): the target log-probs give S_pred (at T = 1) and the thought-token
 at the sampling temperature, are kept as the old log-probs of the update (SPEC §7). The EMA teacher φ scores ``context target`` with no
 thought for the baseline S_ema. Each pass runs in micro-batches of at most
 ``micro_batch_size`` rows and ``tokens_per_micro_batch`` tokens (the update's split).
+:func:`thought_rewards` turns the scores into rewards and advantages, honouring the batch's
+unclosed-thought treatment (an excluded thought is in no group; a ``zero_reward`` one gets 0).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from slingshot.algorithms.rlp import information_gain_reward, rlp_group_advantages
 from slingshot.models.hf import resident
 from slingshot.train.logprobs import PassSettings, micro_batches, token_logprobs
 from slingshot.train.rlp_batch import Position, ThoughtBatch, build_baseline_batch
@@ -86,3 +89,48 @@ def score_baseline(
             logp, _ = token_logprobs(ema, ids, attention, passes=passes)
             out.append(logp.gather(1, batch.target_index[start:stop].to(device)).cpu())
     return torch.cat(out)
+
+
+@dataclass
+class ThoughtRewards:
+    rewards: torch.Tensor  # [B, G] S_pred − S_ema (0 for a zero_reward thought)
+    advantages: torch.Tensor  # [N] per thought, 0 for one excluded from its group
+    valid: torch.Tensor  # [B, G] bool: the thoughts that formed the groups
+
+    def metrics(self, batch: ThoughtBatch) -> dict[str, float]:
+        """Reward statistics over the valid thoughts, and what became of the unclosed ones."""
+        return thought_metrics(self.rewards, self.valid, batch.closed, batch.ended)
+
+
+def thought_metrics(
+    rewards: torch.Tensor, valid: torch.Tensor, closed: torch.Tensor, ended: torch.Tensor
+) -> dict[str, float]:
+    """Reward statistics over the valid thoughts (``rewards``/``valid`` [B, G]) and what became
+    of the unclosed ones (``closed``/``ended`` [N]); order-free, so gathered ranks' tensors give
+    the global batch's values."""
+    r = rewards[valid]
+    n = closed.numel()
+    unclosed = ~closed
+    return {
+        "reward_mean": float(r.mean()) if r.numel() else 0.0,
+        "reward_std": float(r.std(unbiased=False)) if r.numel() else 0.0,
+        "gain_positive_frac": float((r > 0).float().mean()) if r.numel() else 0.0,
+        "thought_closed_frac": float(closed.float().mean()),
+        "thought/unclosed_frac": float(unclosed.float().mean()),
+        "thought/capped_frac": float((unclosed & ~ended).sum()) / n,  # hit thought_tokens
+        "thought/ended_frac": float(ended.float().mean()),  # end of text or a nested open
+        "thought/excluded_frac": float((~valid).float().mean()),
+    }
+
+
+def thought_rewards(s_pred: torch.Tensor, s_ema: torch.Tensor, batch: ThoughtBatch) -> ThoughtRewards:
+    """Rewards [B, G] from S_pred [N, k] and S_ema [B, k] (per-token gains averaged over k), and
+    the group advantages over the batch's valid thoughts, flattened to [N]."""
+    b, g = batch.groups
+    k = s_ema.shape[1]
+    gains = information_gain_reward(
+        s_pred.view(b, g, k), s_ema.view(b, 1, k).expand(b, g, k), multi_token=True
+    )
+    rewards = gains.masked_fill(batch.zero_reward.view(b, g), 0.0)
+    valid = batch.valid.view(b, g)
+    return ThoughtRewards(rewards, rlp_group_advantages(rewards, valid).reshape(-1), valid)

@@ -51,6 +51,19 @@ def test_rlp_group_advantages_hand_example():
     torch.testing.assert_close(a, loo)
 
 
+def test_rlp_group_advantages_over_valid_thoughts_only():
+    # Group 0: thoughts 0-2 valid, mean 2, n/(n-1) = 1.5; the excluded 10 moves nothing.
+    # Group 1: one valid thought, no baseline: all 0.
+    rewards = torch.tensor([[1.0, 2.0, 3.0, 10.0], [5.0, 1.0, 0.0, 0.0]])
+    valid = torch.tensor([[True, True, True, False], [True, False, False, False]])
+    adv = rlp_group_advantages(rewards, valid)
+    assert adv.tolist() == [[-1.5, 0.0, 1.5, 0.0], [0.0, 0.0, 0.0, 0.0]]
+    everything = torch.ones_like(valid)
+    assert torch.equal(rlp_group_advantages(rewards, everything), rlp_group_advantages(rewards))
+    with pytest.raises(ValueError, match="valid"):
+        rlp_group_advantages(rewards, valid[:, :2])
+
+
 def test_rlp_group_advantages_g2_and_errors():
     # G = 2: factor 2 -> [[2*(1-2), 2*(3-2)]] = [[-2, 2]]
     torch.testing.assert_close(rlp_group_advantages(torch.tensor([[1.0, 3.0]])), torch.tensor([[-2.0, 2.0]]))

@@ -121,6 +121,28 @@ def test_reasoning_records_are_verified_prompt_plus_trace() -> None:
         assert is_correct(entry, r["response"])
 
 
+def test_reasoning_records_as_statements_with_inline_thoughts() -> None:
+    from slingshot.data.config import InlineThoughts, ThoughtTemplate
+
+    entries = make_splits(["chain_sum"], SplitSizes(train=200, validation=1, test=1), 0)["train"]
+    template = ThoughtTemplate(open="<think>", close="</think>", after=" ")
+    inline = InlineThoughts(statement_fraction=0.5, thought_fraction=0.5, template=template)
+    recs = list(reasoning_records(entries, ProceduralTeacher(), inline=inline, seed=3))
+    assert recs == list(reasoning_records(entries, ProceduralTeacher(), inline=inline, seed=3))
+    forms = [r["form"] for r in recs]
+    assert 70 < forms.count("chat") < 130 and 30 < forms.count("thought") < 70  # 100 / 50 / 50 expected
+    for r in recs:
+        trace = ProceduralTeacher().solve(next(e for e in entries if e["id"] == r["id"].split("#")[0]))
+        expected = {
+            "chat": f"<|user|>\n{r['prompt']}\n<|assistant|>\n{r['response']}",
+            "statement": f"{r['prompt']}\n{trace.answer}",
+            "thought": f"{r['prompt']}\n<think>{trace.thought}</think> {trace.answer}",
+        }[r["form"]]
+        assert r["text"] == expected and r["response"] == trace.completion  # SFT's fields unchanged
+    off = list(reasoning_records(entries, ProceduralTeacher(), seed=3))
+    assert {r["form"] for r in off} == {"chat"}
+
+
 def test_megatron_corpus_has_no_text_to_read(tmp_path: Path) -> None:
     from slingshot.data.corpora import CorpusFormatError, CorpusSpec, read_corpus
 
