@@ -24,6 +24,27 @@ BENCHMARK_ANSWERS = {
 }
 
 
+def login_node_host() -> str:
+    """A name for this machine that the recipe's other-host compute nodes could reach: its host
+    name where that resolves to a non-loopback address, else its first non-loopback interface
+    address (a Debian or container host often maps its own name to 127.0.x.1 in /etc/hosts, and
+    the recipe refuses a loopback tracking URI on a multi-host site)."""
+    import ipaddress
+
+    import psutil
+
+    from slingshot.tracking import is_loopback
+
+    name = socket.gethostname()
+    if not is_loopback(f"http://{name}:5000"):
+        return name
+    for addresses in psutil.net_if_addrs().values():
+        for address in addresses:
+            if address.family == socket.AF_INET and not ipaddress.ip_address(address.address).is_loopback:
+                return address.address
+    raise RuntimeError(f"this machine has no non-loopback address ('{name}' resolves to loopback)")
+
+
 def write_tiny_qwen3(out: Path) -> Path:
     """A 2-layer Qwen3 (QK-norm, tied embeddings) with a 64-token word-level tokenizer."""
     import torch
@@ -107,6 +128,6 @@ def write_recipe_inputs(root: Path) -> dict[str, str]:
         "SLINGSHOT_DATA": str(root / "data"),
         "SLINGSHOT_SITE": str(root / "site.yaml"),
         "SLINGSHOT_SITE_DIR": str(REPO / "cluster"),
-        "SLINGSHOT_TRACKING_URI": f"http://{socket.gethostname()}:5000",
+        "SLINGSHOT_TRACKING_URI": f"http://{login_node_host()}:5000",
         "SLINGSHOT_TRACKING_CREDENTIALS": str(credentials),
     }

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from real_recipe import BENCHMARK_ANSWERS, RECIPE, REPO, write_recipe_inputs
+from real_recipe import BENCHMARK_ANSWERS, RECIPE, REPO, login_node_host, write_recipe_inputs
 
 from slingshot.evaluation import load_benchmarks
 from slingshot.validate import load_pipeline_config
@@ -44,7 +43,7 @@ def tracking_server(recipe_env):
 
     server = http.server.ThreadingHTTPServer(("0.0.0.0", 0), Answer)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield {"SLINGSHOT_TRACKING_URI": f"http://{socket.gethostname()}:{server.server_address[1]}"}
+    yield {"SLINGSHOT_TRACKING_URI": f"http://{login_node_host()}:{server.server_address[1]}"}
     server.shutdown()
 
 

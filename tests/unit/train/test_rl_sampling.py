@@ -157,7 +157,10 @@ def test_collect_keeps_only_groups_with_a_signal_and_counts_what_it_saw():
     assert [g.entry["id"] for g in kept] == ["1", "3"]
     assert [g.rewards for g in kept] == [[1.0, 0.0], [0.0, 1.0]]
     assert [g.answers for g in kept] == [["5", "6"], ["6", "5"]]
-    assert sampler.backend.seeds == [derive_seed(11, "rollout", 7, 0), derive_seed(11, "rollout", 7, 1)]
+    # One seed per prompt, from (step, generation batch, index in the batch).
+    assert sampler.backend.seeds == [
+        [derive_seed(11, "rollout", 7, g, i) for i in range(2)] for g in range(2)
+    ]
     lengths = [34, 34, 34, 10, 34, 33, 10, 34]  # finished responses end with the stop token
     assert stats.pop("time_generate_s") >= 0 and stats.pop("time_score_s") >= 0
     assert stats == {
@@ -218,7 +221,7 @@ def test_validate_is_pass_at_1_per_family_with_one_fixed_seed():
         "val/pass_at_1/b": 0.0,
     }
     assert sampler.validate(entries) == first
-    assert sampler.backend.seeds == [derive_seed(11, "validation")] * 2
+    assert sampler.backend.seeds == [[derive_seed(11, "validation", i) for i in range(3)]] * 2
     assert sampler.validate([]) == {}
 
 
