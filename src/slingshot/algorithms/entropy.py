@@ -107,18 +107,26 @@ def top_entropy_mask(entropy: Tensor, mask: Tensor, top_q: float) -> Tensor:
 
 @dataclass
 class EntropyController:
-    """Keeps policy entropy in a band by moving ε_high (ProRL's decoupled upper clip).
+    """Keeps a diversity signal in a band by moving ε_high (ProRL's decoupled upper clip).
 
-    A larger ε_high lets low-probability tokens grow more per step, raising entropy. Each
-    ``update(entropy)``: entropy < target_low → ε_high += step_size; entropy > target_high
-    → ε_high −= step_size; inside the band (or non-finite entropy) → unchanged. ε_high
-    always stays in [eps_high_min, eps_high_max].
+    The signal is policy token entropy, or any other measure of diversity the caller feeds
+    (ProRL can feed distinct answers per group). A larger ε_high lets low-probability tokens
+    grow more per step, raising diversity. Each ``update(value)``: value < low → ε_high +=
+    step_size; value > high → ε_high −= step_size; inside the band (or non-finite) →
+    unchanged. ε_high always stays in [eps_high_min, eps_high_max].
+
+    With ``relative`` the band is [target_low, target_high] times the first finite value
+    seen (kept as ``reference``, and checkpointed): "keep at least 90% of the starting
+    diversity" needs no guess of the model's absolute entropy, which is why an absolute band
+    can sit where the signal never goes and the controller never acts.
 
     Attributes:
-        target_low, target_high: the entropy band (nats), target_low ≤ target_high.
+        target_low, target_high: the band (absolute, or fractions of ``reference``).
         eps_high_min, eps_high_max: bounds for ε_high.
         step_size: additive change per update (≥ 0).
         eps_high: current value (initial value; clamped into the bounds). Default 0.4 (ProRL).
+        relative: whether the band scales with the first value seen.
+        reference: that first value (None until seen; state).
         num_updates: updates applied so far (state, saved with ``state_dict``).
     """
 
@@ -128,6 +136,8 @@ class EntropyController:
     eps_high_max: float
     step_size: float
     eps_high: float = 0.4
+    relative: bool = False
+    reference: float | None = None
     num_updates: int = 0
 
     def __post_init__(self) -> None:
@@ -144,22 +154,34 @@ class EntropyController:
     def _clamp(self, v: float) -> float:
         return min(max(float(v), self.eps_high_min), self.eps_high_max)
 
-    def update(self, entropy: float) -> float:
-        """Apply one step for the measured mean policy entropy; returns the new ε_high."""
-        entropy = float(entropy)
-        if math.isfinite(entropy):
-            if entropy < self.target_low:
+    def band(self) -> tuple[float, float]:
+        """The band in the signal's units (a relative band before its first value: unbounded)."""
+        if not self.relative:
+            return self.target_low, self.target_high
+        if self.reference is None:
+            return -math.inf, math.inf
+        return self.target_low * self.reference, self.target_high * self.reference
+
+    def update(self, value: float) -> float:
+        """Apply one step for the measured signal; returns the new ε_high."""
+        value = float(value)
+        if math.isfinite(value):
+            if self.relative and self.reference is None:
+                self.reference = value
+            low, high = self.band()
+            if value < low:
                 self.eps_high = self._clamp(self.eps_high + self.step_size)
-            elif entropy > self.target_high:
+            elif value > high:
                 self.eps_high = self._clamp(self.eps_high - self.step_size)
         self.num_updates += 1
         return self.eps_high
 
     def state_dict(self) -> dict[str, Any]:
         """Checkpointable state (the config lives in the stage config, not here)."""
-        return {"eps_high": self.eps_high, "num_updates": self.num_updates}
+        return {"eps_high": self.eps_high, "num_updates": self.num_updates, "reference": self.reference}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from ``state_dict()``; ε_high is clamped into the current bounds."""
         self.eps_high = self._clamp(state["eps_high"])
         self.num_updates = int(state.get("num_updates", 0))
+        self.reference = state.get("reference")

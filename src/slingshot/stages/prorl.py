@@ -215,8 +215,10 @@ def run(ctx: StageContext) -> StageResult:
                 ahead.wait()  # the next batch is sampled with the weights it started with
             backend.sync_weights(policy, step=step)
             metrics["time_update_s"] = time.monotonic() - update_started
-            enabled = cfg.entropy_control.enabled
-            metrics["eps_high"] = controller.update(metrics["entropy"]) if enabled else controller.eps_high
+            control = cfg.entropy_control
+            metrics["eps_high"] = (
+                controller.update(metrics[control.signal]) if control.enabled else controller.eps_high
+            )
         else:
             # Nothing learnable after max_gen_batches: skip the update rather than train on zeros
             # (track_signal above counts it and warns).

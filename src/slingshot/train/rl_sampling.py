@@ -508,6 +508,7 @@ def entropy_controller(cfg: ProRLConfig) -> EntropyController:
         eps_high_max=ec.eps_high_max if ec.enabled else cfg.eps_high,
         step_size=ec.step_size,
         eps_high=cfg.eps_high,
+        relative=ec.relative,
     )
 
 

@@ -78,6 +78,25 @@ def test_entropy_controller_state_round_trip_and_validation():
         EntropyController(target_low=1.0, target_high=2.0, eps_high_min=0.5, eps_high_max=0.4, step_size=0.1)
 
 
+def test_a_relative_band_scales_with_the_first_value_and_survives_a_resume():
+    cfg = dict(target_low=0.9, target_high=1.5, eps_high_min=0.2, eps_high_max=0.6, step_size=0.05)
+    c = EntropyController(**cfg, relative=True)
+    assert c.band() == (-math.inf, math.inf)
+    assert c.update(float("nan")) == pytest.approx(0.4) and c.reference is None  # no reference from NaN
+    assert c.update(4.0) == pytest.approx(0.4)  # the first value sets the band: [3.6, 6.0]
+    assert c.reference == 4.0 and c.band() == pytest.approx((3.6, 6.0))
+    assert c.update(3.7) == pytest.approx(0.4)  # 92.5% of the start: inside
+    assert c.update(3.5) == pytest.approx(0.45)  # 87.5%: below, ε_high up
+    assert c.update(6.5) == pytest.approx(0.4)  # above 1.5 x 4: down
+    resumed = EntropyController(**cfg, relative=True)
+    resumed.load_state_dict(c.state_dict())
+    assert resumed.reference == 4.0  # the band is not re-anchored to the resumed value
+    assert resumed.update(3.0) == c.update(3.0) == pytest.approx(0.45)
+    # On the absolute band [0.9, 1.5] the same values are all above it: ε_high only falls.
+    absolute = EntropyController(**cfg)
+    assert [absolute.update(v) for v in (4.0, 3.7, 3.5)] == pytest.approx([0.35, 0.3, 0.25])
+
+
 def test_topk_entropy_is_the_entropy_of_the_renormalised_top_k():
     # Logits [ln 2, 0, 0, -5]: the top 3 renormalise to [1/2, 1/4, 1/4], H = 1.5 ln 2; the
     # top 2 to [2/3, 1/3], H = ln 3 − (2/3) ln 2; the top 1 is certain, H = 0.

@@ -309,6 +309,30 @@ def test_reference_reset_zeroes_the_kl(tmp_path, sft_setup):
     assert rec.rows[3]["resets"] == 1.0 and rec.rows[3]["ref_reset"] == 0.0
 
 
+def test_the_controller_moves_eps_high_on_answer_diversity_relative_to_step_one(tmp_path, sft_setup):
+    # A band of [1.0, 1.0] x step 1's distinct answers per group: every later step below the
+    # start raises ε_high by 0.05, above it lowers it, equal leaves it (hand-replayed below).
+    control = {
+        "signal": "distinct_answers",
+        "relative": True,
+        "target_low": 1.0,
+        "target_high": 1.0,
+        "step_size": 0.05,
+        "eps_high_min": 0.1,
+        "eps_high_max": 0.9,
+    }
+    rec = Recorder()
+    prorl.run(_ctx(tmp_path, sft_setup, rec, steps=4, entropy_control=control))
+    distinct = [rec.rows[s]["distinct_answers"] for s in range(1, 5)]
+    expected, eps = [], 0.4
+    for value in distinct[1:]:
+        eps += 0.05 if value < distinct[0] else -0.05 if value > distinct[0] else 0.0
+        expected.append(eps)
+    assert rec.rows[1]["eps_high"] == pytest.approx(0.4)  # step 1 sets the reference
+    assert [rec.rows[s]["eps_high"] for s in range(2, 5)] == pytest.approx(expected)
+    assert len(set(distinct)) > 1  # the signal moved, so the controller acted (not a constant run)
+
+
 def test_kl_coef_zero_runs_without_a_reference(tmp_path, sft_setup, monkeypatch):
     refs: list[Any] = []
     original = prorl.update_on_groups

@@ -103,6 +103,13 @@ def test_entropy_controller_from_config_pins_eps_high_when_disabled():
     assert off.update(0.0) == 0.3
 
 
+def test_entropy_controller_from_config_can_follow_a_relative_band():
+    cfg = ProRLConfig(entropy_control={"signal": "distinct_answers", "relative": True, "target_low": 0.9})
+    controller = rl_sampling.entropy_controller(cfg)
+    assert controller.relative and controller.update(5.0) == 0.4  # the reference: 5 answers a group
+    assert controller.update(4.0) == pytest.approx(0.41)  # 80% of the start, below 90%: up
+
+
 # --------------------------------------------------------------------------- the sampler
 
 
