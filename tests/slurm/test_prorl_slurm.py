@@ -27,7 +27,10 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "main/prorl-len16"
-STEPS = 30
+# A step of this untrained model takes ~0.1 s on 2 ranks: 30 steps ended within the ~5 s Slurm
+# takes to kill a failed node's job step (srun waits 4 s), so the run finished before the node
+# failure landed and nothing was resumed. 240 steps leave ~20 s of work after the first checkpoint.
+STEPS = 240
 KEYS = ("reward_mean", "pass_rate", "response_length", "tokens", "groups_trained", "gen_batches")
 
 
@@ -133,6 +136,7 @@ def test_two_node_prorl_with_a_node_taken_down_completes_from_its_checkpoint(bas
 
     log = (run_dir / "results" / "logs" / "main.prorl-len16.log").read_text()
     resumed_from = [int(s) for s in re.findall(r"prorl-len16: resumed from \S*/step-(\d{8})", log)]
+    assert resumed_from, "the job was not resumed: it finished before the node failure killed it"
     assert len(resumed_from) == 1 and resumed_from[0] > 0  # from its checkpoint, not from scratch
     assert manifest_of(run_dir, KEY)["slurm"]["restarts"] >= 1
     _assert_same_metrics(_history(run_dir), expected)
