@@ -448,6 +448,9 @@ class SFTConfig(ModelStageConfig):
     # ablation gives every arm one SFT set this way, so the SFT data is not a second variable;
     # the variant must be listed before this one and run synthesis.
     synth_from: Name | None = None
+    # Which synthesis output to train on: the Prismatic selection, or the control set (the seeds
+    # plus a random subset of all quality-passed candidates, as many as were selected).
+    synth_dataset: Literal["selected", "random_subset"] = "selected"
     extra_datasets: list[SFTDataset] = Field(default_factory=list)
     epochs: PositiveFloat = 2.0
     seq_length: PositiveInt = 2048

@@ -134,7 +134,14 @@ def run(ctx: StageContext) -> StageResult:
     # 1. sources (each one an MLflow input)
     sources: list[tuple[str, list[dict[str, str]], float]] = []
     if cfg.use_synth:
-        dataset = ctx.upstream_of_kind("synth")["outputs"]["dataset"]
+        synth = ctx.upstream_of_kind("synth")
+        key = "dataset" if cfg.synth_dataset == "selected" else "random_subset_dataset"
+        if key not in synth["outputs"]:
+            raise ValueError(
+                f"{ctx.stage}: stages.sft.synth_dataset is {cfg.synth_dataset}, but synthesis "
+                f"{synth['key']} wrote no {key} (it resumed from a checkpoint of before the control set: rerun it)"
+            )
+        dataset = synth["outputs"][key]
         sources.append(("synth", synth_records(dataset), 1.0))
         ctx.log_file_input("synth", dataset, digest=path_digest(dataset))
     for i, spec in enumerate(cfg.extra_datasets):

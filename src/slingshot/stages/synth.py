@@ -20,7 +20,8 @@ until the pool reaches target_size or max_rounds. The state (pool, features, all
 candidates' features, seen hashes, RNG, round) is checkpointed after every round, and
 every feature shard is a file reused when present, so a stop loses at most the shards
 in flight. Outputs: an HF dataset (problem, solution, answer, task, round, cluster) at
-``outputs["dataset"]`` and a cluster-size plot; metrics: per round pool size, G-Vendi
+``outputs["dataset"]``, the control set (the seeds plus a random subset of all candidates
+of the selection's size) at ``outputs["random_subset_dataset"]``, and a cluster-size plot; metrics: per round pool size, G-Vendi
 and the keep ratio of each filter, and at the end the G-Vendi of the selected set
 against random same-size subsets of the unfiltered candidates.
 
@@ -40,14 +41,14 @@ from pathlib import Path
 import torch
 
 from slingshot.algorithms.gvendi import g_vendi
-from slingshot.algorithms.kmeans import spherical_kmeans
+from slingshot.algorithms.kmeans import nearest_centroid, spherical_kmeans
 from slingshot.checkpoint import StageInterrupted
 from slingshot.config import SynthConfig
 from slingshot.context import StageContext, StageResult
 from slingshot.data.tasks import derive_seed, load_entries
 from slingshot.io import atomic_write_text
 from slingshot.loop import resume_step, save_checkpoint
-from slingshot.synth.diversity import baseline_comparison, pool_gvendi
+from slingshot.synth.diversity import baseline_comparison, pool_gvendi, random_subset
 from slingshot.synth.features import FeatureSpec
 from slingshot.synth.generators import Generator, make_generator
 from slingshot.synth.outputs import plot_clusters, save_dataset
@@ -177,17 +178,31 @@ def run(ctx: StageContext) -> StageResult:
         **baseline_comparison(state, seed),
     }
     k = n_clusters(len(state.pool), cfg.cluster_fraction)
-    _, final_clusters = spherical_kmeans(state.features, k, cfg.kmeans_iters, seed=derive_seed(seed, "final"))
+    centroids, final_clusters = spherical_kmeans(
+        state.features, k, cfg.kmeans_iters, seed=derive_seed(seed, "final")
+    )
     clusters = final_clusters.tolist()
+    # The control set of the downstream claim: the seeds plus a random same-size subset of the
+    # candidates instead of the diversity filter's choice.
+    control = random_subset(state, seed)
+    if control is not None:
+        final["random_subset_size"] = float(len(control[0]))
+        final["gvendi_random_subset_pool"] = pool_gvendi(control[1])
     outputs: dict[str, str] = {}
     if ctx.dist.is_main:
         dataset = save_dataset(state.pool, clusters, ctx.output_dir / "dataset")
+        if control is not None:
+            records, features = control
+            control_clusters = nearest_centroid(features, centroids).tolist()
+            outputs["random_subset_dataset"] = str(
+                save_dataset(records, control_clusters, ctx.output_dir / "random_subset_dataset")
+            )
         plot = plot_clusters(state.pool, clusters, k, ctx.output_dir / "cluster_sizes.png")
         history = ctx.output_dir / "rounds.json"
         atomic_write_text(history, json.dumps(state.history, indent=2))
         for path in (plot, history):
             ctx.tracker.log_artifact(path)
-        outputs = {"dataset": str(dataset), "cluster_plot": str(plot), "rounds": str(history)}
+        outputs.update(dataset=str(dataset), cluster_plot=str(plot), rounds=str(history))
     ctx.tracker.log_metrics({f"final_{key}": value for key, value in final.items()}, step=state.round)
     return StageResult(
         outputs=outputs, metrics=final, tokens=state.tokens, extra={"synth": {"rounds": state.round}}

@@ -2,7 +2,9 @@
 
 :func:`baseline_comparison` compares the candidates the diversity filter selected with
 random same-size subsets of every quality-passed candidate (filtered or not): if the
-filter works, the selected set's G-Vendi beats the random subsets'.
+filter works, the selected set's G-Vendi beats the random subsets'. :func:`random_subset`
+draws one such subset as records, the control set an SFT run trains on to test the claim
+downstream (``stages.sft.synth_dataset: random_subset``).
 """
 
 from __future__ import annotations
@@ -45,3 +47,19 @@ def baseline_comparison(state: SynthState, seed: int) -> dict[str, float]:
         "gvendi_selected_beats_random_frac": float(np.mean([chosen > d for d in draws])),
         "gvendi_selected_qinf": g_vendi(selected, q=float("inf")),
     }
+
+
+def random_subset(state: SynthState, seed: int) -> tuple[list[dict], Tensor] | None:
+    """The seed pool plus a seeded random subset of all quality-passed candidates, as many as
+    the diversity filter admitted (records and features, candidates in generation order);
+    None when the candidates were not recorded (a run resumed from an older checkpoint)."""
+    n_candidates = state.cand_features.shape[0]
+    if len(state.candidates) != n_candidates:
+        return None
+    seeds = [i for i, record in enumerate(state.pool) if record["round"] == 0]
+    n = int(state.cand_kept.sum())
+    gen = torch.Generator().manual_seed(derive_seed(seed, "synth-random-subset"))
+    chosen = sorted(torch.randperm(n_candidates, generator=gen)[:n].tolist())
+    records = [state.pool[i] for i in seeds] + [state.candidates[i] for i in chosen]
+    parts = [state.features[seeds]] + ([state.cand_features[chosen]] if chosen else [])
+    return records, torch.cat(parts)

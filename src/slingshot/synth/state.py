@@ -46,6 +46,9 @@ class SynthState:
     features: Tensor = field(default_factory=lambda: torch.zeros(0, 0))  # [pool, dim]
     cand_features: Tensor = field(default_factory=lambda: torch.zeros(0, 0))  # quality-passed candidates
     cand_kept: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
+    # The quality-passed candidates themselves, aligned with cand_features (the random-subset
+    # control set is drawn from them).
+    candidates: list[dict[str, Any]] = field(default_factory=list)
     seen: set[str] = field(default_factory=set)  # hashes never to generate again
     history: list[dict[str, float]] = field(default_factory=list)
     tokens: int = 0
@@ -66,6 +69,7 @@ class SynthState:
             self.pool.append(candidates[i])
         if kept_idx:
             self.features = torch.cat([self.features, features[kept_idx]])
+        self.candidates.extend(candidates)
         if features.shape[0]:
             dim = features.shape[1]
             prev = self.cand_features if self.cand_features.numel() else torch.zeros(0, dim)
@@ -82,6 +86,7 @@ class SynthState:
                 "features": self.features,
                 "cand_features": self.cand_features,
                 "cand_kept": self.cand_kept,
+                "candidates": self.candidates,
                 "seen": sorted(self.seen),
                 "history": self.history,
                 "tokens": self.tokens,
@@ -93,5 +98,6 @@ class SynthState:
         raw = load_torch(directory / "state.pt")
         self.round, self.pool, self.features = raw["round"], raw["pool"], raw["features"]
         self.cand_features, self.cand_kept = raw["cand_features"], raw["cand_kept"]
+        self.candidates = raw.get("candidates", [])  # absent from checkpoints of before the control set
         self.seen, self.history, self.tokens = set(raw["seen"]), raw["history"], raw["tokens"]
         set_rng_state(raw["rng"])

@@ -387,3 +387,21 @@ def test_user_dataset_is_mixed_in_by_weight(env, tmp_path):
     only_user = run_stage(spec_for(env, "user-only", {**overrides, "use_synth": False, "epochs": 1}))
     assert only_user["extra"]["sft"]["train_examples"] == 20
     assert [name for name, _ in only_user["inputs"]] == ["sft-extra0:extra.jsonl"]
+
+
+def test_synth_dataset_random_subset_trains_on_the_control_set_and_is_named_when_missing(env):
+    from sft_worker import run_stage
+
+    control = synth_dataset(env["root"] / "control", env["upstream"]["data"]["outputs"]["tasks_train"], 30)
+    synth = {**env["upstream"]["synth"], "outputs": {"dataset": str(env["dataset"])}}
+    with_control = {**synth, "outputs": {**synth["outputs"], "random_subset_dataset": str(control)}}
+    overrides = {"synth_dataset": "random_subset", "eval_fraction": 0.0, "epochs": 0.2}
+    record = run_stage(
+        {**spec_for(env, "control", overrides), "upstream": {**env["upstream"], "synth": with_control}}
+    )
+    assert record["extra"]["sft"]["train_examples"] == 30  # the control set, not the 80 selected
+    with pytest.raises(
+        ValueError,
+        match="stages.sft.synth_dataset is random_subset, but synthesis synth wrote no random_subset_dataset",
+    ):
+        run_stage({**spec_for(env, "no-control", overrides), "upstream": {**env["upstream"], "synth": synth}})

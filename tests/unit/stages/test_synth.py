@@ -86,6 +86,16 @@ def test_end_to_end_outputs(uninterrupted):
     for key in ("gvendi_selected", "gvendi_random_subset", "gvendi_seed_pool", "gvendi_pool"):
         assert 1.0 <= m[key] <= SMALL_SYNTH["feature_dim"]
     assert m["selected_size"] == len(ds) - SMALL_SYNTH["seed_pool_size"]
+    # The control set: the same seeds and as many candidates, drawn at random from all that passed
+    # the quality filter (some the diversity filter rejected, so it differs from the selection).
+    control = _load(result.outputs["random_subset_dataset"])
+    assert control.column_names == ds.column_names and len(control) == len(ds) == m["random_subset_size"]
+    assert (
+        control["problem"][: SMALL_SYNTH["seed_pool_size"]] == ds["problem"][: SMALL_SYNTH["seed_pool_size"]]
+    )
+    if m["candidates"] > m["selected_size"]:
+        assert set(control["problem"]) != set(ds["problem"])
+    assert 1.0 <= m["gvendi_random_subset_pool"] <= SMALL_SYNTH["feature_dim"]
     # No held-out problem was generated.
     held = {
         e["question"]
@@ -136,6 +146,8 @@ def test_resume_per_round_gives_the_same_pool(uninterrupted, small_data, tiny_mo
     resumed = synth.run(resumed_ctx)
     a, b = _load(full.outputs["dataset"]), _load(resumed.outputs["dataset"])
     assert a.to_dict() == b.to_dict()
+    control = (_load(r.outputs["random_subset_dataset"]).to_dict() for r in (full, resumed))
+    assert next(control) == next(control)
     assert resumed.metrics == pytest.approx(full.metrics)
 
     client = MlflowClient(uri)

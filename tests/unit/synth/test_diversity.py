@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from slingshot.synth.diversity import baseline_comparison, pool_gvendi
+from slingshot.synth.diversity import baseline_comparison, pool_gvendi, random_subset
 from slingshot.synth.state import SynthState
 
 
@@ -44,3 +44,28 @@ def test_four_directions_beat_subsets_padded_with_copies():
     # Seeded: the same draws again.
     again = baseline_comparison(SynthState(cand_features=feats, cand_kept=kept), seed=0)
     assert again == m
+
+
+def _record(name: str, round_index: int) -> dict:
+    return {"problem": name, "solution": name, "answer": "0", "task": "t", "round": round_index}
+
+
+def test_the_random_subset_is_the_seeds_plus_as_many_random_candidates_as_were_selected():
+    state = SynthState()
+    state.pool = [_record("seed0", 0), _record("seed1", 0)]
+    state.features = torch.eye(8)[:2]
+    candidates = [_record(f"c{i}", 1) for i in range(5)]
+    keep = torch.tensor([True, False, True, False, False])
+    state.admit(candidates, torch.eye(8)[2:7], keep, torch.zeros(5, dtype=torch.int64), room=10)
+    records, features = random_subset(state, seed=5)
+    assert [r["problem"] for r in records[:2]] == ["seed0", "seed1"]
+    chosen = [r["problem"] for r in records[2:]]
+    assert len(chosen) == 2 and len(set(chosen)) == 2 and chosen == sorted(chosen)  # generation order
+    # Each record's features row is its own (candidate ci has row e_{2+i}).
+    assert torch.equal(features[2:], torch.stack([torch.eye(8)[2 + int(c[1:])] for c in chosen]))
+    again, _ = random_subset(state, seed=5)
+    assert again == records  # seeded
+    draws = {tuple(r["problem"] for r in random_subset(state, seed=s)[0][2:]) for s in range(20)}
+    assert len(draws) > 1  # not the filter's choice every time
+    state.candidates = []  # a state resumed from a checkpoint without the candidate records
+    assert random_subset(state, seed=5) is None
