@@ -601,6 +601,42 @@ def test_two_ranks_match_one_on_the_same_global_batch(tmp_path, sft_setup):
     assert_same_run(two, one, (*DP_KEYS, "val/pass_at_1", "val/response_length"))
 
 
+@pytest.mark.slow  # a 2-rank and a 1-rank run of 3 steps
+@pytest.mark.parametrize("saved_on, resumed_on", [(2, 1), (1, 2)])
+def test_checkpoint_resumes_at_another_world_size(tmp_path, sft_setup, saved_on, resumed_on):
+    """The step-2 checkpoint of a run on ``saved_on`` gloo ranks (every rank writes its files)
+    resumes on ``resumed_on``: step 3 draws the same prompts and samples (seeded per prompt,
+    not per rank), keeps the same groups and logs the same losses against the saved reference."""
+    import shutil
+
+    from rl_worker import spawn
+
+    spec = {
+        "kind": "prorl",
+        "overrides": {**DP_RUN, "val_every": 100},
+        "upstream": {"data": sft_setup["data"]},
+        "init_model": str(sft_setup["model"]),
+        "stage": "prorl-len32",
+        "phase": "len32",
+        "interval": 2,
+    }
+    saved = spawn({**spec, "root": str(tmp_path / "saved")}, tmp_path / "saved", saved_on)
+    checkpoints = tmp_path / "saved" / "work" / "main" / "prorl-len32" / "checkpoints"
+    files = {p.name for p in (checkpoints / "step-00000002").rglob("*")}
+    assert {f"__{r}_0.distcp" for r in range(saved_on)} <= files
+    assert {f"rng-rank{r:05d}.pt" for r in range(saved_on)} <= files
+    shutil.copytree(tmp_path / "saved", tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "work" / "main" / "prorl-len32" / "checkpoints" / "step-00000003")
+
+    resumed = spawn({**spec, "root": str(tmp_path / "resumed")}, tmp_path / "resumed-run", resumed_on)
+    assert resumed["world_size"] == resumed_on and sorted(resumed["steps"]) == ["3"]
+    want, got = saved["steps"]["3"], resumed["steps"]["3"]
+    assert sum(saved["steps"][s]["groups_trained"] for s in ("1", "2", "3")) > 0  # it trained
+    for key in DP_KEYS:
+        if key in want:
+            assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), key
+
+
 def test_a_batch_that_does_not_divide_over_the_ranks_or_async_rollouts_on_several_are_refused():
     from slingshot.config import ProRLConfig
 
