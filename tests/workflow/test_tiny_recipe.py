@@ -103,6 +103,15 @@ def test_tiny_recipe_runs_end_to_end(tmp_path):
         run = client.get_run(manifest["mlflow_run_id"])
         if manifest["kind"] not in ("report",):
             assert run.inputs.dataset_inputs, f"{key}: no dataset logged as input"
+    # One SFT set for both arms (sft.synth_from: flr): both SFT runs log the same dataset digest.
+    sft_inputs = [
+        {
+            d.dataset.name: d.dataset.digest
+            for d in client.get_run(manifests[key]["mlflow_run_id"]).inputs.dataset_inputs
+        }
+        for key in ("flr/sft", "noreason/sft")
+    ]
+    assert sft_inputs[0]["synth"] == sft_inputs[1]["synth"] and "noreason/synth" not in manifests
     logged = client.search_logged_models([exp.experiment_id])
     model_runs = {m.source_run_id for m in logged}
     for key, manifest in manifests.items():
