@@ -732,6 +732,20 @@ class ChatConfig(StrictModel):
     stop_tokens: list[str] = Field(default_factory=list)  # extra single tokens that end a turn
 
 
+def borrowed_synth(stages: StagesConfig, variant: str) -> str | None:
+    """The other variant whose synthesized set ``variant``'s SFT trains on (``sft.synth_from``),
+    or None when it trains on its own (or on none). Such a variant runs no synthesis itself."""
+    source = stages.sft.synth_from
+    if stages.sft.enabled and stages.sft.use_synth and source not in (None, variant):
+        return source
+    return None
+
+
+def runs_synth(stages: StagesConfig, variant: str) -> bool:
+    """Whether ``variant`` runs a synthesis stage of its own."""
+    return stages.synth.enabled and borrowed_synth(stages, variant) is None
+
+
 class VariantOverrides(StrictModel):
     description: str = ""
     stages: dict[str, Any] = Field(default_factory=dict)  # deep-merged onto the base stages

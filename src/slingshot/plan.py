@@ -25,7 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slingshot.config import MODEL_CHAIN, PHASED_STAGES, PipelineConfig, StageConfig, StagesConfig
+from slingshot.config import (
+    MODEL_CHAIN,
+    PHASED_STAGES,
+    PipelineConfig,
+    StageConfig,
+    StagesConfig,
+    borrowed_synth,
+    runs_synth,
+)
 from slingshot.data.prompt_sets import prompt_sets
 from slingshot.io import sha256_json
 
@@ -202,9 +210,13 @@ def _add_variant(plan: Plan, variant: str, stages: StagesConfig, data: Node) -> 
         section = getattr(stages, kind)
         if not section.enabled:
             continue
-        if kind == "sft" and stages.sft.use_synth and stages.sft.synth_from not in (None, variant):
+        source = borrowed_synth(stages, variant)
+        if kind == "sft" and source is not None:
             # Another arm's synthesized set (listed earlier, so its node exists): no synthesis of its own.
-            sft_upstream = [plan.node(stages.sft.synth_from, "synth").key]
+            synth = plan.node(source, "synth")
+            if variant not in synth.variants:
+                synth.variants.append(variant)
+            sft_upstream = [synth.key]
         elif kind == "sft" and stages.synth.enabled:
             synth = _synth_node(plan, variant, stages, data, model)
             sft_upstream = [synth.key] if stages.sft.use_synth else []
@@ -222,7 +234,7 @@ def _add_variant(plan: Plan, variant: str, stages: StagesConfig, data: Node) -> 
             upstream = sft_upstream if kind == "sft" else []
             model = chain_node(kind, kind, section, _identity(section), upstream=upstream)
         final_of_kind[kind] = model
-    if stages.synth.enabled and not stages.sft.enabled:
+    if runs_synth(stages, variant) and not stages.sft.enabled:
         _synth_node(plan, variant, stages, data, model)
 
     evaluations = []

@@ -30,7 +30,15 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from slingshot.config import MODEL_CHAIN, PipelineConfig, StagesConfig, deep_merge, sft_grad_accum
+from slingshot.config import (
+    MODEL_CHAIN,
+    PipelineConfig,
+    StagesConfig,
+    borrowed_synth,
+    deep_merge,
+    runs_synth,
+    sft_grad_accum,
+)
 from slingshot.data.prompt_sets import prompt_sets
 from slingshot.data.tasks import get_family
 from slingshot.launch.site import SiteError, load_site
@@ -358,7 +366,7 @@ def check_plan(cfg: PipelineConfig) -> list[str]:
                 )
             except ValueError as error:
                 problems.append(f"{where}{error} (the ranks of stages.sft.resources)")
-        if stages.synth.enabled:
+        if runs_synth(stages, variant):  # a variant that borrows another's set runs none
             if stages.synth.proxy_model:
                 problem = _model_dir_problem(stages.synth.proxy_model)
                 if problem:
@@ -375,10 +383,9 @@ def check_plan(cfg: PipelineConfig) -> list[str]:
                 if problem:
                     problems.append(f"{where}stages.synth.generator.model: {problem}")
         problems += _synth_from_problems(cfg, variant)
-        shared_synth = bool(stages.sft.synth_from) and stages.sft.synth_from != variant
         if (
             stages.sft.enabled
-            and not (stages.sft.use_synth and (stages.synth.enabled or shared_synth))
+            and not (stages.sft.use_synth and (stages.synth.enabled or borrowed_synth(stages, variant)))
             and not stages.sft.extra_datasets
         ):
             problems.append(
@@ -404,7 +411,8 @@ def check_plan(cfg: PipelineConfig) -> list[str]:
         problem = _data_file_problem(corpus.path, corpus.format)
         if problem:
             problems.append(f"data.extra_corpora.{i}.path: {problem}")
-    problems += _site_problems(cfg)
+    # The memory plan lays out the DAG, which a problem above may make impossible to build.
+    problems += _site_problems(cfg, memory=not problems)
     problems += _vllm_problems(cfg)
     return problems
 
@@ -412,8 +420,8 @@ def check_plan(cfg: PipelineConfig) -> list[str]:
 def _synth_from_problems(cfg: PipelineConfig, variant: str) -> list[str]:
     """``stages.sft.synth_from`` names a variant listed before this one that runs synthesis."""
     stages = cfg.variant_stages(variant)
-    source = stages.sft.synth_from
-    if not (stages.sft.enabled and stages.sft.use_synth) or source in (None, variant):
+    source = borrowed_synth(stages, variant)
+    if source is None:
         return []
     # Named by the key that set it: the variant's override, else the base stages section.
     overridden = "synth_from" in cfg.variants[variant].stages.get("sft", {})
@@ -425,8 +433,14 @@ def _synth_from_problems(cfg: PipelineConfig, variant: str) -> list[str]:
         return [
             f"{key}: '{source}' must be listed before '{variant}' under variants (its synthesis runs first)"
         ]
-    if not cfg.variant_stages(source).synth.enabled:
+    source_stages = cfg.variant_stages(source)
+    if not source_stages.synth.enabled:
         return [f"{key}: variant '{source}' does not run synthesis (its stages.synth.enabled is false)"]
+    further = borrowed_synth(source_stages, source)
+    if further is not None:
+        return [
+            f"{key}: variant '{source}' trains on variant '{further}''s set itself and runs no synthesis: name '{further}'"
+        ]
     return []
 
 
@@ -442,7 +456,7 @@ def _vllm_keys(cfg: PipelineConfig) -> list[str]:
             section = getattr(stages, kind)
             if section.enabled and section.rollout.backend == "vllm":
                 keys.add(f"stages.{kind}.rollout.backend")
-        if stages.synth.enabled and stages.synth.generator.backend == "vllm":
+        if runs_synth(stages, variant) and stages.synth.generator.backend == "vllm":
             keys.add("stages.synth.generator.backend")
     return sorted(keys)
 
@@ -462,6 +476,11 @@ def _vllm_problems(cfg: PipelineConfig) -> list[str]:
     ]
 
 
+def _runs(stages: StagesConfig, variant: str, name: str) -> bool:
+    """Whether stage section ``name`` runs in ``variant`` (synthesis not where SFT borrows a set)."""
+    return runs_synth(stages, variant) if name == "synth" else getattr(stages, name).enabled
+
+
 def _local_gpu_problems(cfg: PipelineConfig) -> list[str]:
     """GPU requests on the local backends must fit this machine (counted without importing torch)."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -475,7 +494,7 @@ def _local_gpu_problems(cfg: PipelineConfig) -> list[str]:
         for name in StagesConfig.model_fields:
             section = getattr(stages, name)
             wanted = section.resources.gpus_per_node
-            if section.enabled and wanted > gpus:
+            if _runs(stages, variant, name) and wanted > gpus:
                 problems.append(
                     f"stages.{name}.resources.gpus_per_node: {wanted} GPUs requested but this machine has {gpus} "
                     f"(launcher.backend={cfg.launcher.backend}); use a Slurm site with GPUs or request 0"
@@ -483,7 +502,7 @@ def _local_gpu_problems(cfg: PipelineConfig) -> list[str]:
     return sorted(set(problems))
 
 
-def _site_problems(cfg: PipelineConfig) -> list[str]:
+def _site_problems(cfg: PipelineConfig, memory: bool = True) -> list[str]:
     if cfg.launcher.backend != "slurm":
         return _local_gpu_problems(cfg)
     try:
@@ -503,9 +522,9 @@ def _site_problems(cfg: PipelineConfig) -> list[str]:
         stages = cfg.variant_stages(variant)
         for name in StagesConfig.model_fields:
             section = getattr(stages, name)
-            if section.enabled:
+            if _runs(stages, variant, name):
                 problems += [f"stages.{name}.resources.{p}" for p in site.check(section.resources)]
-    if not problems:  # the memory plan only of stages that fit the site otherwise
+    if memory and not problems:  # the memory plan only of stages that fit the site otherwise
         problems += _memory_problems(cfg, site)
     return sorted(set(problems))
 

@@ -229,9 +229,22 @@ def test_sft_synth_from_must_name_an_earlier_variant_that_synthesizes(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_pipeline_config(off)
     assert "stages.sft.synth_from: variant 'a' does not run synthesis" in str(err.value)
+    # b borrows a's set, so b synthesizes nothing: c must name a, not b (a chain would not build).
+    chain = write(
+        tmp_path,
+        "variants:\n  a: {}\n  b:\n    stages:\n      sft: {synth_from: a}\n"
+        "  c:\n    stages:\n      sft: {synth_from: b}\n",
+        "chain.yaml",
+    )
+    with pytest.raises(ConfigError) as err:
+        load_pipeline_config(chain)
+    assert "variants.c.stages.sft.synth_from: variant 'b' trains on variant 'a''s set itself" in str(
+        err.value
+    )
 
 
 def test_the_tiny_recipe_trains_both_arms_sft_on_the_flr_arms_synthesized_set():
     plan = build_plan(load_pipeline_config(DEFAULT))
     assert plan.node("flr", "sft").upstream[-1] == plan.node("noreason", "sft").upstream[-1] == "flr/synth"
     assert "noreason/synth" not in plan.nodes
+    assert plan.nodes["flr/synth"].variants == ["flr", "noreason"]  # status and tags name both users

@@ -115,7 +115,7 @@ class EntropyController:
     step_size; value > high → ε_high −= step_size; inside the band (or non-finite) →
     unchanged. ε_high always stays in [eps_high_min, eps_high_max].
 
-    With ``relative`` the band is [target_low, target_high] times the first finite value
+    With ``relative`` the band is [target_low, target_high] times the first positive value
     seen (kept as ``reference``, and checkpointed): "keep at least 90% of the starting
     diversity" needs no guess of the model's absolute entropy, which is why an absolute band
     can sit where the signal never goes and the controller never acts.
@@ -166,8 +166,8 @@ class EntropyController:
         """Apply one step for the measured signal; returns the new ε_high."""
         value = float(value)
         if math.isfinite(value):
-            if self.relative and self.reference is None:
-                self.reference = value
+            if self.relative and self.reference is None and value > 0:
+                self.reference = value  # a band relative to 0 would be [0, 0]: wait for a signal
             low, high = self.band()
             if value < low:
                 self.eps_high = self._clamp(self.eps_high + self.step_size)

@@ -38,6 +38,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from slingshot.config import borrowed_synth
 from slingshot.context import StageContext, StageResult, read_manifest
 from slingshot.data.chat import ChatFormat
 from slingshot.data.tasks import derive_seed, load_entries
@@ -63,16 +64,19 @@ from slingshot.plan import build_plan
 
 
 def synth_dataset(ctx: StageContext) -> str | None:
-    """The synthesized set this variant's SFT trains on (its own, or ``sft.synth_from``'s), once
-    that synthesis has run (else None)."""
+    """The synthesized set this variant's SFT trains on (its own or ``sft.synth_from``'s; the
+    selection or the control set, ``sft.synth_dataset``), once that synthesis has run (else None)."""
     stages = ctx.pipeline.variant_stages(ctx.variant)
-    source = stages.sft.synth_from or ctx.variant
+    source = borrowed_synth(stages, ctx.variant) or ctx.variant
     if not (
         stages.sft.enabled and stages.sft.use_synth and ctx.pipeline.variant_stages(source).synth.enabled
     ):
         return None
     manifest = build_plan(ctx.pipeline).node(source, "synth").manifest_path(ctx.pipeline)
-    return read_manifest(manifest)["outputs"]["dataset"] if manifest.is_file() else None
+    if not manifest.is_file():
+        return None
+    key = "dataset" if stages.sft.synth_dataset == "selected" else "random_subset_dataset"
+    return read_manifest(manifest)["outputs"].get(key)
 
 
 def run(ctx: StageContext, rollout_factory: Any = None) -> StageResult:

@@ -139,7 +139,8 @@ def run(ctx: StageContext) -> StageResult:
         if key not in synth["outputs"]:
             raise ValueError(
                 f"{ctx.stage}: stages.sft.synth_dataset is {cfg.synth_dataset}, but synthesis "
-                f"{synth['key']} wrote no {key} (it resumed from a checkpoint of before the control set: rerun it)"
+                f"{synth['key']} wrote no {key} (it ran, or resumed, on a version of before the control set: "
+                "rerun that synthesis)"
             )
         dataset = synth["outputs"][key]
         sources.append(("synth", synth_records(dataset), 1.0))

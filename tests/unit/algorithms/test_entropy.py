@@ -83,6 +83,7 @@ def test_a_relative_band_scales_with_the_first_value_and_survives_a_resume():
     c = EntropyController(**cfg, relative=True)
     assert c.band() == (-math.inf, math.inf)
     assert c.update(float("nan")) == pytest.approx(0.4) and c.reference is None  # no reference from NaN
+    assert c.update(0.0) == pytest.approx(0.4) and c.reference is None  # nor from 0 (a [0, 0] band)
     assert c.update(4.0) == pytest.approx(0.4)  # the first value sets the band: [3.6, 6.0]
     assert c.reference == 4.0 and c.band() == pytest.approx((3.6, 6.0))
     assert c.update(3.7) == pytest.approx(0.4)  # 92.5% of the start: inside

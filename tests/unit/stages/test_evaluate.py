@@ -315,3 +315,20 @@ def test_two_ranks_share_one_familys_prompts_and_match_one_rank(tmp_path, small_
     assert samples[0] == samples[1] and len(samples[0].splitlines()) == 8
     assert len({json.loads(line)["completion"] for line in samples[0].splitlines()}) > 1  # sampled
     assert Path(two["outputs"]["table_csv"]).read_text() == Path(one["outputs"]["table_csv"]).read_text()
+
+
+def test_the_contamination_check_reads_the_set_the_variants_sft_trained_on(tmp_path):
+    """Own synthesis, another arm's (sft.synth_from), and that arm's control set (synth_dataset)."""
+    variants = {
+        "a": {},
+        "b": {"stages": {"sft": {"synth_from": "a"}}},
+        "c": {"stages": {"sft": {"synth_from": "a", "synth_dataset": "random_subset"}}},
+    }
+    cfg = pipeline_config(tmp_path, {"variants": variants})
+    assert evaluate.synth_dataset(make_ctx(tmp_path, "evaluate", cfg, variant="b")) is None  # not run yet
+    manifest = tmp_path / "results" / "a" / "synth" / "manifest.json"
+    manifest.parent.mkdir(parents=True)
+    outputs = {"dataset": "/sets/selected", "random_subset_dataset": "/sets/control"}
+    manifest.write_text(json.dumps({"kind": "synth", "outputs": outputs}))
+    read = {v: evaluate.synth_dataset(make_ctx(tmp_path, "evaluate", cfg, variant=v)) for v in variants}
+    assert read == {"a": "/sets/selected", "b": "/sets/selected", "c": "/sets/control"}
