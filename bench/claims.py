@@ -6,7 +6,8 @@ variant shares every node whose result it would repeat (the plan's digests), so 
 costs only the stages it changes:
 
 * ``flr`` / ``noreason``: the two pretraining arms; both SFT on the FLR arm's synthesized set
-  (``sft.synth_from: flr``, the tiny recipe's default), so after SFT only pretraining differs;
+  (``sft.synth_from: flr``, the tiny recipe's default), so after SFT only pretraining differs
+  (no claim reads the no-reason arm's ProRL, so it is not run);
 * ``random``: the FLR arm with SFT on the synthesis control set (the seeds plus a random
   subset of all quality-passed candidates, as many as the diversity filter selected);
 * ``symclip``: the FLR arm with ProRL clipped symmetrically (ε_high = ε_low = 0.2, no
@@ -63,6 +64,7 @@ def overlay(seed: int) -> dict[str, Any]:
             }
         },
         "variants": {
+            "noreason": {"stages": {"prorl": {"enabled": False}}},  # no claim reads its ProRL
             "random": {
                 "description": "FLR with SFT on the synthesis control set (random subset)",
                 "stages": {
