@@ -262,6 +262,10 @@ class RLPConfig(ModelStageConfig):
             lr=1e-6, schedule="constant", warmup_steps=0, weight_decay=0.0
         )
     )
+    # rlp: thoughts rewarded by information gain. next_token: the RLP paper's control, plain
+    # next-token training on the same positions (each one's context and targets), steps,
+    # mini-batches, optimizer and schedule, with no thought, no EMA teacher and no rollouts.
+    objective: Literal["rlp", "next_token"] = "rlp"
     corpus: str = "general"  # data corpus the positions are drawn from
     steps: PositiveInt = 100
     positions_per_step: PositiveInt = 8  # B

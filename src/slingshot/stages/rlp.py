@@ -19,6 +19,9 @@ On ordinary text, at a position t the model writes a thought c between ``<think>
 5. clipped policy-gradient updates on the thought tokens only ("seq-mean-token-mean"),
    no next-token-prediction term, no KL; after every optimizer step φ ← τφ + (1−τ)θ.
 
+``objective: next_token`` runs the RLP paper's control instead (:func:`run_next_token`):
+plain next-token training on the same positions' context and targets, no thought.
+
 φ starts as a copy of the input model. The checkpoint holds policy, optimizer,
 scheduler, φ, the position stream and the RNG, so a resumed run continues exactly.
 The log-probs of θ_old and θ in the ratio are at the sampling ``temperature`` (the
@@ -70,6 +73,7 @@ from slingshot.train.optim import build_optimizer, build_scheduler
 from slingshot.train.policy_update import (
     UpdateSettings,
     ema_teacher_hook,
+    next_token_update,
     sampling_passes,
     update_on_thoughts,
 )
@@ -155,7 +159,7 @@ def run(ctx: StageContext) -> StageResult:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     # φ: a copy of the input model at the first step (a resume overwrites it from the checkpoint).
     memory, passes = cfg.memory, PassSettings.from_memory(cfg.memory)
-    ema = frozen_copy(policy, memory.frozen_copy)
+    ema = frozen_copy(policy, memory.frozen_copy) if cfg.objective == "rlp" else None
     if memory.activation_checkpointing:
         enable_activation_checkpointing(policy)
         eval_mode_keeping_checkpoints(policy)
@@ -186,6 +190,11 @@ def run(ctx: StageContext) -> StageResult:
     optimizer = build_optimizer(policy, cfg.optimizer)
     updates = cfg.steps * cfg.ppo_epochs * cfg.mini_batches
     scheduler = build_scheduler(optimizer, cfg.optimizer, updates)
+    # This rank's positions: its share of every mini-batch (all of them in one process).
+    mine = dist.minibatch_shard(cfg.positions_per_step, per_mini, rank, world)
+    if cfg.objective == "next_token":  # the control: the same positions, no thought
+        return run_next_token(ctx, policy, tokenizer, stream, optimizer, scheduler, pad_id, mine)
+    assert ema is not None
     progress = Counter(tokens=0, thought_tokens=0, last_metrics={})
     backend: RolloutBackend = make_rollout(cfg.rollout, policy, tokenizer, fmt.stop_ids, stage=ctx.stage)
     state = TrainState(
@@ -201,8 +210,6 @@ def run(ctx: StageContext) -> StageResult:
     settings = UpdateSettings.from_config(cfg, world)
     follow_policy = ema_teacher_hook(ema, policy, cfg.ema_tau)  # SPEC: after EVERY optimizer step
     logger = StepLogger(ctx, cfg.log_every)
-    # This rank's positions: its share of every mini-batch (all of them in one process).
-    mine = dist.minibatch_shard(cfg.positions_per_step, per_mini, rank, world)
 
     for step in resumable_steps(ctx, cfg.steps, state, all_ranks_write=True):  # DCP: every rank
         # Every rank draws the same global positions and takes its share.
@@ -270,16 +277,65 @@ def run(ctx: StageContext) -> StageResult:
         progress["last_metrics"] = metrics
         logger.log(step, {**metrics, "tokens": float(progress["tokens"])}, force=step == cfg.steps)
 
-    model_dir = ctx.output_dir / "model"
-    if ctx.dist.is_main:
-        save_model_dir(policy, tokenizer, model_dir)
-    ctx.publish_model(model_dir, {"steps": cfg.steps})
-    dist.barrier()
     final = dict(progress["last_metrics"])
     keys = ("reward_mean", "gain_positive_frac", "s_pred", "s_ema", "thought_len", "ema_distance")
     return StageResult(
-        outputs={"model_dir": str(model_dir)},
+        outputs={"model_dir": str(publish(ctx, policy, tokenizer))},
         metrics={k: final[k] for k in keys if k in final},
         tokens=int(progress["tokens"]),
         extra={"thought_tokens": int(progress["thought_tokens"])},
     )
+
+
+def run_next_token(
+    ctx: StageContext,
+    policy: torch.nn.Module,
+    tokenizer: Any,
+    stream: PositionStream,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    pad_id: int,
+    mine: list[int],
+) -> StageResult:
+    """``objective: next_token``, the RLP paper's control: each step trains plain next-token
+    prediction on the step's positions (their context and targets: the tokens RLP reads),
+    with RLP's steps, mini-batches, optimizer and schedule; checkpointed and resumed the same way."""
+    cfg = ctx.config
+    assert isinstance(cfg, RLPConfig)
+    progress = Counter(tokens=0, last_metrics={})
+    state = TrainState(
+        ctx.dist.is_main,
+        model=policy,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        stream=stream,
+        progress=progress,
+    )
+    settings = UpdateSettings.from_config(cfg, ctx.dist.world_size)
+    logger = StepLogger(ctx, cfg.log_every)
+    for step in resumable_steps(ctx, cfg.steps, state, all_ranks_write=True):
+        drawn = stream.take(cfg.positions_per_step)
+        positions = [drawn[i] for i in mine]
+        metrics = next_token_update(
+            policy, optimizer, scheduler, positions, pad_id, settings, ctx.dist.device
+        )
+        progress["tokens"] += int(metrics.pop("tokens"))
+        progress["last_metrics"] = metrics
+        logger.log(step, {**metrics, "tokens": float(progress["tokens"])}, force=step == cfg.steps)
+    return StageResult(
+        outputs={"model_dir": str(publish(ctx, policy, tokenizer))},
+        metrics=dict(progress["last_metrics"]),
+        tokens=int(progress["tokens"]),
+    )
+
+
+def publish(ctx: StageContext, policy: torch.nn.Module, tokenizer: Any) -> Path:
+    """The trained policy as an HF directory (rank 0 writes), logged as the stage's model."""
+    cfg = ctx.config
+    assert isinstance(cfg, RLPConfig)
+    model_dir = ctx.output_dir / "model"
+    if ctx.dist.is_main:
+        save_model_dir(policy, tokenizer, model_dir)
+    ctx.publish_model(model_dir, {"steps": cfg.steps, "objective": cfg.objective})
+    dist.barrier()
+    return model_dir

@@ -52,6 +52,7 @@ from slingshot.config import ProRLConfig, RLPConfig
 from slingshot.models.hf import resident
 from slingshot.train.logprobs import PassSettings, batched_token_logprobs, micro_batches, token_logprobs
 from slingshot.train.rl_batch import RLBatch, masked_mean
+from slingshot.train.rlp_batch import Position, build_baseline_batch
 
 if TYPE_CHECKING:
     from slingshot.train.rl_sampling import TrainBatch
@@ -364,6 +365,54 @@ def update_on_groups(
     # Every rank holds as many rows: the mean of the ranks' means is the global mean.
     metrics["adv_abs_mean"] = dist.all_reduce_scalar(float(train.advantages.abs().mean()), "mean")
     return metrics
+
+
+# --------------------------------------------------------------------------- RLP's control: next tokens
+
+
+def next_token_update(
+    policy: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    positions: Sequence[Position],
+    pad_id: int,
+    settings: UpdateSettings,
+    device: torch.device,
+) -> dict[str, float]:
+    """Next-token training on the positions' ``context target`` sequences (RLP's control).
+
+    One pass; each of the ``mini_batches`` optimizer steps covers its positions, its loss the
+    mean token NLL over the mini-batch's tokens on every rank (gradients summed over ranks).
+    Log-probs at T = 1: these are the model's own predictions, not a sampling distribution.
+    Returns the mean loss, grad norm, lr and the tokens trained on (global)."""
+    batch = build_baseline_batch(positions, pad_id)
+    targets = batch.attention_mask[:, 1:].bool()  # column j predicts token j + 1
+    width = batch.input_ids.shape[1]
+    passes = dataclasses.replace(settings.passes, temperature=1.0)
+
+    def minibatch_loss(_: int, bounds: tuple[int, int]) -> float:
+        start, stop = bounds
+        n_tokens = dist.all_reduce_scalar(float(targets[start:stop].sum()))
+        loss_sum = 0.0
+        for a, b in settings.micro_bounds(start, stop, width):
+            logp, _ = token_logprobs(
+                policy, batch.input_ids[a:b].to(device), batch.attention_mask[a:b].to(device), passes=passes
+            )
+            mask = targets[a:b, : logp.shape[1]].to(device)
+            loss = -(logp * mask).sum() / max(n_tokens, 1.0)
+            loss.backward()
+            loss_sum += float(loss.detach())
+        return dist.all_reduce_scalar(loss_sum)
+
+    one_pass = dataclasses.replace(settings, epochs=1)
+    bounds = one_pass.minibatch_bounds(len(positions))
+    steps = policy_update(policy, optimizer, scheduler, bounds, minibatch_loss, one_pass)
+    return {
+        "loss": sum(step.stats for step in steps) / len(steps),
+        "grad_norm": sum(step.grad_norm for step in steps) / len(steps),
+        "lr": float(optimizer.param_groups[0]["lr"]),
+        "tokens": dist.all_reduce_scalar(float(batch.attention_mask.sum())),
+    }
 
 
 # --------------------------------------------------------------------------- RLP: thought tokens

@@ -23,6 +23,7 @@ from slingshot.train.optim import build_scheduler
 from slingshot.train.policy_update import (
     UpdateSettings,
     ema_teacher_hook,
+    next_token_update,
     sampling_passes,
     update_on_thoughts,
 )
@@ -292,6 +293,63 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, small_data, tiny_
     ref_opt, opt = reference["optimizer"], state["optimizer"]
     moments = [k for k in ref_opt if k.endswith(".exp_avg")]
     assert moments and all(torch.equal(ref_opt[k], opt[k]) for k in moments)
+
+
+# --------------------------------------------------------------------------- the next-token control
+
+
+def test_next_token_update_is_the_mean_token_nll_of_the_positions_sequences(small_data, tiny_model):
+    """One mini-batch: the loss is the input model's mean NLL over every next token of each
+    position's ``context target`` (HF's own loss on the same rows), and the step moves the weights."""
+    model, tokenizer = load_model_and_tokenizer(tiny_model)
+    model.eval()
+    positions = [
+        Position(doc_index=0, t=5, context=(1, 40, 41, 42, 43), target=(44,)),
+        Position(doc_index=1, t=2, context=(1, 50, 51), target=(52,)),
+    ]
+    batch = build_baseline_batch(positions, pad_id=0)
+    labels = batch.input_ids.masked_fill(batch.attention_mask == 0, -100)
+    with torch.no_grad():
+        expected = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels).loss
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = RLPConfig(**{**TINY_RLP, "objective": "next_token"})
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scheduler = build_scheduler(optimizer, cfg.optimizer, 1)
+    out = next_token_update(
+        model, optimizer, scheduler, positions, 0, UpdateSettings.from_config(cfg), torch.device("cpu")
+    )
+    assert out["loss"] == pytest.approx(float(expected), rel=1e-5)
+    assert out["tokens"] == 6 + 4  # context and target of both positions
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_the_next_token_objective_trains_on_rlps_positions_without_thoughts_and_resumes(
+    tmp_path, small_data, tiny_model
+):
+    cfg = {**TINY_RLP, "objective": "next_token", "steps": 4, "checkpoint": {"interval_steps": 100}}
+    ref_ctx = _ctx(tmp_path / "ref", small_data, tiny_model, cfg, RecordingTracker())
+    result = rlp.run(ref_ctx)
+    rows = ref_ctx.tracker.rows
+    assert sorted(rows) == [1, 2, 3, 4] and all(rows[s]["loss"] > 0 for s in rows)
+    assert "reward_mean" not in rows[1] and "thought_len" not in rows[1]  # no thought was sampled
+    assert Path(result.outputs["model_dir"], "config.json").is_file()
+    reference = _state(ref_ctx)
+    assert "ema" not in reference  # no teacher
+    # The same positions as RLP draws with the same config: the stream ends where RLP's does.
+    rlp_ctx = _ctx(tmp_path / "rlp", small_data, tiny_model, {**cfg, "objective": "rlp"}, RecordingTracker())
+    rlp.run(rlp_ctx)
+    assert _state(rlp_ctx)["stream"] == reference["stream"]
+
+    killed = RecordingTracker(stop_at=2)
+    with pytest.raises(StageInterrupted):
+        rlp.run(_ctx(tmp_path / "cut", small_data, tiny_model, cfg, killed))
+    resumed = RecordingTracker()
+    ctx = _ctx(tmp_path / "cut", small_data, tiny_model, cfg, resumed)
+    rlp.run(ctx)
+    assert sorted(resumed.rows) == [3, 4]
+    assert [resumed.rows[s]["loss"] for s in (3, 4)] == [rows[s]["loss"] for s in (3, 4)]
+    for name, value in reference["model"].items():
+        assert torch.equal(_state(ctx)["model"][name], value), name
 
 
 # --------------------------------------------------------------------------- information gain rises
