@@ -1,9 +1,10 @@
 """The recipe's claims on the tiny recipe, each over several seeds, with mean ± sd.
 
-For every seed the tiny recipe (workflow/config/config.yaml) runs once through
-profiles/local with ``pipeline.seed`` set to it and two control variants added; each
-variant shares every node whose result it would repeat (the plan's digests), so a control
-costs only the stages it changes:
+For every seed two pipelines run through profiles/local with ``pipeline.seed`` set to it;
+each variant shares every node whose result it would repeat (the plan's digests), so a
+control arm costs only the stages it changes.
+
+``recipe`` (DIR/seed-<seed>): the tiny recipe (workflow/config/config.yaml) and two controls:
 
 * ``flr`` / ``noreason``: the two pretraining arms; both SFT on the FLR arm's synthesized set
   (``sft.synth_from: flr``, the tiny recipe's default), so after SFT only pretraining differs
@@ -13,18 +14,18 @@ costs only the stages it changes:
 * ``symclip``: the FLR arm with ProRL clipped symmetrically (ε_high = ε_low = 0.2, no
   controller) instead of clip-higher.
 
+``rlp`` (DIR/rlp-seed-<seed>): the FLR arm up to RLP, and ``ntp``, the RLP paper's control:
+the same RLP stage with ``objective: next_token`` (plain next-token training on the same
+positions' context and targets, steps and optimizer; no thought).
+
 Evaluation draws 16 samples per prompt (pass@16 needs n >= 16) on 16 held-out prompts per
 family. Each claim is a paired difference between two arms of the same seed; it "holds"
 when the mean difference exceeds twice its standard deviation over the seeds (and is
 positive); "against" when it is that far below zero; otherwise "within noise".
 
-Not measured: RLP against next-token continued pretraining on the same tokens (the RLP
-paper's comparison) needs a next-token baseline stage of RLP's token budget, which the
-pipeline does not have yet.
-
-Usage: python bench/claims.py [--seeds 1234 1235 1236] [--dir DIR] [--summarize-only]
-(about 15 min per seed on 2 idle cores; the table is printed and written to DIR/claims.md,
-the per-seed values to DIR/claims.json).
+Usage: python bench/claims.py [--seeds 1234 1235 1236] [--passes recipe rlp] [--dir DIR]
+[--summarize-only] (on 2 idle cores about 15 min per seed for ``recipe``, 6 for ``rlp``; the
+table is printed and written to DIR/claims.md, the per-seed values to DIR/claims.json).
 """
 
 from __future__ import annotations
@@ -50,19 +51,16 @@ CONFIG = REPO / "workflow" / "config" / "config.yaml"
 ENTROPY_LAST_STEPS = 10  # ProRL's entropy claim: the mean over the phase's last steps
 
 
-def overlay(seed: int) -> dict[str, Any]:
+EVALUATE = {"n_samples": 16, "k": [1, 16], "prompts_per_task": 16}
+
+
+def recipe_config(seed: int) -> dict[str, Any]:
     """The tiny recipe at ``seed``, the two control arms, and pass@16 evaluation."""
-    prorl_only = {"evaluate": {"enabled": False}}
-    return {
+    from slingshot.config import deep_merge
+
+    changes = {
         "pipeline": {"name": f"claims-{seed}", "seed": seed},
-        "stages": {
-            "evaluate": {
-                "models": ["pretrain", "sft", "prorl"],
-                "n_samples": 16,
-                "k": [1, 16],
-                "prompts_per_task": 16,
-            }
-        },
+        "stages": {"evaluate": {"models": ["pretrain", "sft", "prorl"], **EVALUATE}},
         "variants": {
             "noreason": {"stages": {"prorl": {"enabled": False}}},  # no claim reads its ProRL
             "random": {
@@ -75,10 +73,39 @@ def overlay(seed: int) -> dict[str, Any]:
             },
             "symclip": {
                 "description": "FLR with symmetric ProRL clipping (no clip-higher)",
-                "stages": {"prorl": {"eps_high": 0.2, "entropy_control": {"enabled": False}}, **prorl_only},
+                "stages": {
+                    "prorl": {"eps_high": 0.2, "entropy_control": {"enabled": False}},
+                    "evaluate": {"enabled": False},
+                },
             },
         },
     }
+    return deep_merge(yaml.safe_load(CONFIG.read_text()), changes)
+
+
+def rlp_config(seed: int) -> dict[str, Any]:
+    """The FLR arm up to RLP and its next-token control, the RLP models evaluated."""
+    from slingshot.config import deep_merge
+
+    changes = {
+        "pipeline": {"name": f"claims-rlp-{seed}", "seed": seed},
+        "stages": {
+            **{kind: {"enabled": False} for kind in ("synth", "sft", "prorl")},
+            "evaluate": {"models": ["rlp"], **EVALUATE},
+        },
+    }
+    config = deep_merge(yaml.safe_load(CONFIG.read_text()), changes)
+    config["variants"] = {
+        "flr": config["variants"]["flr"],
+        "ntp": {
+            "description": "FLR with RLP's next-token control (same positions, no thought)",
+            "stages": {"rlp": {"objective": "next_token"}},
+        },
+    }
+    return config
+
+
+PASSES = {"recipe": ("seed", recipe_config), "rlp": ("rlp-seed", rlp_config)}
 
 
 @dataclass(frozen=True)
@@ -87,6 +114,7 @@ class Claim:
     metric: str  # what is compared
     better: tuple[str, str]  # (variant/node, metric key) that should be higher ...
     worse: tuple[str, str]  # ... than this one
+    run: str = "recipe"  # the pass whose results hold both
 
 
 CLAIMS = [
@@ -128,35 +156,36 @@ CLAIMS = [
         ("flr/prorl-len96", "distinct_answers_tail"),
         ("symclip/prorl-len96", "distinct_answers_tail"),
     ),
+    Claim(
+        "RLP > next-token training on the same positions",
+        "pass@1",
+        ("flr/evaluate-rlp", "pass_at_1"),
+        ("ntp/evaluate-rlp", "pass_at_1"),
+        run="rlp",
+    ),
 ]
 
 
-def run_seed(seed: int, directory: Path) -> float:
-    """One pipeline run of the tiny recipe plus controls at ``seed``; wall seconds."""
+def run_pass(config: dict[str, Any], directory: Path) -> float:
+    """One pipeline run of ``config`` in ``directory`` (resumed where it stopped); wall seconds."""
     directory.mkdir(parents=True, exist_ok=True)
-    extra = directory / "claims-overlay.yaml"
-    extra.write_text(yaml.safe_dump(overlay(seed), sort_keys=False))
+    path = directory / "claims-config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
     command = [
         str(BIN / "snakemake"),
         "-s",
         str(REPO / "Snakefile"),
         "--profile",
         str(REPO / "profiles" / "local"),
-        "--cores",
-        "2",
-        "--configfile",
-        str(CONFIG),
-        str(extra),
-        "--directory",
-        str(directory),
     ]
+    command += ["--cores", "2", "--configfile", str(path), "--directory", str(directory)]
     env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
     log = directory / "snakemake.log"
     start = time.monotonic()
     with log.open("w") as out:
         code = subprocess.run(command, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
     if code != 0:
-        raise SystemExit(f"seed {seed} failed (exit {code}); {log}:\n{log.read_text()[-3000:]}")
+        raise SystemExit(f"{directory} failed (exit {code}); {log}:\n{log.read_text()[-3000:]}")
     return time.monotonic() - start
 
 
@@ -168,17 +197,20 @@ def tail_mean(client: Any, run_id: str, key: str, last: int) -> float:
     return statistics.fmean(values)
 
 
-def seed_values(directory: Path) -> dict[str, dict[str, float]]:
-    """node key -> the metrics the claims read, from one seed's manifests (and MLflow)."""
+def seed_values(directories: dict[str, Path], passes: list[str]) -> dict[str, dict[str, float]]:
+    """node key -> the metrics the claims of ``passes`` read, from one seed's manifests (and
+    MLflow); ``directories``: each pass's run directory."""
     from mlflow import MlflowClient
 
-    results = directory / "results"
-    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
     values: dict[str, dict[str, float]] = {}
     for claim in CLAIMS:
+        if claim.run not in passes:
+            continue
+        results = directories[claim.run] / "results"
+        client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
         for node, key in (claim.better, claim.worse):
             manifest = json.loads((results / node / "manifest.json").read_text())
-            metrics = values.setdefault(node, {})
+            metrics = values.setdefault(f"{claim.run}:{node}", {})
             if key.endswith("_tail"):
                 metrics[key] = tail_mean(
                     client, manifest["mlflow_run_id"], key[: -len("_tail")], ENTROPY_LAST_STEPS
@@ -199,7 +231,7 @@ def verdict(differences: list[float]) -> str:
     return "within noise"
 
 
-def summarize(per_seed: dict[int, dict[str, dict[str, float]]]) -> str:
+def summarize(per_seed: dict[int, dict[str, dict[str, float]]], passes: list[str]) -> str:
     def stat(xs: list[float]) -> str:
         return f"{statistics.fmean(xs):.3f} ± {statistics.stdev(xs):.3f}" if len(xs) > 1 else f"{xs[0]:.3f}"
 
@@ -213,17 +245,15 @@ def summarize(per_seed: dict[int, dict[str, dict[str, float]]]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for claim in CLAIMS:
-        better = [per_seed[s][claim.better[0]][claim.better[1]] for s in seeds]
-        worse = [per_seed[s][claim.worse[0]][claim.worse[1]] for s in seeds]
+        if claim.run not in passes:
+            continue
+        better = [per_seed[s][f"{claim.run}:{claim.better[0]}"][claim.better[1]] for s in seeds]
+        worse = [per_seed[s][f"{claim.run}:{claim.worse[0]}"][claim.worse[1]] for s in seeds]
         diff = [b - w for b, w in zip(better, worse, strict=True)]
         lines.append(
             f"| {claim.name} | {claim.metric} | {stat(better)} ({claim.better[0].split('/')[0]}) | "
             f"{stat(worse)} ({claim.worse[0].split('/')[0]}) | {stat(diff)} | {verdict(diff)} |"
         )
-    lines.append(
-        "| RLP > next-token continued pretraining, same tokens | - | - | - | - | not measured (no "
-        "next-token baseline stage) |"
-    )
     return "\n".join(lines)
 
 
@@ -232,6 +262,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[1234, 1235, 1236])
+    parser.add_argument("--passes", nargs="+", default=list(PASSES), choices=list(PASSES))
     parser.add_argument("--dir", type=Path, default=REPO / "claims")
     parser.add_argument(
         "--summarize-only", action="store_true", help="read the seeds' finished runs in --dir"
@@ -239,12 +270,13 @@ def main() -> None:
     args = parser.parse_args()
     per_seed: dict[int, dict[str, dict[str, float]]] = {}
     for seed in args.seeds:
-        directory = args.dir / f"seed-{seed}"
-        if not args.summarize_only:
-            wall = run_seed(seed, directory)
-            print(f"seed {seed}: {wall:.0f} s", flush=True)
-        per_seed[seed] = seed_values(directory)
-    table = summarize(per_seed)
+        directories = {name: args.dir / f"{prefix}-{seed}" for name, (prefix, _) in PASSES.items()}
+        for name in args.passes:
+            if not args.summarize_only:
+                wall = run_pass(PASSES[name][1](seed), directories[name])
+                print(f"seed {seed}, {name}: {wall:.0f} s", flush=True)
+        per_seed[seed] = seed_values(directories, args.passes)
+    table = summarize(per_seed, args.passes)
     print(table)
     args.dir.mkdir(parents=True, exist_ok=True)
     (args.dir / "claims.md").write_text(table + "\n")
