@@ -7,7 +7,7 @@ control arm costs only the stages it changes.
 ``recipe`` (DIR/seed-<seed>): the tiny recipe (workflow/config/config.yaml) and two controls:
 
 * ``flr`` / ``noreason``: the two pretraining arms; both SFT on the FLR arm's synthesized set
-  (``sft.synth_from: flr``, the tiny recipe's default), so after SFT only pretraining differs
+  (the no-reason arm's ``sft.synth_from: flr``, as in the tiny recipe), so after SFT only pretraining differs
   (no claim reads the no-reason arm's ProRL, so it is not run);
 * ``random``: the FLR arm with SFT on the synthesis control set (the seeds plus a random
   subset of all quality-passed candidates, as many as the diversity filter selected);

@@ -43,18 +43,19 @@ def job_counts(output: str) -> dict[str, int]:
 def test_default_dag_lists_exactly_the_expected_jobs(tmp_path):
     out = dry_run(tmp_path, "--configfile", str(REPO / "workflow/config/config.yaml"))
     assert out.returncode == 0, out.stderr + out.stdout
-    # Two arms share data and pretraining phase 1; everything after phase 1 is per arm.
+    # Two arms share data and pretraining phase 1, and the FLR arm's synthesis (sft.synth_from);
+    # everything else after phase 1 is per arm.
     assert job_counts(out.stdout) == {
         "data": 1,
         "pretrain": 3,
         "rlp": 2,
-        "synth": 2,
+        "synth": 1,
         "sft": 2,
         "prorl": 2,
         "evaluate": 8,
         "report": 1,
         "all": 1,
-        "total": 22,
+        "total": 21,
     }
 
 
