@@ -231,13 +231,24 @@ def verdict(differences: list[float]) -> str:
     return "within noise"
 
 
+def machine() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else the architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
 def summarize(per_seed: dict[int, dict[str, dict[str, float]]], passes: list[str]) -> str:
     def stat(xs: list[float]) -> str:
         return f"{statistics.fmean(xs):.3f} ± {statistics.stdev(xs):.3f}" if len(xs) > 1 else f"{xs[0]:.3f}"
 
     seeds = sorted(per_seed)
     lines = [
-        f"Seeds {', '.join(map(str, seeds))}; {platform.processor() or platform.machine()}, "
+        f"Seeds {', '.join(map(str, seeds))}; {machine()}, "
         f"{os.cpu_count()} CPUs, {datetime.date.today().isoformat()}. Mean ± sd over seeds; the "
         "difference is paired by seed.",
         "",
