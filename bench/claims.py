@@ -207,6 +207,8 @@ def seed_values(directories: dict[str, Path], passes: list[str]) -> dict[str, di
         if claim.run not in passes:
             continue
         results = directories[claim.run] / "results"
+        if not (results / "mlflow.db").is_file():  # the client would create an empty store
+            raise SystemExit(f"{directories[claim.run]}: no finished {claim.run} run to summarize")
         client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
         for node, key in (claim.better, claim.worse):
             manifest = json.loads((results / node / "manifest.json").read_text())
