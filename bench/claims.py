@@ -24,8 +24,9 @@ when the mean difference exceeds twice its standard deviation over the seeds (an
 positive); "against" when it is that far below zero; otherwise "within noise".
 
 Usage: python bench/claims.py [--seeds 1234 1235 1236] [--passes recipe rlp] [--dir DIR]
-[--summarize-only] (on 2 idle cores about 15 min per seed for ``recipe``, 6 for ``rlp``; the
-table is printed and written to DIR/claims.md, the per-seed values to DIR/claims.json).
+[--summarize-only] (2026-12-07, 2 cores shared with other runs: 42-48 min per seed for
+``recipe``, 13-25 min for ``rlp``, not timed idle; the table is printed and written to
+DIR/claims.md, the per-seed values to DIR/claims.json).
 """
 
 from __future__ import annotations
