@@ -3,7 +3,8 @@
 The run of ``bench_prorl_step.py`` (tiny Llama, digit-share reward, one optimizer step per
 generation batch, max_gen_batches=1): once as one process with every thread the ranks
 share in all (``--ranks`` threads), once as one process of one thread, once as ``--ranks``
-gloo processes of one thread each.
+gloo processes of one thread each with whole copies (gradient all-reduce) and once with
+FSDP2 (policy and reference sharded; generation on the gathered policy).
 Both draw the same samples (rollouts are seeded per prompt), so they do the same work; the
 multi-rank run splits generation, scoring and the update by whole groups and adds the
 gathers and the gradient all-reduce. The first step is warm-up and not counted. On a
@@ -57,14 +58,21 @@ def _worker(a: argparse.Namespace) -> None:
 
 
 def _launch(
-    a: argparse.Namespace, setup_path: Path, root: Path, world: int, threads: int, name: str = ""
+    a: argparse.Namespace,
+    setup_path: Path,
+    root: Path,
+    world: int,
+    threads: int,
+    name: str = "",
+    data_parallel: str = "allreduce",
 ) -> list[float]:
-    name = name or f"{world}x{threads}"
+    name = name or f"{world}x{threads}-{data_parallel}"
     out = root / f"times-{name}.json"
     args = [sys.executable, __file__, "--worker", "--world", str(world), "--threads", str(threads)]
     args += ["--setup", str(setup_path), "--root", str(root / f"run-{name}"), "--out", str(out)]
     for key in ("prompts", "samples", "max_tokens", "steps", "hidden", "layers"):
         args += [f"--{key.replace('_', '-')}", str(getattr(a, key))]
+    args += ["--data-parallel", data_parallel]
     port = str(_free_port())
     procs = []
     for rank in range(world):
@@ -94,6 +102,7 @@ def main() -> None:
     p.add_argument("--setup", help=argparse.SUPPRESS)
     p.add_argument("--root", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
+    p.add_argument("--data-parallel", default="allreduce", help=argparse.SUPPRESS)
     a = p.parse_args()
     a.temperature, a.eps_low, a.eps_high, a.beta, a.lr = 1.0, 0.2, 0.4, 1e-3, 1e-4
     warnings.filterwarnings("ignore")
@@ -111,7 +120,8 @@ def main() -> None:
         one = _launch(a, setup_path, root, 1, a.ranks)  # one process, all the threads
         single = _launch(a, setup_path, root, 1, 1, "1x1")  # one process, one thread
         many = _launch(a, setup_path, root, a.ranks, 1)  # a thread per rank
-    one_s, single_s, many_s = (statistics.mean(t[1:]) for t in (one, single, many))
+        sharded = _launch(a, setup_path, root, a.ranks, 1, data_parallel="fsdp")
+    one_s, single_s, many_s, sharded_s = (statistics.mean(t[1:]) for t in (one, single, many, sharded))
     print(
         f"device: CPU ({os.cpu_count()} cores, gloo); B={a.prompts} prompts x G={a.samples}, "
         f"<= {a.max_tokens} response tokens, Llama {a.layers}x{a.hidden}, {a.steps - 1} timed steps"
@@ -120,12 +130,17 @@ def main() -> None:
         (f"1 process x {a.ranks} threads", one, one_s),
         ("1 process x 1 thread ", single, single_s),
         (f"{a.ranks} ranks x 1 thread    ", many, many_s),
+        (f"{a.ranks} ranks x 1 thread, FSDP2", sharded, sharded_s),
     ):
         print(f"ProRL step, {name}: {mean:.3f} s  (per step: {', '.join(f'{t:.2f}' for t in times[1:])})")
     print(
         f"ratio 1 process x {a.ranks} threads / {a.ranks} ranks: {one_s / many_s:.2f}x (above 1: the ranks are faster)"
     )
     print(f"ratio 1 process x 1 thread / {a.ranks} ranks: {single_s / many_s:.2f}x")
+    print(
+        f"ratio {a.ranks} ranks all-reduce / FSDP2: {many_s / sharded_s:.2f}x (below 1: sharding costs "
+        "gathers; on CPU nothing is gained from the memory it saves)"
+    )
 
 
 if __name__ == "__main__":

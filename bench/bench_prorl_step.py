@@ -158,6 +158,7 @@ def run_prorl(
                     "optimizer": {"lr": a.lr},
                     "phases": [{"name": "bench", "steps": a.steps, "max_response_tokens": a.max_tokens}],
                     "rollout": rollout or {},
+                    "data_parallel": getattr(a, "data_parallel", "auto"),
                 }
             }
         },

@@ -308,6 +308,9 @@ class RLPConfig(ModelStageConfig):
     ppo_epochs: PositiveInt = 1
     mini_batches: PositiveInt = 1
     micro_batch_size: PositiveInt = 8  # sequences per forward pass (scoring and update)
+    # auto: FSDP2 on GPUs (the policy and its frozen copy sharded), gradient all-reduce across
+    # CPU (gloo) processes; fsdp shards on gloo too; allreduce replicates on GPUs.
+    data_parallel: Literal["auto", "fsdp", "allreduce"] = "auto"
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
 
     @model_validator(mode="after")
@@ -609,6 +612,9 @@ class ProRLConfig(ModelStageConfig):
     # reasoning-gym training tasks by weight; task_weight 0 trains on the user sets only.
     datasets: list[PromptSet] = Field(default_factory=list)
     task_weight: Annotated[float, Field(ge=0)] = 1.0
+    # auto: FSDP2 on GPUs (the policy and its frozen copy sharded), gradient all-reduce across
+    # CPU (gloo) processes; fsdp shards on gloo too; allreduce replicates on GPUs.
+    data_parallel: Literal["auto", "fsdp", "allreduce"] = "auto"
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
     # The length schedule: each phase is its own job in the DAG, starting from the previous.
     phases: list[ProRLPhase] = Field(

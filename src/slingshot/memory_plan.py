@@ -110,15 +110,12 @@ class Parallelism:
 
 
 def stage_parallelism(kind: str, section: Any, on_gpu: bool = True) -> Parallelism:
-    """How a stage lays its model over its ranks: the one place that knows (RLP and ProRL
-    replicate the model per rank, each rank training on its share of the batch; FSDP2 for
-    them is still to come)."""
+    """How a stage lays its model over its ranks: the one place that knows. SFT, RLP and
+    ProRL shard with FSDP2 under ``data_parallel: fsdp`` (or ``auto`` on GPUs), the RL
+    stages' frozen copy too; otherwise every rank holds the whole model."""
     ranks = section.resources.nodes * section.resources.effective_tasks_per_node
-    if (
-        kind == "sft"
-        and ranks > 1
-        and (section.data_parallel == "fsdp" or (section.data_parallel == "auto" and on_gpu))
-    ):
+    mode = getattr(section, "data_parallel", None)
+    if ranks > 1 and (mode == "fsdp" or (mode == "auto" and on_gpu)):
         return Parallelism("fsdp", ranks, ranks)
     return Parallelism("replicated" if ranks > 1 else "single", ranks, 1)
 
@@ -175,8 +172,9 @@ def _static(lines: dict[str, float], dims: ModelDims, par: Parallelism, precisio
     lines["optimizer state"] = 2 * dims.params * 4.0 / par.shard  # AdamW: two fp32 moments
 
 
-def _frozen(placement: str, dims: ModelDims) -> float:
-    return {"device": 4.0, "bf16": 2.0, "cpu": 0.0}[placement] * dims.params
+def _frozen(placement: str, dims: ModelDims, par: Parallelism) -> float:
+    """A frozen copy (reference, EMA teacher): sharded like the policy under FSDP2."""
+    return {"device": 4.0, "bf16": 2.0, "cpu": 0.0}[placement] * dims.params / par.shard
 
 
 def _logit_tokens(tokens: int, chunk: int | None) -> int:
@@ -224,10 +222,17 @@ def _peak(lines: dict[str, float], passes: dict[str, tuple[float, float]]) -> st
 
 
 def _rollout(plan: StagePlan, rollout: Any, dims: ModelDims, rows: int, tokens: int) -> None:
+    sharded = plan.parallelism.kind == "fsdp"
     if rollout.backend == "vllm":
         plan.rollout_fraction = rollout.gpu_memory_utilization
+        if sharded:  # a weight push gathers every fp32 tensor whole before sending them
+            plan.lines["weight push (gathered)"] = dims.params * 4.0
     else:  # HF generate on the policy: its fp32 KV cache
         plan.lines["rollout KV cache"] = rows * tokens * dims.layers * 2 * dims.kv_heads * dims.head_dim * 4.0
+        if sharded:  # the policy is gathered whole for each generate call (bf16 on GPUs)
+            plan.lines["generation (gathered policy)"] = dims.params * (
+                2.0 if plan.precision == "bf16" else 4.0
+            )
 
 
 def _precision(section: Any, on_gpu: bool) -> str:
@@ -249,7 +254,7 @@ def plan_prorl(
     plan = StagePlan(stage, "prorl", par, precision, micro)
     _static(plan.lines, dims, par, precision)
     if cfg.kl_coef > 0:
-        plan.lines["reference copy"] = _frozen(memory.frozen_copy, dims)
+        plan.lines["reference copy"] = _frozen(memory.frozen_copy, dims, par)
     # θ_old and reference log-probs and θ_old entropies of the whole batch, kept for the step.
     buffers = 3 if cfg.kl_coef > 0 else 2
     plan.lines["step log-prob buffers"] = buffers * cfg.batch_prompts // ranks * cfg.n_samples * width * 4.0
@@ -280,7 +285,7 @@ def plan_rlp(
     rows = micro_batch_rows(thoughts // cfg.mini_batches, width, budget, cfg.micro_batch_size)
     plan = StagePlan(stage, "rlp", par, precision, f"{rows} x {width} tokens")
     _static(plan.lines, dims, par, precision)
-    plan.lines["EMA teacher copy"] = _frozen(memory.frozen_copy, dims)
+    plan.lines["EMA teacher copy"] = _frozen(memory.frozen_copy, dims, par)
     if cfg.position_selection == "entropy":
         plan.lines["entropy proxy copy"] = (proxy or dims).params * 4.0
     # (θ_old of the thoughts waits in host memory: score_thoughts moves it to the CPU.)

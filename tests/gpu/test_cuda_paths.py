@@ -55,7 +55,7 @@ def test_all_reduce_moves_cpu_tensors_for_an_nccl_only_group(process_group_of_on
 
 
 def test_fsdp2_step_on_one_gpu_follows_the_unsharded_bf16_step(process_group_of_one):
-    from slingshot.train.supervised import shard_model
+    from slingshot.models.sharding import shard_model
 
     torch.manual_seed(0)
     plain, sharded = tiny_llama().cuda(), tiny_llama().cuda()

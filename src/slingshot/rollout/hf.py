@@ -1,12 +1,14 @@
 """HF generate as a rollout backend: the training model itself samples, so weights are
 always in sync. Prompts are left-padded into one batch per call; a call seeded per prompt
 generates each prompt's ``n`` samples as a batch of their own under that prompt's seed, so
-they do not depend on the other prompts (nor on how a sharded stage split them over ranks)."""
+they do not depend on the other prompts (nor on how a sharded stage split them over ranks).
+A policy sharded with FSDP2 is gathered for each call (:func:`gathered_for_generation`)."""
 
 from __future__ import annotations
 
 import torch
 
+from slingshot.models.sharding import gathered_for_generation
 from slingshot.rollout.base import Rollout, Seeds, per_prompt_seeds
 
 
@@ -34,12 +36,26 @@ class HFRollout:
         top_p: float = 1.0,
         seed: Seeds = None,
     ) -> list[list[Rollout]]:
-        seeds = per_prompt_seeds(seed, len(prompts))
-        if seeds is not None:
+        # A sharded (FSDP2) policy is gathered once for the whole call: ranks stop at
+        # different lengths, so no forward inside may be a collective.
+        with gathered_for_generation(self.model):
+            seeds = per_prompt_seeds(seed, len(prompts))
+            if seeds is None:
+                return self._generate(prompts, n, max_new_tokens, temperature, top_p, seed)
             return [
-                self.generate([p], n, max_new_tokens, temperature, top_p, s)[0]
+                self._generate([p], n, max_new_tokens, temperature, top_p, s)[0]
                 for p, s in zip(prompts, seeds, strict=True)
             ]
+
+    def _generate(
+        self,
+        prompts: list[list[int]],
+        n: int,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        seed: int | None,
+    ) -> list[list[Rollout]]:
         if seed is not None:
             torch.manual_seed(seed)
         was_training = self.model.training

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from slingshot.models.sharding import full_value, is_sharded
 from slingshot.rollout.base import Rollout, Seeds, per_prompt_seeds
 
 if TYPE_CHECKING:
@@ -73,11 +74,14 @@ def _kept_rng_state() -> Iterator[None]:
 
 
 def engine_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Every tensor the engine holds; ``state_dict`` keeps ``lm_head.weight`` even when it is tied."""
+    """Every tensor the engine holds; ``state_dict`` keeps ``lm_head.weight`` even when it is tied.
+
+    A sharded (FSDP2) policy's tensors are gathered whole here (a collective: every rank
+    pushes to its own engine at the same point)."""
     state = model.state_dict()
     if "lm_head.weight" not in state and hasattr(model, "get_output_embeddings"):
         state["lm_head.weight"] = model.get_output_embeddings().weight
-    return {name: tensor.detach() for name, tensor in state.items()}
+    return {name: full_value(tensor.detach()) for name, tensor in state.items()}
 
 
 class VLLMRollout:
@@ -214,7 +218,11 @@ class VLLMRollout:
 
     def sync_weights(self, model: torch.nn.Module, step: int | None = None) -> None:
         """Push ``model``'s weights into the engine; raises ``WeightSyncTimeout`` past ``sync_timeout_s``."""
-        self._timed_push(lambda: engine_weights(model), step)
+        if is_sharded(model):  # gathering is a collective: in this thread, not the push thread
+            weights = engine_weights(model)
+            self._timed_push(lambda: weights, step)
+        else:
+            self._timed_push(lambda: engine_weights(model), step)
 
     def push_weights(self, weights: dict[str, torch.Tensor], step: int | None = None) -> None:
         """:meth:`sync_weights` with the tensors themselves (what a separate engine process receives)."""
@@ -228,7 +236,11 @@ class VLLMRollout:
 
         def push() -> None:
             try:
-                self._push(weights())
+                tensors = weights()
+                # Timed out while these were gathered: the engine is given up, never half-updated
+                # late (nor touched after close() by a push that outlived its call).
+                if not self._broken:
+                    self._push(tensors)
             except BaseException as error:  # re-raised in the caller's thread
                 failure.append(error)
             finally:

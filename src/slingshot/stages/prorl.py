@@ -21,16 +21,18 @@ entropy controller, reset bookkeeping, prompt-stream position and RNG. A resume 
 re-anchors the reference to the resumed weights (that silently zeroes the KL). A new
 length-schedule phase is a new job that starts from the previous phase's HF model, so
 its reference starts there too: the phase boundary acts as a reference reset.
-N ranks × M nodes (one task per GPU or CPU process): every rank holds the whole policy and
-reference on its device and its own rollout backend (HF generate on the policy, or a vLLM
-engine per rank). Each generation batch's prompts are split over the ranks by whole
+N ranks × M nodes (one task per GPU or CPU process): with ``data_parallel`` resolving to
+FSDP2 (the default on GPUs) the policy and the reference are sharded over the ranks
+(``slingshot.models.sharding``: HF generation gathers the policy once per call, a vLLM push
+gathers each tensor); on gloo (the default on CPU) every rank holds whole copies. Each rank
+has its own rollout backend (HF generate on the policy, or a vLLM engine per rank). Each generation batch's prompts are split over the ranks by whole
 groups, the scored groups are gathered so dynamic sampling decides globally, and each rank
 trains on its share of every mini-batch; the loss is normalised by the global token count
-and gradients are summed (``dist.all_reduce_grads``: gloo on CPU, NCCL on GPUs), so N ranks
+and gradients are summed (FSDP2's reduce-scatter, or ``dist.all_reduce_grads``), so N ranks
 take the step one process takes on the same ``batch_prompts`` (which, like
 ``mini_batch_prompts`` and the prompts per generation batch, must divide by the world size).
-Validation prompts are sharded and pass@1 gathered; rank 0 logs and writes the model. The
-policy is NOT sharded (FSDP2) yet: each GPU holds a full copy (see the README).
+Validation prompts are sharded and pass@1 gathered; rank 0 logs and writes the model (a
+sharded one gathered to it).
 With ``rollout.async_steps: 1`` (one process only) the vLLM engine runs in a process of its
 own and generates step t+1's batch while step t's update runs; the importance ratio is then
 against the engine's log-probs (the behaviour policy, one weight version behind), and
@@ -57,6 +59,7 @@ from slingshot.models.hf import (
     load_model_and_tokenizer,
     save_model_dir,
 )
+from slingshot.models.sharding import full_model, shard_policy_and_copy
 from slingshot.rollout import EngineWeights, make_rollout
 from slingshot.train.logging import StepLogger
 from slingshot.train.optim import build_optimizer, build_scheduler
@@ -151,6 +154,7 @@ def run(ctx: StageContext) -> StageResult:
     reference = frozen_copy(policy, cfg.memory.frozen_copy) if cfg.kl_coef > 0 else None
     if cfg.memory.activation_checkpointing:
         enable_activation_checkpointing(policy)
+    shard_policy_and_copy(cfg.data_parallel, ctx.dist, policy, reference, cfg.memory, "prorl")
     optimizer = build_optimizer(policy, cfg.optimizer)
     updates_per_step = cfg.batch_prompts // cfg.mini_batch_prompts
     scheduler = build_scheduler(optimizer, cfg.optimizer, phase.steps * updates_per_step)
@@ -249,8 +253,9 @@ def run(ctx: StageContext) -> StageResult:
     if ahead is not None:
         ahead.close()
     model_dir = ctx.output_dir / "model"
-    if ctx.dist.is_main:
-        save_model_dir(policy, tokenizer, model_dir)
+    exported = full_model(policy, ctx.dist.is_main)  # collective when sharded
+    if exported is not None:
+        save_model_dir(exported, tokenizer, model_dir)
     ctx.publish_model(model_dir, {"phase": phase.name})
     dist.barrier()  # no rank reports done before the model directory exists
     final = {k: v for k, v in {**metrics, **last_val}.items() if isinstance(v, int | float)}

@@ -29,10 +29,11 @@ distribution the thoughts came from, SPEC §7); S_pred and S_ema are the model's
 N ranks × M nodes: every rank draws the same B global positions and takes its share of
 every mini-batch (whole groups: a position and its G thoughts; B/mini_batches must divide
 by the world size). Thoughts are seeded per position, never per rank; the loss is normalised
-by the global thought count and gradients are summed (``dist.all_reduce_grads``: gloo on
-CPU, NCCL on GPUs), so N ranks take the step one process takes. Each rank holds the whole
-policy and the EMA teacher φ on its device (replicated, updated identically; no FSDP2 yet);
-rewards and metrics are gathered, rank 0 logs and writes. The position stream and batches are ``slingshot.train.rlp_batch``,
+by the global thought count and gradients are summed (FSDP2's reduce-scatter, or
+``dist.all_reduce_grads``), so N ranks take the step one process takes. With
+``data_parallel`` resolving to FSDP2 (the default on GPUs) the policy and φ are sharded on
+the same mesh (φ's update is then shard by shard); on gloo (the default on CPU) each rank
+holds whole copies, updated identically; rewards and metrics are gathered, rank 0 logs and writes. The position stream and batches are ``slingshot.train.rlp_batch``,
 the scoring passes ``slingshot.train.rlp_scoring``, the update
 ``slingshot.train.policy_update.update_on_thoughts`` (shared with ProRL).
 """
@@ -66,6 +67,7 @@ from slingshot.models.hf import (
     load_model_and_tokenizer,
     save_model_dir,
 )
+from slingshot.models.sharding import full_model, full_value, shard_policy_and_copy
 from slingshot.rollout import EngineWeights, RolloutBackend, make_rollout
 from slingshot.train.logging import StepLogger
 from slingshot.train.logprobs import PassSettings
@@ -187,6 +189,8 @@ def run(ctx: StageContext) -> StageResult:
         entropy_fn=entropy_fn,
         excluded=span_filter(tokenizer, markers, cfg.exclude_spans),
     )
+    # After every copy of the whole policy is taken (φ, the proxy): FSDP2 shards in place.
+    shard_policy_and_copy(cfg.data_parallel, ctx.dist, policy, ema, memory, "rlp")
     optimizer = build_optimizer(policy, cfg.optimizer)
     updates = cfg.steps * cfg.ppo_epochs * cfg.mini_batches
     scheduler = build_scheduler(optimizer, cfg.optimizer, updates)
@@ -264,7 +268,7 @@ def run(ctx: StageContext) -> StageResult:
             "thought_len": float(lengths.float().mean()),
             "policy_entropy": counts["entropy_sum"] / max(counts["thought_tokens"], 1.0),
             **update,
-            "ema_distance": float(parameter_distance(ema.parameters(), policy.parameters())),
+            "ema_distance": float(full_value(parameter_distance(ema.parameters(), policy.parameters()))),
             "time_generate_s": t1 - t0,  # this rank's (rank 0 logs)
             "time_score_s": t2 - t1,
             "time_update_s": t3 - t2,
@@ -334,8 +338,9 @@ def publish(ctx: StageContext, policy: torch.nn.Module, tokenizer: Any) -> Path:
     cfg = ctx.config
     assert isinstance(cfg, RLPConfig)
     model_dir = ctx.output_dir / "model"
-    if ctx.dist.is_main:
-        save_model_dir(policy, tokenizer, model_dir)
+    exported = full_model(policy, ctx.dist.is_main)  # collective when sharded
+    if exported is not None:
+        save_model_dir(exported, tokenizer, model_dir)
     ctx.publish_model(model_dir, {"steps": cfg.steps, "objective": cfg.objective})
     dist.barrier()
     return model_dir

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from slingshot import dist
 from slingshot.algorithms.entropy import token_entropy, topk_entropy
 from slingshot.algorithms.logprobs import IGNORE_INDEX, tempered_logprobs
 
@@ -72,6 +73,14 @@ def micro_batch_rows(rows: int, width: int, tokens_per_micro_batch: int, max_row
     """Rows per forward pass: as many ``width``-token rows as fit the budget (at least one)."""
     fit = max(1, tokens_per_micro_batch // max(width, 1))
     return max(1, min(rows, fit, max_rows or rows))
+
+
+def lockstep_width(width: int) -> int:
+    """The widest rank's ``width`` (``width`` itself in one process; a collective otherwise:
+    every rank calls it at the same point). Micro-batches sized for it are as many on every
+    rank that holds as many rows, as a sharded (FSDP2) model needs: each of its forward
+    passes all-gathers, so the ranks must run the same number of them."""
+    return int(dist.all_reduce_scalar(float(width), "max"))
 
 
 def micro_batches(
@@ -215,15 +224,18 @@ def batched_token_logprobs(
     with_entropy: bool = False,
     passes: PassSettings | None = None,
     max_rows: int | None = None,
+    split_width: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`token_logprobs` of a whole batch without gradient, in micro-batches of at most
     ``passes.tokens_per_micro_batch`` tokens (and ``max_rows`` rows), each trimmed to its
-    longest row; returns ``[N, T-1]`` tensors on the inputs' device (0 past each row's end)."""
+    longest row; returns ``[N, T-1]`` tensors on the inputs' device (0 past each row's end).
+    ``split_width``: the width the micro-batches are sized for (default: the batch's own;
+    ranks of a sharded model pass :func:`lockstep_width`)."""
     passes = passes or PassSettings()
     n, width = input_ids.shape
     logp_parts: list[torch.Tensor] = []
     entropy_parts: list[torch.Tensor] = []
-    for start, stop in micro_batches(n, width, passes.tokens_per_micro_batch, max_rows):
+    for start, stop in micro_batches(n, split_width or width, passes.tokens_per_micro_batch, max_rows):
         used = max(int(attention_mask[start:stop].sum(dim=1).max()), 2)
         ids, attention = input_ids[start:stop, :used], attention_mask[start:stop, :used]
         positions = position_ids[start:stop, :used] if position_ids is not None else None

@@ -50,7 +50,14 @@ from slingshot.algorithms.policy_loss import (
 from slingshot.algorithms.rlp import ema_update_
 from slingshot.config import ProRLConfig, RLPConfig
 from slingshot.models.hf import resident
-from slingshot.train.logprobs import PassSettings, batched_token_logprobs, micro_batches, token_logprobs
+from slingshot.models.sharding import is_sharded, sum_sharded_gradients
+from slingshot.train.logprobs import (
+    PassSettings,
+    batched_token_logprobs,
+    lockstep_width,
+    micro_batches,
+    token_logprobs,
+)
 from slingshot.train.rl_batch import RLBatch, masked_mean
 from slingshot.train.rlp_batch import Position, build_baseline_batch
 
@@ -123,8 +130,12 @@ class UpdateSettings:
         return [(start, start + size) for start in range(0, rows, size)]
 
     def micro_bounds(self, start: int, stop: int, width: int) -> list[tuple[int, int]]:
-        """``[start, stop)`` row ranges of the forward passes over rows [start, stop) of ``width``."""
-        micro = micro_batches(stop - start, width, self.passes.tokens_per_micro_batch, self.micro_batch_rows)
+        """``[start, stop)`` row ranges of the forward passes over rows [start, stop) of
+        ``width``, sized for the widest rank's width (a collective with several ranks), so
+        every rank runs as many passes (a sharded policy all-gathers in each)."""
+        micro = micro_batches(
+            stop - start, lockstep_width(width), self.passes.tokens_per_micro_batch, self.micro_batch_rows
+        )
         return [(start + a, start + b) for a, b in micro]
 
 
@@ -161,8 +172,12 @@ def policy_update(
         for index, minibatch in enumerate(minibatches):
             optimizer.zero_grad(set_to_none=True)
             stats = minibatch_loss(index, minibatch)
-            # Each rank's loss is its share of the globally normalised loss: the gradient is the sum.
-            dist.all_reduce_grads(policy, "sum")
+            # Each rank's loss is its share of the globally normalised loss: the gradient is the
+            # sum (a sharded policy's backward has reduce-scattered it so already).
+            if is_sharded(policy):
+                sum_sharded_gradients(policy, dist.world_size())
+            else:
+                dist.all_reduce_grads(policy, "sum")
             grad_norm = dist.clip_grad_norm(policy.parameters(), settings.grad_clip)
             optimizer.step()
             scheduler.step()
@@ -250,7 +265,10 @@ def update_on_groups(
 
     def no_grad_pass(model: torch.nn.Module, mb: RLBatch, with_entropy: bool) -> tuple[torch.Tensor, ...]:
         ids, attention, positions = mb.input_ids, mb.attention_mask, mb.position_ids
-        return batched_token_logprobs(model, ids, attention, positions, with_entropy, passes)
+        width = lockstep_width(ids.shape[1])  # as many passes on every rank
+        return batched_token_logprobs(
+            model, ids, attention, positions, with_entropy, passes, split_width=width
+        )
 
     old_logp: list[torch.Tensor | None] = [None]
     entropy: list[torch.Tensor | None] = [None]

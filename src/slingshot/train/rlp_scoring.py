@@ -18,7 +18,7 @@ import torch
 
 from slingshot.algorithms.rlp import information_gain_reward, rlp_group_advantages
 from slingshot.models.hf import resident
-from slingshot.train.logprobs import PassSettings, micro_batches, token_logprobs
+from slingshot.train.logprobs import PassSettings, lockstep_width, micro_batches, token_logprobs
 from slingshot.train.rlp_batch import Position, ThoughtBatch, build_baseline_batch
 
 
@@ -48,7 +48,8 @@ def score_thoughts(
     entropy_sum = 0.0
     passes = passes or PassSettings()
     model_passes = dataclasses.replace(passes, temperature=1.0)
-    for start, stop in micro_batches(n, width, passes.tokens_per_micro_batch, micro_batch_size):
+    split = lockstep_width(width)  # as many passes on every rank (a sharded policy all-gathers)
+    for start, stop in micro_batches(n, split, passes.tokens_per_micro_batch, micro_batch_size):
         sub = batch.rows(start, stop)
         ids, attention = sub.input_ids.to(device), sub.attention_mask.to(device)
         logp, entropy = token_logprobs(model, ids, attention, with_entropy=True, passes=passes)
@@ -82,7 +83,7 @@ def score_baseline(
     width = batch.input_ids.shape[1]
     with resident(ema, device):
         for start, stop in micro_batches(
-            len(positions), width, passes.tokens_per_micro_batch, micro_batch_size
+            len(positions), lockstep_width(width), passes.tokens_per_micro_batch, micro_batch_size
         ):
             ids = batch.input_ids[start:stop].to(device)
             attention = batch.attention_mask[start:stop].to(device)

@@ -46,6 +46,7 @@ from slingshot import dist as collectives
 from slingshot.config import OptimizerConfig, SFTConfig, sft_grad_accum
 from slingshot.data.packing import IGNORE_INDEX, PackedSFT, SFTExample, block_causal_mask
 from slingshot.dist import DistEnv
+from slingshot.models.sharding import ParallelMode, full_model, resolve_parallel, shard_model
 from slingshot.train.logging import StepLogger
 from slingshot.train.optim import build_optimizer, build_scheduler
 from slingshot.train.state import Counter, ModelOptimizerState, TrainState
@@ -54,8 +55,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
     from slingshot.context import StageContext
-
-ParallelMode = Literal["auto", "fsdp", "allreduce"]
 
 
 @dataclass(frozen=True)
@@ -330,35 +329,6 @@ def packing_supported(
 # --------------------------------------------------------------------------- parallelism and state
 
 
-def resolve_parallel(mode: ParallelMode, dist: DistEnv) -> str:
-    """``none`` (one process), ``fsdp`` or ``allreduce``.
-
-    ``fsdp`` asked for explicitly in a process group of one still shards (FSDP2 on one GPU:
-    the GPU check exercises the multi-GPU code path that way)."""
-    if mode == "fsdp" and dist.backend is not None:
-        return "fsdp"
-    if dist.world_size == 1:
-        return "none"
-    if mode == "auto":
-        return "fsdp" if dist.device.type == "cuda" else "allreduce"
-    return mode
-
-
-def shard_model(model: PreTrainedModel, device: torch.device, bf16: bool = True) -> None:
-    """FSDP2: each decoder layer its own unit (gathered just in time), then the root."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-    policy = (
-        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-        if device.type == "cuda" and bf16
-        else MixedPrecisionPolicy()
-    )
-    layers = getattr(getattr(model, "model", None), "layers", None)
-    for layer in layers or []:
-        fully_shard(layer, mp_policy=policy)
-    fully_shard(model, mp_policy=policy)
-
-
 # --------------------------------------------------------------------------- the trainer
 
 
@@ -508,16 +478,4 @@ class SupervisedTrainer:
 
     def export_model(self) -> PreTrainedModel | None:
         """The trained model as a plain (unsharded, CPU) HF model on rank 0; None elsewhere."""
-        if self.mode != "fsdp":
-            return self.model if self.dist.is_main else None
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-        from transformers import AutoModelForCausalLM
-
-        full = get_model_state_dict(
-            self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
-        )
-        if not self.dist.is_main:
-            return None
-        plain = AutoModelForCausalLM.from_config(self.model_config)
-        plain.load_state_dict(full)
-        return plain
+        return full_model(self.model, self.dist.is_main)

@@ -536,8 +536,10 @@ def test_one_step_async_trains_a_version_behind_on_the_engines_logprobs_and_resu
 
 # --------------------------------------------------------------------------- data parallel
 
-# 3 steps of 4 prompts x 4 samples (mini-batches of 2 prompts), validation at steps 0, 2, 3.
+# 3 steps of 4 prompts x 4 samples (mini-batches of 2 prompts), validation at steps 0, 2, 3,
+# the reference reset to the policy after step 2 (step 3's KL starts at 0).
 DP_RUN = {
+    "reference_reset": {"every_steps": 2},
     "n_samples": 4,
     "batch_prompts": 4,
     "mini_batch_prompts": 2,
@@ -579,15 +581,18 @@ def assert_same_run(two: dict, one: dict, keys: tuple[str, ...], tol: float = 1e
 
 
 @pytest.mark.slow
-def test_two_ranks_match_one_on_the_same_global_batch(tmp_path, sft_setup):
+@pytest.mark.parametrize("data_parallel", ["allreduce", "fsdp"])
+def test_two_ranks_match_one_on_the_same_global_batch(tmp_path, sft_setup, data_parallel):
     """2 gloo ranks, each generating and training on half of every batch, log the same
-    losses, rewards, kept groups and validation and end at the same weights as 1 rank."""
+    losses, rewards, kept groups and validation and end at the same weights as 1 rank:
+    with replicated models (all-reduced gradients) and with the policy and the reference
+    sharded by FSDP2 (generation on the gathered policy, micro-batches in lock step)."""
     from rl_worker import spawn
 
     spec = {
         "kind": "prorl",
         "root": str(tmp_path),
-        "overrides": DP_RUN,
+        "overrides": {**DP_RUN, "data_parallel": data_parallel},
         "upstream": {"data": sft_setup["data"]},
         "init_model": str(sft_setup["model"]),
         "stage": "prorl-len32",
@@ -598,14 +603,15 @@ def test_two_ranks_match_one_on_the_same_global_batch(tmp_path, sft_setup):
     one["init_model"] = spec["init_model"]
     assert sorted(int(s) for s in one["steps"]) == [0, 1, 2, 3]
     assert sum(one["steps"][s]["groups_trained"] for s in ("1", "2", "3")) > 0
-    assert_same_run(two, one, (*DP_KEYS, "val/pass_at_1", "val/response_length"))
+    assert one["steps"]["3"]["kl_start"] == 0.0 and one["steps"]["2"]["ref_reset"] == 1.0
+    assert_same_run(two, one, (*DP_KEYS, "kl_start", "resets", "val/pass_at_1", "val/response_length"))
 
 
 @pytest.mark.slow  # a 2-rank and a 1-rank run of 3 steps
 @pytest.mark.parametrize("saved_on, resumed_on", [(2, 1), (1, 2)])
 def test_checkpoint_resumes_at_another_world_size(tmp_path, sft_setup, saved_on, resumed_on):
-    """The step-2 checkpoint of a run on ``saved_on`` gloo ranks (every rank writes its files)
-    resumes on ``resumed_on``: step 3 draws the same prompts and samples (seeded per prompt,
+    """The step-2 checkpoint of a run on ``saved_on`` gloo ranks (every rank writes its files;
+    FSDP2 shards on 2 ranks) resumes on ``resumed_on``: step 3 draws the same prompts and samples (seeded per prompt,
     not per rank), keeps the same groups and logs the same losses against the saved reference."""
     import shutil
 
@@ -613,7 +619,8 @@ def test_checkpoint_resumes_at_another_world_size(tmp_path, sft_setup, saved_on,
 
     spec = {
         "kind": "prorl",
-        "overrides": {**DP_RUN, "val_every": 100},
+        # FSDP2 on the 2-rank side: its sharded checkpoint resumes unsharded, and vice versa.
+        "overrides": {**DP_RUN, "val_every": 100, "data_parallel": "fsdp"},
         "upstream": {"data": sft_setup["data"]},
         "init_model": str(sft_setup["model"]),
         "stage": "prorl-len32",

@@ -490,7 +490,8 @@ def test_checkpoint_resumes_at_another_world_size(tmp_path, small_data, tiny_mod
         spec = {
             "kind": "rlp",
             "root": str(tmp_path / name),
-            "overrides": {**TINY_RLP, "steps": 3},
+            # FSDP2 on the 2-rank side: its sharded checkpoint resumes unsharded, and vice versa.
+            "overrides": {**TINY_RLP, "steps": 3, "data_parallel": "fsdp"},
             "upstream": {"data": small_data},
             "init_model": str(tiny_model),
             "interval": 2,
@@ -522,13 +523,15 @@ def test_checkpoint_resumes_at_another_world_size(tmp_path, small_data, tiny_mod
 # --------------------------------------------------------------------------- data parallel
 
 
-def test_two_ranks_match_one_on_the_same_global_batch(tmp_path, small_data, tiny_model):
+@pytest.mark.parametrize("data_parallel", ["allreduce", "fsdp"])
+def test_two_ranks_match_one_on_the_same_global_batch(tmp_path, small_data, tiny_model, data_parallel):
     """2 gloo ranks, each taking half of every mini-batch's positions, log the same losses,
-    rewards and scores and end at the same weights as 1 rank (B=4 in 2 mini-batches)."""
+    rewards and scores and end at the same weights as 1 rank (B=4 in 2 mini-batches): with
+    replicated models, and with the policy and the EMA teacher sharded by FSDP2."""
     from rl_worker import spawn
     from test_prorl import assert_same_run
 
-    cfg = {**TINY_RLP, "positions_per_step": 4, "mini_batches": 2}
+    cfg = {**TINY_RLP, "positions_per_step": 4, "mini_batches": 2, "data_parallel": data_parallel}
     spec = {"kind": "rlp", "upstream": {"data": small_data}, "init_model": str(tiny_model), "overrides": cfg}
     one = spawn({**spec, "root": str(tmp_path / "one")}, tmp_path / "one", 1)
     two = spawn({**spec, "root": str(tmp_path / "two")}, tmp_path / "two", 2)
