@@ -17,8 +17,9 @@ still returns what it measured. Checks:
 - pretrain_stage: the pretraining stage's own loop for a few steps (Megatron's NCCL group of
   one: CPU tensors in NCCL collectives and batches left on the CPU fail here).
 - sft_stage: the SFT stage with FSDP2 (a process group of one, bf16 mixed precision).
-- rlp_stage, prorl_stage: a few steps of each with HF generation on the device; step time
-  split into generation / scoring / update where the stage logs the split.
+- rlp_stage, prorl_stage: a few steps of each with FSDP2 as sft_stage (the policy and its
+  frozen copy sharded, HF generation on the gathered policy); step time split into
+  generation / scoring / update where the stage logs the split.
 - sft_stage, rlp_stage, prorl_stage also give the memory plan (slingshot plan --memory) of
   the run beside torch.cuda.max_memory_allocated.
 - pytest_gpu: the GPU-marked tests (tests/gpu).
@@ -27,6 +28,7 @@ still returns what it measured. Checks:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -34,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -365,15 +368,23 @@ def check_pretrain_stage(a: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def check_sft_stage(a: argparse.Namespace) -> dict[str, Any]:
+@contextlib.contextmanager
+def _process_group_of_one() -> Iterator[Any]:
+    """A process group of one rank (FSDP2 needs one): NCCL on the GPU, gloo on CPU."""
     import torch
 
     from slingshot.dist import CPU_BACKEND, GPU_BACKEND, DistEnv
 
-    # FSDP2 needs a process group, even of one rank.
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29500 + os.getpid() % 1000))
     backend = GPU_BACKEND if torch.cuda.is_available() else CPU_BACKEND
     torch.distributed.init_process_group(backend, rank=0, world_size=1)
+    try:
+        yield DistEnv(0, 1, 0, backend)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def check_sft_stage(a: argparse.Namespace) -> dict[str, Any]:
     reasoning = _data(a)["outputs"]["corpus_reasoning"]
     overrides = {
         "use_synth": False,
@@ -388,11 +399,8 @@ def check_sft_stage(a: argparse.Namespace) -> dict[str, Any]:
         "eval_fraction": 0.0,
         "optimizer": {"lr": 1e-4, "warmup_steps": 1},
     }
-    dist = DistEnv(0, 1, 0, backend)
-    try:
+    with _process_group_of_one() as dist:
         record = _record_run("sft", a, overrides, init_model=str(_tiny_model(a)), dist=dist)
-    finally:
-        torch.distributed.destroy_process_group()
     return {**record, "tokens_per_s": record["last"].get("tokens_per_s")}
 
 
@@ -407,8 +415,10 @@ def check_rlp_stage(a: argparse.Namespace) -> dict[str, Any]:
         "micro_batch_size": 8,
         "log_every": 1,
         "optimizer": {"lr": 1e-5, "schedule": "constant", "warmup_steps": 0},
+        "data_parallel": "fsdp",  # the policy and the EMA teacher sharded (bf16 mixed precision)
     }
-    return _record_run("rlp", a, overrides, init_model=str(_tiny_model(a)))
+    with _process_group_of_one() as dist:
+        return _record_run("rlp", a, overrides, init_model=str(_tiny_model(a)), dist=dist)
 
 
 def check_prorl_stage(a: argparse.Namespace) -> dict[str, Any]:
@@ -432,8 +442,12 @@ def check_prorl_stage(a: argparse.Namespace) -> dict[str, Any]:
         "log_every": 1,
         "optimizer": {"lr": 1e-5},
         "phases": [{"name": "len", "steps": 4, "max_response_tokens": 256 if a.size == "gpu" else 32}],
+        "data_parallel": "fsdp",  # the policy and the reference sharded; generation on the gathered policy
     }
-    return _record_run("prorl", a, overrides, init_model=str(_tiny_model(a)), stage="prorl-len", phase="len")
+    with _process_group_of_one() as dist:
+        return _record_run(
+            "prorl", a, overrides, init_model=str(_tiny_model(a)), stage="prorl-len", phase="len", dist=dist
+        )
 
 
 def check_pytest_gpu(a: argparse.Namespace) -> dict[str, Any]:

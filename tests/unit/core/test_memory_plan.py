@@ -184,9 +184,40 @@ def test_the_parallelism_of_each_stage():
     assert stage_parallelism("sft", sft).kind == "fsdp" and stage_parallelism("sft", sft).shard == 16
     assert stage_parallelism("sft", sft, on_gpu=False).kind == "replicated"  # gloo all-reduce
     rlp = RLPConfig(resources={"gpus_per_node": 8})
-    assert (stage_parallelism("rlp", rlp).kind, stage_parallelism("rlp", rlp).shard) == ("replicated", 1)
+    assert (stage_parallelism("rlp", rlp).kind, stage_parallelism("rlp", rlp).shard) == ("fsdp", 8)
+    assert stage_parallelism("rlp", rlp, on_gpu=False).kind == "replicated"
+    replicated = RLPConfig(resources={"gpus_per_node": 8}, data_parallel="allreduce")
+    assert (stage_parallelism("rlp", replicated).kind, stage_parallelism("rlp", replicated).shard) == (
+        "replicated",
+        1,
+    )
     prorl = stage_parallelism("prorl", ProRLConfig(resources={"nodes": 4, "gpus_per_node": 8}))
-    assert (prorl.kind, prorl.ranks, prorl.shard) == ("replicated", 32, 1)
+    assert (prorl.kind, prorl.ranks, prorl.shard) == ("fsdp", 32, 32)
+
+
+def test_fsdp_shards_the_frozen_copy_and_counts_the_policy_gathered_for_generation():
+    """Under FSDP2 the reference is a 1/ranks share like the policy; HF generation adds the
+    policy gathered whole (bf16 on GPUs), a vLLM push every fp32 tensor gathered whole."""
+    dims = ModelDims(
+        params=1_000_000,
+        layer_params=100_000,
+        embedding_params=64_000,
+        hidden=64,
+        layers=2,
+        heads=4,
+        kv_heads=2,
+        head_dim=16,
+        intermediate=128,
+        vocab=1000,
+    )
+    sharded = ProRLConfig(resources={"gpus_per_node": 4})
+    replicated = ProRLConfig(resources={"gpus_per_node": 4}, data_parallel="allreduce")
+    a = plan_prorl("prorl", sharded, dims, 64).lines
+    b = plan_prorl("prorl", replicated, dims, 64).lines
+    assert a["reference copy"] == b["reference copy"] / 4 == 1_000_000 * 4.0 / 4
+    assert a["generation (gathered policy)"] == 1_000_000 * 2.0 and "generation (gathered policy)" not in b
+    vllm = ProRLConfig(resources={"gpus_per_node": 4}, rollout={"backend": "vllm"})
+    assert plan_prorl("prorl", vllm, dims, 64).lines["weight push (gathered)"] == 1_000_000 * 4.0
 
 
 # --------------------------------------------------------------------------- the shipped recipe
