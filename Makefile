@@ -46,7 +46,7 @@ cluster-down:
 
 # The tests run with vLLM's CPU build, so the vLLM tests are not skipped (they are in CI).
 test: install-vllm cluster-up
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=40 $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations=40 $(PYTEST_ARGS)
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slurm and not slow" $(PYTEST_ARGS)

