@@ -55,6 +55,10 @@ class RolloutBackend(Protocol):
         """Make generation use ``model``'s current weights (after optimizer step ``step``)."""
         ...
 
+    def close(self) -> None:
+        """Release the engine (its process, its temp files); the stage calls it when it ends."""
+        ...
+
 
 class EngineWeights:
     """The engine's weights as a checkpointed part: its version is saved, and loading pushes

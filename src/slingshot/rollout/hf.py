@@ -22,6 +22,9 @@ class HFRollout:
         self.batch_size = batch_size
         self.weight_version = 0  # sync_weights calls so far, as the vLLM backend counts them
 
+    def close(self) -> None:
+        """Nothing to release: the training model itself generates."""
+
     def sync_weights(self, model: torch.nn.Module, step: int | None = None) -> None:
         self.model = model  # the same module object: nothing to copy
         self.weight_version += 1

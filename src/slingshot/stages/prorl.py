@@ -193,65 +193,70 @@ def run(ctx: StageContext) -> StageResult:
 
     metrics: dict[str, float] = {}
     last_val: dict[str, float] = {}
-    for step in resumable_steps(ctx, phase.steps, state, all_ranks_write=True):  # DCP: every rank
-        started = time.monotonic()
-        if ahead is None:
-            groups, gen = sampler.collect(stream, step)
-        else:
-            groups, gen = ahead.take(step)
-            if step < phase.steps:
-                ahead.start(step + 1)  # with the weights this step's update starts from
-        book["tokens"] += gen.pop("tokens_generated")
-        metrics = dict(gen)
-        # A run with no learning signal must say so (and may be configured to fail).
-        track_signal(book, len(groups), gen["pass_rate"], cfg)
-        metrics["no_signal_steps"] = float(book["no_signal_steps"])
-        # Staleness: the trainer's weights are this many pushes ahead of the rollouts' (0 when sync).
-        metrics["weight_lag"] = backend.weight_version - gen["weight_version"]
-        if groups:
-            train = make_train_batch(rank_groups(groups, cfg), cfg, tokenizer.pad_token_id)
-            step_settings = dataclasses.replace(settings, eps_high=controller.eps_high)
-            update_started = time.monotonic()
-            metrics.update(
-                update_on_groups(policy, reference, optimizer, scheduler, train, step_settings, device)
-            )
-            if ahead is not None:
-                ahead.wait()  # the next batch is sampled with the weights it started with
-            backend.sync_weights(policy, step=step)
-            metrics["time_update_s"] = time.monotonic() - update_started
-            control = cfg.entropy_control
-            metrics["eps_high"] = (
-                controller.update(metrics[control.signal]) if control.enabled else controller.eps_high
-            )
-        else:
-            # Nothing learnable after max_gen_batches: skip the update rather than train on zeros
-            # (track_signal above counts it and warns).
-            metrics["eps_high"] = controller.eps_high
-        metrics["step_time_s"] = time.monotonic() - started
+    try:
+        for step in resumable_steps(ctx, phase.steps, state, all_ranks_write=True):  # DCP: every rank
+            started = time.monotonic()
+            if ahead is None:
+                groups, gen = sampler.collect(stream, step)
+            else:
+                groups, gen = ahead.take(step)
+                if step < phase.steps:
+                    ahead.start(step + 1)  # with the weights this step's update starts from
+            book["tokens"] += gen.pop("tokens_generated")
+            metrics = dict(gen)
+            # A run with no learning signal must say so (and may be configured to fail).
+            track_signal(book, len(groups), gen["pass_rate"], cfg)
+            metrics["no_signal_steps"] = float(book["no_signal_steps"])
+            # Staleness: the trainer's weights are this many pushes ahead of the rollouts' (0 when sync).
+            metrics["weight_lag"] = backend.weight_version - gen["weight_version"]
+            if groups:
+                train = make_train_batch(rank_groups(groups, cfg), cfg, tokenizer.pad_token_id)
+                step_settings = dataclasses.replace(settings, eps_high=controller.eps_high)
+                update_started = time.monotonic()
+                metrics.update(
+                    update_on_groups(policy, reference, optimizer, scheduler, train, step_settings, device)
+                )
+                if ahead is not None:
+                    ahead.wait()  # the next batch is sampled with the weights it started with
+                backend.sync_weights(policy, step=step)
+                metrics["time_update_s"] = time.monotonic() - update_started
+                control = cfg.entropy_control
+                metrics["eps_high"] = (
+                    controller.update(metrics[control.signal]) if control.enabled else controller.eps_high
+                )
+            else:
+                # Nothing learnable after max_gen_batches: skip the update rather than train on zeros
+                # (track_signal above counts it and warns).
+                metrics["eps_high"] = controller.eps_high
+            metrics["step_time_s"] = time.monotonic() - started
 
-        reset_reason = None
-        if step % cfg.val_every == 0 or step == phase.steps:
-            last_val = sampler.validate(val_entries)
-            metrics.update(last_val)
-            if track_validation(book, last_val["val/pass_at_1"]) and plateaued(cfg, book):
-                reset_reason = "plateau"
-        every = cfg.reference_reset.every_steps
-        if every and step % every == 0 and step < phase.steps:
-            reset_reason = reset_reason or "periodic"
-        if reset_reason:
-            reset_reference(policy, reference, optimizer, cfg.reference_reset.reset_optimizer)
-            book["resets"] += 1
-            book["last_reset_step"] = step
-            book["evals_since_best"] = 0
-        metrics["ref_reset"] = 1.0 if reset_reason else 0.0
-        metrics["resets"] = float(book["resets"])
-        metrics["tokens"] = float(book["tokens"])
-        logger.log(
-            step, metrics, force=step == phase.steps or bool(reset_reason) or "val/pass_at_1" in metrics
-        )
+            reset_reason = None
+            if step % cfg.val_every == 0 or step == phase.steps:
+                last_val = sampler.validate(val_entries)
+                metrics.update(last_val)
+                if track_validation(book, last_val["val/pass_at_1"]) and plateaued(cfg, book):
+                    reset_reason = "plateau"
+            every = cfg.reference_reset.every_steps
+            if every and step % every == 0 and step < phase.steps:
+                reset_reason = reset_reason or "periodic"
+            if reset_reason:
+                reset_reference(policy, reference, optimizer, cfg.reference_reset.reset_optimizer)
+                book["resets"] += 1
+                book["last_reset_step"] = step
+                book["evals_since_best"] = 0
+            metrics["ref_reset"] = 1.0 if reset_reason else 0.0
+            metrics["resets"] = float(book["resets"])
+            metrics["tokens"] = float(book["tokens"])
+            logger.log(
+                step, metrics, force=step == phase.steps or bool(reset_reason) or "val/pass_at_1" in metrics
+            )
+    finally:
+        # The engine (a process of its own when async) goes with the stage, also when it fails:
+        # an in-process caller (tests, the inprocess launcher) would otherwise keep it alive.
+        if ahead is not None:
+            ahead.close()
+        backend.close()
 
-    if ahead is not None:
-        ahead.close()
     model_dir = ctx.output_dir / "model"
     exported = full_model(policy, ctx.dist.is_main)  # collective when sharded
     if exported is not None:

@@ -215,71 +215,82 @@ def run(ctx: StageContext) -> StageResult:
     follow_policy = ema_teacher_hook(ema, policy, cfg.ema_tau)  # SPEC: after EVERY optimizer step
     logger = StepLogger(ctx, cfg.log_every)
 
-    for step in resumable_steps(ctx, cfg.steps, state, all_ranks_write=True):  # DCP: every rank
-        # Every rank draws the same global positions and takes its share.
-        drawn = stream.take(cfg.positions_per_step)
-        positions = [drawn[i] for i in mine]
+    try:
+        for step in resumable_steps(ctx, cfg.steps, state, all_ranks_write=True):  # DCP: every rank
+            # Every rank draws the same global positions and takes its share.
+            drawn = stream.take(cfg.positions_per_step)
+            positions = [drawn[i] for i in mine]
 
-        t0 = time.perf_counter()
-        prompts = [prompt_ids(p, fmt.open_ids) for p in positions]
-        rollouts = backend.generate(
-            prompts,
-            n=cfg.group_size,
-            max_new_tokens=cfg.thought_tokens,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            seed=[sample_seed(ctx.pipeline.pipeline.seed, step, i) for i in mine],
-        )
-        t1 = time.perf_counter()
-        batch = build_thought_batch(positions, rollouts, fmt, None, pad_id, unclosed=cfg.unclosed_thought)
-        scores = score_thoughts(policy, batch, cfg.micro_batch_size, device, sampling_passes(cfg))
-        s_ema = score_baseline(ema, positions, pad_id, cfg.micro_batch_size, device, passes)
-        scored = thought_rewards(scores.s_pred, s_ema, batch)  # an excluded thought: advantage 0
-        advantages = scored.advantages
-        t2 = time.perf_counter()
-        update = update_on_thoughts(
-            policy, optimizer, scheduler, batch, scores.old_logp, advantages, settings, device, follow_policy
-        )
-        backend.sync_weights(policy, step=step)
-        t3 = time.perf_counter()
+            t0 = time.perf_counter()
+            prompts = [prompt_ids(p, fmt.open_ids) for p in positions]
+            rollouts = backend.generate(
+                prompts,
+                n=cfg.group_size,
+                max_new_tokens=cfg.thought_tokens,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                seed=[sample_seed(ctx.pipeline.pipeline.seed, step, i) for i in mine],
+            )
+            t1 = time.perf_counter()
+            batch = build_thought_batch(positions, rollouts, fmt, None, pad_id, unclosed=cfg.unclosed_thought)
+            scores = score_thoughts(policy, batch, cfg.micro_batch_size, device, sampling_passes(cfg))
+            s_ema = score_baseline(ema, positions, pad_id, cfg.micro_batch_size, device, passes)
+            scored = thought_rewards(scores.s_pred, s_ema, batch)  # an excluded thought: advantage 0
+            advantages = scored.advantages
+            t2 = time.perf_counter()
+            update = update_on_thoughts(
+                policy,
+                optimizer,
+                scheduler,
+                batch,
+                scores.old_logp,
+                advantages,
+                settings,
+                device,
+                follow_policy,
+            )
+            backend.sync_weights(policy, step=step)
+            t3 = time.perf_counter()
 
-        # The global batch's statistics (the update's are global already).
-        lengths = _gathered(batch.thought_lengths)
-        counts = dist.all_reduce_sum(
-            {
-                "entropy_sum": scores.entropy_sum,
-                "thought_tokens": float(scores.thought_tokens),
-                "tokens": float(batch.tokens),
-                "tokens_per_s": float(batch.thought_lengths.sum()) / max(t1 - t0, 1e-9),
+            # The global batch's statistics (the update's are global already).
+            lengths = _gathered(batch.thought_lengths)
+            counts = dist.all_reduce_sum(
+                {
+                    "entropy_sum": scores.entropy_sum,
+                    "thought_tokens": float(scores.thought_tokens),
+                    "tokens": float(batch.tokens),
+                    "tokens_per_s": float(batch.thought_lengths.sum()) / max(t1 - t0, 1e-9),
+                }
+            )
+            generated = int(lengths.sum())
+            metrics = {
+                "weight_version": float(rollouts[0][0].weight_version),  # the weights the thoughts came from
+                # Over every rank's thoughts: the global batch's statistics.
+                **thought_metrics(
+                    _gathered(scored.rewards),
+                    _gathered(scored.valid),
+                    _gathered(batch.closed),
+                    _gathered(batch.ended),
+                ),
+                "s_pred": float(_gathered(scores.s_pred).mean()),
+                "s_ema": float(_gathered(s_ema).mean()),
+                "thought_len": float(lengths.float().mean()),
+                "policy_entropy": counts["entropy_sum"] / max(counts["thought_tokens"], 1.0),
+                **update,
+                "ema_distance": float(full_value(parameter_distance(ema.parameters(), policy.parameters()))),
+                "time_generate_s": t1 - t0,  # this rank's (rank 0 logs)
+                "time_score_s": t2 - t1,
+                "time_update_s": t3 - t2,
+                "thought_tokens_per_s": counts["tokens_per_s"],  # summed over ranks
             }
-        )
-        generated = int(lengths.sum())
-        metrics = {
-            "weight_version": float(rollouts[0][0].weight_version),  # the weights the thoughts came from
-            # Over every rank's thoughts: the global batch's statistics.
-            **thought_metrics(
-                _gathered(scored.rewards),
-                _gathered(scored.valid),
-                _gathered(batch.closed),
-                _gathered(batch.ended),
-            ),
-            "s_pred": float(_gathered(scores.s_pred).mean()),
-            "s_ema": float(_gathered(s_ema).mean()),
-            "thought_len": float(lengths.float().mean()),
-            "policy_entropy": counts["entropy_sum"] / max(counts["thought_tokens"], 1.0),
-            **update,
-            "ema_distance": float(full_value(parameter_distance(ema.parameters(), policy.parameters()))),
-            "time_generate_s": t1 - t0,  # this rank's (rank 0 logs)
-            "time_score_s": t2 - t1,
-            "time_update_s": t3 - t2,
-            "thought_tokens_per_s": counts["tokens_per_s"],  # summed over ranks
-        }
-        if cfg.position_selection == "entropy":
-            metrics["selected_frac"] = stream.selected / max(stream.candidates, 1)
-        progress["tokens"] += int(counts["tokens"])
-        progress["thought_tokens"] += generated
-        progress["last_metrics"] = metrics
-        logger.log(step, {**metrics, "tokens": float(progress["tokens"])}, force=step == cfg.steps)
+            if cfg.position_selection == "entropy":
+                metrics["selected_frac"] = stream.selected / max(stream.candidates, 1)
+            progress["tokens"] += int(counts["tokens"])
+            progress["thought_tokens"] += generated
+            progress["last_metrics"] = metrics
+            logger.log(step, {**metrics, "tokens": float(progress["tokens"])}, force=step == cfg.steps)
+    finally:
+        backend.close()  # the engine goes with the stage, also when it fails
 
     final = dict(progress["last_metrics"])
     keys = ("reward_mean", "gain_positive_frac", "s_pred", "s_ema", "thought_len", "ema_distance")

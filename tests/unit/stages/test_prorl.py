@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import multiprocessing
 import random
 from pathlib import Path
 from typing import Any
@@ -516,6 +517,7 @@ def test_one_step_async_trains_a_version_behind_on_the_engines_logprobs_and_resu
         return original(policy, reference, optimizer, scheduler, train, *args)
 
     monkeypatch.setattr(prorl, "update_on_groups", spy)
+    children_before = {p.pid for p in multiprocessing.active_children()}
     full = Recorder()
     prorl.run(_ctx(tmp_path / "full", setup, full, steps=4, interval=2, rollout=rollout))
     assert behaviour and all(behaviour)
@@ -532,6 +534,8 @@ def test_one_step_async_trains_a_version_behind_on_the_engines_logprobs_and_resu
     for step in (3, 4):
         for key in ("reward_mean", "weight_version", "weight_lag", "loss", "kl", "ratio_mean"):
             assert resumed.rows[step][key] == pytest.approx(full.rows[step][key], rel=1e-4, abs=1e-7), key
+    # Each run's engine process ended with its stage, the crashed one's too (none left behind).
+    assert {p.pid for p in multiprocessing.active_children()} <= children_before
 
 
 # --------------------------------------------------------------------------- data parallel
