@@ -35,9 +35,8 @@ def pretrain_baseline(tmp_path_factory):
 
 
 def _start_order(item: pytest.Item) -> int:
-    """The tiny-recipe runs first (the longest tests: one worker takes them, one after the
-    other), then the Slurm tests (the other worker: one cluster, one test at a time), then the
-    slow tests, then the rest. Under pytest-xdist the long ones then start early instead of
+    """The tiny recipe end to end first (the longest test, group "recipe"), then the Slurm tests
+    (the other worker: one cluster, one test at a time), then the slow tests, then the rest. Under pytest-xdist the long ones then start early instead of
     leaving one worker busy at the end (`make test` keeps this order: --no-loadscope-reorder)."""
     group = item.get_closest_marker("xdist_group")
     if group is not None and group.args == ("recipe",):

@@ -40,7 +40,7 @@ pytestmark = [
 
 MODEL_KINDS = MODEL_CHAIN
 # Snakemake's limit for the recipe run. Alone the tiny recipe (all HF) takes ~20 min; under CI's
-# two workers, with the dev cluster's jobs on the same 2 cores, it took 35 min on 2026-12-07.
+# two workers, beside the Slurm tests on the same 2 cores, it took ~31 min on 2026-12-07.
 RECIPE_TIMEOUT_S = 3300
 VLLM_ARM = "noreason"
 PRORL_STEPS = 10  # the recipe's 40: ~11 min of CPU per arm on HF generate
